@@ -1,0 +1,32 @@
+# The two commands a fresh machine needs:
+#   make run    set up (venv, dependencies, default model) and serve on 127.0.0.1:11434
+#   make test   set up and run the whole test suite
+# Both reuse what is there: the venv is rebuilt only when pyproject.toml changes,
+# and pip keeps the llama-cpp-python wheel it built (about 8 minutes the first time).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ember-installed
+MODEL ?= smollm2:135m
+
+.PHONY: run test setup bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "ember needs Python 3.11 or newer"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --progress-bar off -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/ember pull $(MODEL)
+	exec $(BIN)/ember serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -1,0 +1,1 @@
+"""Wire protocols: translate HTTP requests to service calls and results back."""

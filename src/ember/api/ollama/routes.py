@@ -1,0 +1,270 @@
+"""/api: the Ollama API over the shared services."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+
+from ember import __version__
+from ember.api.deps import Services, services
+from ember.api.ollama.protocol import (
+    ChatRequest,
+    CopyRequest,
+    DeleteRequest,
+    EmbeddingsRequest,
+    EmbedRequest,
+    GenerateRequest,
+    Options,
+    PullRequest,
+    ShowRequest,
+)
+from ember.api.streaming import ndjson_response
+from ember.engine.types import GenerationEvent, LoadOptions, SamplingParams
+from ember.errors import BadRequest
+from ember.runtime.scheduler import Runner
+from ember.runtime.store import ModelRecord
+from ember.services.generation import ChatMessage, Generation, TextRequest, validate_messages
+
+router = APIRouter(prefix="/api", tags=["Ollama"])
+
+_NEVER = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def _now() -> str:
+    return _timestamp(datetime.now(UTC))
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+def _sampling(options: Options) -> SamplingParams:
+    d = SamplingParams()
+    pick = lambda value, default: default if value is None else value  # noqa: E731
+    return SamplingParams(
+        temperature=pick(options.temperature, d.temperature),
+        top_k=pick(options.top_k, d.top_k),
+        top_p=pick(options.top_p, d.top_p),
+        min_p=pick(options.min_p, d.min_p),
+        typical_p=pick(options.typical_p, d.typical_p),
+        repeat_penalty=pick(options.repeat_penalty, d.repeat_penalty),
+        repeat_last_n=pick(options.repeat_last_n, d.repeat_last_n),
+        presence_penalty=pick(options.presence_penalty, d.presence_penalty),
+        frequency_penalty=pick(options.frequency_penalty, d.frequency_penalty),
+        seed=options.seed,
+    )
+
+
+def _load_options(svc: Services, options: Options) -> LoadOptions:
+    base = svc.scheduler.default_options()
+    return LoadOptions(
+        num_ctx=options.num_ctx or base.num_ctx,
+        num_thread=options.num_thread or base.num_thread,
+        num_gpu=base.num_gpu if options.num_gpu is None else options.num_gpu,
+        num_parallel=base.num_parallel,
+    )
+
+
+def _max_tokens(options: Options) -> int | None:
+    # Ollama: -1 generates until done, -2 until the context is full; both mean "no cap" here.
+    if options.num_predict is None or options.num_predict < 0:
+        return None
+    return options.num_predict
+
+
+def _details(record: ModelRecord) -> dict[str, Any]:
+    meta = record.metadata
+    return {"parent_model": "", "format": record.format, "family": meta.architecture,
+            "families": [meta.architecture], "parameter_size": meta.parameter_size(),
+            "quantization_level": meta.quantization}
+
+
+def _final_fields(generation: Generation, final: GenerationEvent) -> dict[str, Any]:
+    stats = final.stats
+    assert stats is not None
+    return {
+        "done": True,
+        "done_reason": "stop" if final.finish_reason == "cancelled" else final.finish_reason,
+        "total_duration": _ns(time.perf_counter() - generation.started),
+        "load_duration": _ns(generation.load_seconds),
+        "prompt_eval_count": stats.prompt_tokens,
+        "prompt_eval_duration": _ns(stats.prompt_eval_seconds),
+        "eval_count": stats.completion_tokens,
+        "eval_duration": _ns(stats.eval_seconds),
+    }
+
+
+async def _load_or_unload(svc: Services, model: str, body: ChatRequest | GenerateRequest,
+                          shape: dict[str, Any]) -> dict[str, Any]:
+    """An empty prompt loads the model; with keep_alive 0 it unloads it (how `ollama stop` works)."""
+    if body.keep_alive == 0:
+        svc.models.get(model)
+        await svc.scheduler.unload(model)
+        reason = "unload"
+    else:
+        await svc.scheduler.load(model, options=_load_options(svc, body.options), keep_alive=body.keep_alive)
+        reason = "load"
+    return {"model": model, "created_at": _now(), **shape, "done": True, "done_reason": reason}
+
+
+async def _respond(generation: Generation, stream: bool, piece: Any) -> Response:
+    """piece(text) -> the fields of one chunk; shared by chat and generate."""
+    model = generation.model
+    if not stream:
+        text, final = await generation.collect()
+        return JSONResponse({"model": model, "created_at": _now(), **piece(text),
+                             **_final_fields(generation, final)})
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        async for event in generation:
+            if event.text:
+                yield {"model": model, "created_at": _now(), **piece(event.text), "done": False}
+            if event.done:
+                yield {"model": model, "created_at": _now(), **piece(""), **_final_fields(generation, event)}
+
+    return ndjson_response(events())
+
+
+@router.post("/chat", response_model=None)
+async def chat(body: ChatRequest, svc: Services = Depends(services)) -> Response:
+    if not body.messages:
+        return JSONResponse(await _load_or_unload(
+            svc, body.model, body, {"message": {"role": "assistant", "content": ""}}))
+    messages = [ChatMessage(role=m.role, content=m.content) for m in body.messages]
+    validate_messages(messages)
+    generation = await svc.generation.start(TextRequest(
+        model=body.model, messages=messages, max_tokens=_max_tokens(body.options),
+        stop=tuple(body.options.stop or ()), sampling=_sampling(body.options),
+        load_options=_load_options(svc, body.options), keep_alive=body.keep_alive,
+    ))
+    return await _respond(generation, body.stream,
+                          lambda text: {"message": {"role": "assistant", "content": text}})
+
+
+@router.post("/generate", response_model=None)
+async def generate(body: GenerateRequest, svc: Services = Depends(services)) -> Response:
+    if body.suffix:
+        raise BadRequest("suffix (fill-in-the-middle) is not supported yet")
+    if not body.prompt and not body.system:
+        return JSONResponse(await _load_or_unload(svc, body.model, body, {"response": ""}))
+    if body.raw:
+        request = TextRequest(model=body.model, prompt=body.prompt)
+    else:
+        # Ollama applies the model's template to generate prompts: a system + user turn.
+        turns = [ChatMessage("system", body.system)] if body.system else []
+        request = TextRequest(model=body.model, messages=turns + [ChatMessage("user", body.prompt)])
+    generation = await svc.generation.start(TextRequest(
+        model=request.model, messages=request.messages, prompt=request.prompt,
+        max_tokens=_max_tokens(body.options), stop=tuple(body.options.stop or ()),
+        sampling=_sampling(body.options), load_options=_load_options(svc, body.options),
+        keep_alive=body.keep_alive,
+    ))
+    return await _respond(generation, body.stream, lambda text: {"response": text})
+
+
+@router.post("/embed")
+async def embed(body: EmbedRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    outcome = await svc.embeddings.embed(body.model, inputs, keep_alive=body.keep_alive,
+                                         load_options=_load_options(svc, body.options),
+                                         dimensions=body.dimensions)
+    return {"model": outcome.model, "embeddings": outcome.vectors,
+            "total_duration": _ns(outcome.total_seconds), "load_duration": _ns(outcome.load_seconds),
+            "prompt_eval_count": outcome.prompt_tokens}
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingsRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+    outcome = await svc.embeddings.embed(body.model, [body.prompt] if body.prompt else [],
+                                         keep_alive=body.keep_alive,
+                                         load_options=_load_options(svc, body.options))
+    return {"embedding": outcome.vectors[0] if outcome.vectors else []}
+
+
+@router.get("/tags")
+async def tags(svc: Services = Depends(services)) -> dict[str, Any]:
+    return {"models": [
+        {"name": str(r.ref), "model": str(r.ref), "modified_at": _timestamp(r.modified_at),
+         "size": r.size, "digest": r.digest.removeprefix("sha256:"), "details": _details(r)}
+        for r in svc.models.list()
+    ]}
+
+
+def _expires(runner: Runner) -> datetime:
+    if runner.expires_at is not None:
+        return datetime.fromtimestamp(runner.expires_at, UTC)
+    if runner.keep_alive < 0:
+        return _NEVER
+    return datetime.now(UTC) + timedelta(seconds=runner.keep_alive)  # busy: counts from its end
+
+
+@router.get("/ps")
+async def ps(svc: Services = Depends(services)) -> dict[str, Any]:
+    return {"models": [
+        {"name": r.key, "model": r.key, "size": r.engine.memory_bytes,
+         "digest": r.record.digest.removeprefix("sha256:"), "details": _details(r.record),
+         "expires_at": _timestamp(_expires(r)), "size_vram": 0,
+         "context_length": r.engine.context_length, "in_flight": r.in_flight}
+        for r in svc.scheduler.running()
+    ]}
+
+
+@router.post("/show")
+async def show(body: ShowRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+    record = svc.models.get(body.model)
+    meta = record.metadata
+    parameters = "\n".join(f"{k} {v}" for k, v in (("num_ctx", meta.context_length),) if v)
+    modelfile = (f"# Modelfile generated by ember\nFROM {record.path}\n"
+                 + (f'TEMPLATE """{meta.chat_template}"""\n' if meta.chat_template else ""))
+    return {"license": "", "modelfile": modelfile, "parameters": parameters,
+            "template": meta.chat_template or "", "details": _details(record),
+            "model_info": meta.gguf_info(), "capabilities": ["completion"],
+            "modified_at": _timestamp(record.modified_at)}
+
+
+@router.delete("/delete", response_model=None)
+async def delete(body: DeleteRequest, svc: Services = Depends(services)) -> Response:
+    await svc.models.delete(body.model)
+    return Response(status_code=200)
+
+
+@router.post("/copy", response_model=None)
+async def copy(body: CopyRequest, svc: Services = Depends(services)) -> Response:
+    await svc.models.copy(body.source, body.destination)
+    return Response(status_code=200)
+
+
+@router.post("/pull", response_model=None)
+async def pull(body: PullRequest, svc: Services = Depends(services)) -> Response:
+    progress = await svc.models.start_pull(body.model, body.destination)
+    if not body.stream:
+        async for _ in progress:
+            pass
+        return JSONResponse({"status": "success"})
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        async for p in progress:
+            event: dict[str, Any] = {"status": p.status}
+            if p.digest:
+                event["digest"] = p.digest
+            if p.total is not None:
+                event["total"] = p.total
+            if p.completed is not None:
+                event["completed"] = p.completed
+            yield event
+
+    return ndjson_response(events())
+
+
+@router.get("/version")
+async def version() -> dict[str, str]:
+    return {"version": __version__}

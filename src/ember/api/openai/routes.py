@@ -1,0 +1,210 @@
+"""/v1: the OpenAI API over the shared services."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+
+from ember.api.deps import Services, services
+from ember.api.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    _Sampling,
+)
+from ember.api.streaming import sse_response
+from ember.engine.types import GenerationStats, SamplingParams
+from ember.errors import BadRequest
+from ember.runtime.store import ModelRecord
+from ember.services.generation import ChatMessage, Generation, TextRequest, validate_messages
+
+router = APIRouter(prefix="/v1", tags=["OpenAI"])
+
+_FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
+
+
+def _sampling(body: _Sampling) -> SamplingParams:
+    # Unset fields keep ember's defaults, as Ollama's OpenAI layer does; OpenAI
+    # has no repeat penalty, so none is applied.
+    defaults = SamplingParams()
+    return SamplingParams(
+        temperature=body.temperature if body.temperature is not None else defaults.temperature,
+        top_p=body.top_p if body.top_p is not None else defaults.top_p,
+        top_k=defaults.top_k,
+        min_p=defaults.min_p,
+        repeat_penalty=1.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        seed=body.seed,
+    )
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _model_card(record: ModelRecord) -> dict[str, Any]:
+    return {"id": str(record.ref), "object": "model",
+            "created": int(record.modified_at.timestamp()), "owned_by": "ember"}
+
+
+@router.get("/models")
+async def list_models(svc: Services = Depends(services)) -> dict[str, Any]:
+    return {"object": "list", "data": [_model_card(r) for r in svc.models.list()]}
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, svc: Services = Depends(services)) -> dict[str, Any]:
+    return _model_card(svc.models.get(model_id))
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, svc: Services = Depends(services)) -> Response:
+    messages = [ChatMessage(role=m.role, content=m.text()) for m in body.messages]
+    validate_messages(messages)
+    request = TextRequest(model=body.model, messages=messages, max_tokens=body.token_limit(),
+                          stop=body.stop_list(), sampling=_sampling(body))
+    return await _serve(svc, request, body, chat=True)
+
+
+@router.post("/completions", response_model=None)
+async def completions(body: CompletionRequest, svc: Services = Depends(services)) -> Response:
+    if body.suffix:
+        raise BadRequest("suffix (fill-in-the-middle) is not supported", param="suffix")
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if not prompts:
+        raise BadRequest("prompt must not be empty", param="prompt")
+    if len(prompts) > 1 and body.stream:
+        raise BadRequest("streaming takes a single prompt", param="prompt")
+    requests = [TextRequest(model=body.model, prompt=p, max_tokens=body.max_tokens,
+                            stop=body.stop_list(), sampling=_sampling(body)) for p in prompts]
+    if len(requests) == 1:
+        return await _serve(svc, requests[0], body, chat=False, echo=body.echo)
+    choices: list[dict[str, Any]] = []
+    prompt_total = completion_total = 0
+    model = body.model
+    for request in requests:
+        for _ in range(body.n):
+            generation = await svc.generation.start(request)
+            text, final = await generation.collect()
+            stats = _stats(final.stats)
+            model = generation.model
+            prompt_total += stats.prompt_tokens
+            completion_total += stats.completion_tokens
+            choices.append({"index": len(choices), "text": (request.prompt if body.echo else "") + text,
+                            "logprobs": None, "finish_reason": _FINISH[final.finish_reason or "stop"]})
+    return JSONResponse({"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
+                         "created": int(time.time()), "model": model, "system_fingerprint": "ember",
+                         "choices": choices, "usage": _usage(prompt_total, completion_total)})
+
+
+def _stats(stats: GenerationStats | None) -> GenerationStats:
+    assert stats is not None, "the final event carries stats"
+    return stats
+
+
+async def _serve(svc: Services, request: TextRequest, body: _Sampling, *, chat: bool,
+                 echo: bool = False) -> Response:
+    # The first generation starts before the response does, so a bad model or an
+    # over-long prompt is still an HTTP error rather than an error event.
+    first = await svc.generation.start(request)
+    ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return sse_response(_stream(svc, request, first, body.n, ident, created, chat, include_usage))
+    choices: list[dict[str, Any]] = []
+    prompt_tokens = completion_tokens = 0
+    generation: Generation | None = first
+    for index in range(body.n):
+        if generation is None:
+            generation = await svc.generation.start(request)
+        text, final = await generation.collect()
+        generation = None
+        stats = _stats(final.stats)
+        prompt_tokens = stats.prompt_tokens
+        completion_tokens += stats.completion_tokens
+        finish = _FINISH[final.finish_reason or "stop"]
+        if chat:
+            choices.append({"index": index, "message": {"role": "assistant", "content": text},
+                            "logprobs": None, "finish_reason": finish})
+        else:
+            prefix = (request.prompt or "") if echo else ""
+            choices.append({"index": index, "text": prefix + text, "logprobs": None, "finish_reason": finish})
+    return JSONResponse({
+        "id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
+        "model": first.model, "system_fingerprint": "ember", "choices": choices,
+        "usage": _usage(prompt_tokens, completion_tokens),
+    })
+
+
+async def _stream(svc: Services, request: TextRequest, first: Generation, n: int, ident: str,
+                  created: int, chat: bool, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    base = {"id": ident, "object": obj, "created": created, "model": first.model,
+            "system_fingerprint": "ember"}
+    extra = {"usage": None} if include_usage else {}
+
+    def chunk(index: int, text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+        if chat:
+            delta: dict[str, Any] = {}
+            if role:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+        return {**base, "choices": [choice], **extra}
+
+    prompt_tokens = completion_tokens = 0
+    generation: Generation | None = first
+    try:
+        for index in range(n):
+            if generation is None:
+                generation = await svc.generation.start(request)
+            if chat:
+                yield chunk(index, "", None, role=True)
+            async for event in generation:
+                if event.text:
+                    yield chunk(index, event.text, None)
+                if event.done:
+                    stats = _stats(event.stats)
+                    prompt_tokens = stats.prompt_tokens
+                    completion_tokens += stats.completion_tokens
+                    yield chunk(index, None if chat else "", _FINISH[event.finish_reason or "stop"])
+            generation = None
+        if include_usage:
+            yield {**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)}
+    finally:
+        if generation is not None:
+            await generation.aclose()
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    if not inputs:
+        raise BadRequest("input must not be empty", param="input")
+    if not all(isinstance(item, str) for item in inputs):
+        raise BadRequest("token arrays are not supported as input; send text", param="input")
+    if any(item == "" for item in inputs):
+        raise BadRequest("input must not contain empty strings", param="input")
+    outcome = await svc.embeddings.embed(body.model, [str(i) for i in inputs], dimensions=body.dimensions)
+    data = [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
+            for i, v in enumerate(outcome.vectors)]
+    return {"object": "list", "data": data, "model": outcome.model,
+            "usage": {"prompt_tokens": outcome.prompt_tokens, "total_tokens": outcome.prompt_tokens}}
+
+
+def _encode(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+    return vector

@@ -1,0 +1,68 @@
+"""build_app(): the FastAPI application, its routers, error handlers and lifespan state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+
+from ember.config import Settings
+
+
+def build_app(settings: Settings | None = None) -> FastAPI:
+    # Imported here so `import ember` stays light for the CLI.
+    from ember import __version__
+    from ember.api.deps import Services
+    from ember.api.errors import install_error_handlers
+    from ember.api.ollama.routes import router as ollama_router
+    from ember.api.openai.routes import router as openai_router
+    from ember.engine.llama_engine import LlamaEngineLoader
+    from ember.runtime.scheduler import Scheduler
+    from ember.runtime.store import ModelStore
+    from ember.services.embeddings import EmbeddingService
+    from ember.services.generation import GenerationService
+    from ember.services.models import ModelService
+
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.getLogger("ember").setLevel(settings.log_level.upper())
+        settings.home.mkdir(parents=True, exist_ok=True)
+        store = ModelStore(settings.home, hf_endpoint=settings.hf_endpoint)
+        scheduler = Scheduler(store, LlamaEngineLoader(), settings)
+        app.state.services = Services(
+            settings=settings,
+            scheduler=scheduler,
+            generation=GenerationService(scheduler),
+            embeddings=EmbeddingService(scheduler),
+            models=ModelService(store, scheduler),
+        )
+        try:
+            yield
+        finally:
+            await scheduler.shutdown()
+
+    app = FastAPI(
+        title="ember",
+        version=__version__,
+        description="Local language models behind the OpenAI (/v1) and Ollama (/api) APIs.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(openai_router)
+    app.include_router(ollama_router)
+
+    @app.get("/", response_class=PlainTextResponse, include_in_schema=False)
+    @app.head("/", response_class=PlainTextResponse, include_in_schema=False)
+    async def root() -> str:
+        return "ember is running"
+
+    @app.get("/health", tags=["ops"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

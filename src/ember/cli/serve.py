@@ -1,0 +1,84 @@
+"""`ember serve` and `ember version`."""
+
+from __future__ import annotations
+
+import errno
+import importlib.metadata
+import socket
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from ember.cli.client import EmberClient, ServerUnreachable
+from ember.config import Settings
+from ember.errors import EmberError
+
+
+def _check_bindable(addr: str, port: int) -> None:
+    """Fail with one clear line now, rather than with uvicorn's log and exit after startup."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((addr, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise EmberError(
+                    f"{addr}:{port} is already in use (another `ember serve`?); "
+                    "choose another address with --host or EMBER_HOST"
+                ) from exc
+            raise EmberError(f"cannot listen on {addr}:{port}: {exc.strerror}") from exc
+
+
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="Address to listen on, e.g. 127.0.0.1:11434 or 0.0.0.0:8080.")] = None,
+    keep_alive: Annotated[str | None, typer.Option("--keep-alive", help="How long an idle model stays loaded, e.g. 5m, 1h, -1 (forever).")] = None,
+    max_loaded_models: Annotated[int | None, typer.Option("--max-loaded-models", help="Most models in memory at once; 0: no limit.")] = None,
+    num_parallel: Annotated[int | None, typer.Option("--num-parallel", help="Requests served at once per model.")] = None,
+    log_level: Annotated[str | None, typer.Option("--log-level", help="debug, info, warning or error.")] = None,
+) -> None:
+    """Start the server: the OpenAI API on /v1 and the Ollama API on /api."""
+    flags: dict[str, Any] = {
+        "host": host,
+        "keep_alive": keep_alive,
+        "max_loaded_models": max_loaded_models,
+        "num_parallel": num_parallel,
+        "log_level": log_level,
+    }
+    # Only flags actually given override the environment and ember.toml.
+    settings = Settings(**{key: value for key, value in flags.items() if value is not None})
+    addr, port = settings.bind
+    _check_bindable(addr, port)
+
+    # Imported here: building the server is heavy and only this command needs it.
+    import uvicorn
+
+    from ember.app import build_app
+
+    app = build_app(settings)
+    print(f"ember {client_version()} listening on {settings.base_url}", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, host=addr, port=port, log_level=settings.log_level.lower()))
+    server.run()
+    if not server.started:
+        # uvicorn has already logged why (a failed lifespan startup, a lost bind race).
+        raise typer.Exit(1)
+
+
+def client_version() -> str:
+    try:
+        return importlib.metadata.version("ember")
+    except importlib.metadata.PackageNotFoundError:
+        # Running from a source tree that was never installed.
+        return "0+unknown"
+
+
+def version() -> None:
+    """Print ember's version, and the running server's if one answers."""
+    print(f"ember version {client_version()}")
+    settings = Settings()
+    try:
+        with EmberClient.from_settings(settings) as client:
+            print(f"server version {client.version()} at {settings.base_url}")
+    except ServerUnreachable:
+        print(f"Warning: no ember server is running at {settings.base_url}", file=sys.stderr)

@@ -1,0 +1,143 @@
+"""Settings: defaults < ember.toml (path in EMBER_CONFIG) < EMBER_* environment < explicit values.
+
+Explicit values are what the CLI passes from its flags, as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_PORT = 11434
+DEFAULT_MODEL = "smollm2:135m"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str | int | float | None) -> float | None:
+    """Seconds from an Ollama-style duration ("5m", "1h30m", "300", 300, "-1").
+
+    None means "not given". A negative value means "forever" and is returned as -1.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = value.strip()
+        if not text:
+            raise ValueError("empty duration")
+        try:
+            seconds = float(text)
+        except ValueError:
+            negative = text.startswith("-")
+            body = text.lstrip("-")
+            pos = 0
+            seconds = 0.0
+            for match in _DURATION_PART.finditer(body):
+                if match.start() != pos:
+                    break
+                seconds += float(match.group(1)) * _UNITS[match.group(2)]
+                pos = match.end()
+            if pos != len(body) or pos == 0:
+                raise ValueError(f"invalid duration {value!r}: use e.g. 30s, 5m, 1h or a number of seconds")
+            if negative:
+                seconds = -seconds
+    return -1.0 if seconds < 0 else seconds
+
+
+def split_host(host: str) -> tuple[str, int]:
+    """'127.0.0.1:11434', 'http://h:1', '0.0.0.0', ':8080', '[::1]:9' -> (host, port)."""
+    text = host.strip()
+    for scheme in ("http://", "https://"):
+        if text.startswith(scheme):
+            text = text[len(scheme):]
+    text = text.rstrip("/")
+    if text.startswith("["):
+        addr, _, rest = text[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else DEFAULT_PORT
+        return addr, port
+    if text.count(":") == 1:
+        addr, port_text = text.split(":")
+        return addr or "127.0.0.1", int(port_text)
+    if text.count(":") > 1:  # bare IPv6 without brackets
+        return text, DEFAULT_PORT
+    return text or "127.0.0.1", DEFAULT_PORT
+
+
+def _default_home() -> Path:
+    return Path.home() / ".ember"
+
+
+class Settings(BaseSettings):
+    """Every knob of ember. Each field reads EMBER_<NAME> from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBER_", extra="ignore", validate_default=True)
+
+    home: Path = Field(default_factory=_default_home, description="Where models and state live.")
+    host: str = Field(f"127.0.0.1:{DEFAULT_PORT}", description="Address the server binds and the CLI calls.")
+    config: Path | None = Field(None, description="Path of ember.toml.")
+    keep_alive: float = Field(600.0, description="Seconds an idle model stays loaded; negative keeps it forever.")
+    max_loaded_models: int = Field(3, ge=0, description="Most models resident at once; 0 means no limit.")
+    num_parallel: int = Field(4, ge=1, description="Concurrent sequences per model.")
+    max_queue: int = Field(512, ge=1, description="Requests waiting per model before 503.")
+    num_ctx: int = Field(4096, ge=64, description="Default context length, capped at the model's own.")
+    num_thread: int | None = Field(None, ge=1, description="CPU threads per model; default all cores.")
+    num_gpu: int = Field(0, description="Layers to offload to a GPU (-1: all).")
+    hf_endpoint: str = Field("https://huggingface.co", description="Base URL for hf:// pulls.")
+    log_level: str = Field("info", description="debug, info, warning or error.")
+    default_model: str = Field(DEFAULT_MODEL, description="The model `make run` pulls and serves.")
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        seconds = parse_duration(value)
+        return 600.0 if seconds is None else seconds
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _expand_home(cls, value: Any) -> Any:
+        return Path(value).expanduser() if isinstance(value, (str, Path)) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = os.environ.get("EMBER_CONFIG")
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
+        return tuple(sources)
+
+    @property
+    def bind(self) -> tuple[str, int]:
+        return split_host(self.host)
+
+    @property
+    def base_url(self) -> str:
+        addr, port = self.bind
+        if addr in ("0.0.0.0", ""):
+            addr = "127.0.0.1"
+        elif addr == "::":
+            addr = "::1"
+        if ":" in addr:
+            addr = f"[{addr}]"
+        return f"http://{addr}:{port}"

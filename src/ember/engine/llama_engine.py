@@ -1,0 +1,249 @@
+"""An engine over llama-cpp-python's Llama object, run in-process on its own thread.
+
+One generation runs at a time per model; others wait their turn in arrival order.
+This is the foundation engine: the worker-process engine with continuous
+batching replaces it behind the same Engine interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+from ember.engine.text import StopMatcher, Utf8Stream
+from ember.engine.types import (
+    EmbeddingResult,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    GenerationStats,
+    LoadOptions,
+)
+from ember.errors import ModelLoadFailed
+
+_EMBED_CTX = 2048  # embedding inputs past this are truncated, as Ollama's truncate=true does
+
+
+def _open_llama(path: Path, options: LoadOptions, *, embedding: bool, n_ctx: int) -> llama_cpp.Llama:
+    threads = options.num_thread or os.cpu_count() or 1
+    kwargs: dict[str, Any] = dict(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_gpu_layers=options.num_gpu,
+        verbose=False,
+    )
+    if embedding:
+        # Mean pooling gives one vector for causal LMs whose GGUF names no pooling.
+        kwargs.update(embedding=True, n_batch=n_ctx, n_ubatch=n_ctx,
+                      pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+    else:
+        kwargs.update(n_batch=512)
+    try:
+        return llama_cpp.Llama(**kwargs)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ModelLoadFailed(f"could not load {path.name}: {exc}") from exc
+
+
+def _trained_context(path: Path, options: LoadOptions) -> int:
+    return options.num_ctx
+
+
+class LlamaEngine:
+    """Engine over one llama.cpp context; see the Engine protocol for the contract."""
+
+    def __init__(self, path: Path, options: LoadOptions, llama: llama_cpp.Llama) -> None:
+        self._path = path
+        self._options = options
+        self._llama = llama
+        self._vocab = llama._model.vocab
+        self._generate_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-gen")
+        self._embed_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-embed")
+        self._embedder: llama_cpp.Llama | None = None
+        self._closed = False
+        self._memory = path.stat().st_size + _kv_cache_bytes(llama)
+
+    @classmethod
+    def open(cls, path: Path, options: LoadOptions) -> "LlamaEngine":
+        probe = _open_llama(path, options, embedding=False, n_ctx=options.num_ctx)
+        return cls(path, options, probe)
+
+    @property
+    def context_length(self) -> int:
+        return self._llama.n_ctx()
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._memory
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return await asyncio.to_thread(self._llama.tokenize, text.encode("utf-8"), add_special, True)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(item: GenerationEvent | BaseException) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        loop.run_in_executor(self._generate_thread, self._run_generation, request, emit, cancel)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.done:
+                    return
+        finally:
+            # Reached on normal end, on error, and when the client went away
+            # (the consumer closes this generator): the thread stops at its next token.
+            cancel.set()
+
+    def _run_generation(
+        self,
+        request: GenerationRequest,
+        emit: Callable[[GenerationEvent | BaseException], None],
+        cancel: threading.Event,
+    ) -> None:
+        try:
+            emit(self._generate_blocking(request, emit, cancel))
+        except BaseException as exc:  # handed to the awaiting coroutine, never lost in the thread
+            emit(exc)
+
+    def _generate_blocking(
+        self,
+        request: GenerationRequest,
+        emit: Callable[[GenerationEvent | BaseException], None],
+        cancel: threading.Event,
+    ) -> GenerationEvent:
+        llama = self._llama
+        sampling = request.sampling
+        n_prompt = len(request.prompt_tokens)
+        room = self.context_length - n_prompt
+        limit = room if request.max_tokens is None else min(request.max_tokens, room)
+        started = time.perf_counter()
+        first_token_at: float | None = None
+        produced = 0
+        finish: FinishReason = "length"
+        if cancel.is_set() or limit <= 0:
+            finish = "cancelled" if cancel.is_set() else "length"
+        else:
+            seed = sampling.seed if sampling.seed is not None else random.getrandbits(32)
+            llama.set_seed(seed)
+            llama.last_n_tokens_size = max(0, sampling.repeat_last_n)
+            tokens = llama.generate(
+                request.prompt_tokens,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                min_p=sampling.min_p,
+                typical_p=sampling.typical_p,
+                temp=sampling.temperature,
+                repeat_penalty=sampling.repeat_penalty,
+                frequency_penalty=sampling.frequency_penalty,
+                presence_penalty=sampling.presence_penalty,
+                reset=True,
+            )
+            utf8 = Utf8Stream()
+            matcher = StopMatcher(request.stop)
+            try:
+                for token in tokens:
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
+                    if cancel.is_set():
+                        finish = "cancelled"
+                        break
+                    if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                        finish = "stop"
+                        break
+                    produced += 1
+                    piece = llama._model.detokenize([token], special=False)
+                    text = matcher.feed(utf8.feed(piece))
+                    if text:
+                        emit(GenerationEvent(text=text))
+                    if matcher.stopped:
+                        finish = "stop"
+                        break
+                    if produced >= limit:
+                        finish = "length"
+                        break
+            finally:
+                tokens.close()
+            tail = matcher.feed(utf8.flush()) + matcher.flush()
+            if tail and finish != "cancelled":
+                emit(GenerationEvent(text=tail))
+        ended = time.perf_counter()
+        prompt_done = first_token_at or ended
+        return GenerationEvent(
+            text="",
+            done=True,
+            finish_reason=finish,
+            stats=GenerationStats(
+                prompt_tokens=n_prompt,
+                completion_tokens=produced,
+                prompt_eval_seconds=prompt_done - started,
+                eval_seconds=ended - prompt_done,
+            ),
+        )
+
+    async def embed(self, texts: list[str]) -> EmbeddingResult:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._embed_thread, self._embed_blocking, texts)
+
+    def _embed_blocking(self, texts: list[str]) -> EmbeddingResult:
+        if self._embedder is None:
+            n_ctx = min(_EMBED_CTX, self._llama._model.n_ctx_train())
+            self._embedder = _open_llama(self._path, self._options, embedding=True, n_ctx=n_ctx)
+        vectors: list[list[float]] = []
+        total = 0
+        # One input at a time: the batch size bounds a single input, and mean
+        # pooling per sequence is what we want anyway.
+        for text in texts:
+            result, count = self._embedder.embed(text, normalize=True, truncate=True, return_count=True)
+            vectors.append([float(x) for x in result[0]] if result and isinstance(result[0], list) else [float(x) for x in result])
+            total += count
+        return EmbeddingResult(vectors=vectors, prompt_tokens=total)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._generate_thread.shutdown(wait=True, cancel_futures=True)
+        self._embed_thread.shutdown(wait=True, cancel_futures=True)
+        await asyncio.to_thread(self._free)
+
+    def _free(self) -> None:
+        self._llama.close()
+        if self._embedder is not None:
+            self._embedder.close()
+
+
+def _kv_cache_bytes(llama: llama_cpp.Llama) -> int:
+    """f16 K and V for every layer over the whole context."""
+    meta = llama.metadata
+    arch = meta.get("general.architecture", "")
+    try:
+        layers = int(meta[f"{arch}.block_count"])
+        embd = int(meta[f"{arch}.embedding_length"])
+        heads = int(meta.get(f"{arch}.attention.head_count", 1))
+        kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
+    except (KeyError, ValueError):
+        return 0
+    head_dim = int(meta.get(f"{arch}.attention.key_length", embd // max(heads, 1)))
+    return 2 * 2 * llama.n_ctx() * layers * kv_heads * head_dim
+
+
+class LlamaEngineLoader:
+    async def load(self, path: Path, options: LoadOptions) -> LlamaEngine:
+        return await asyncio.to_thread(LlamaEngine.open, path, options)

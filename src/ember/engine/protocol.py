@@ -1,0 +1,41 @@
+"""The one interface the rest of ember sees of an inference engine.
+
+The scheduler loads engines through an EngineLoader and serves requests through
+Engine; what runs behind it (in-process llama.cpp now, worker processes later)
+is invisible to the API layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+from ember.engine.types import EmbeddingResult, GenerationEvent, GenerationRequest, LoadOptions
+
+
+class Engine(Protocol):
+    @property
+    def context_length(self) -> int:
+        """Tokens of context this instance was loaded with."""
+
+    @property
+    def memory_bytes(self) -> int:
+        """Estimated resident size (weights + KV cache)."""
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        """Tokens of text, parsing special tokens (chat templates contain them)."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Stream text; closing the iterator early cancels the generation."""
+
+    async def embed(self, texts: list[str]) -> EmbeddingResult:
+        """One L2-normalised vector per text."""
+
+    async def close(self) -> None:
+        """Free the model. Safe to call twice."""
+
+
+class EngineLoader(Protocol):
+    async def load(self, path: Path, options: LoadOptions) -> Engine:
+        """Load a model file; raises ember.errors.ModelLoadFailed when it cannot."""

@@ -1,0 +1,120 @@
+"""One exception hierarchy for everything ember reports to a client.
+
+Each error knows its HTTP status and renders itself in either wire format, so
+routes never build error bodies by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EmberError(Exception):
+    """Base class: a failure with a message meant for the caller."""
+
+    status_code: int = 500
+    openai_type: str = "server_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.default_code
+        self.headers = headers or {}
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.openai_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def to_ollama(self) -> dict[str, Any]:
+        return {"error": self.message}
+
+
+class BadRequest(EmberError):
+    status_code = 400
+    openai_type = "invalid_request_error"
+
+
+class InvalidModelName(BadRequest):
+    default_code = "invalid_model_name"
+
+
+class ContextLengthExceeded(BadRequest):
+    default_code = "context_length_exceeded"
+
+
+class UnsupportedModelFormat(BadRequest):
+    """A model file we recognise but cannot serve yet (safetensors, ONNX)."""
+
+    default_code = "unsupported_model_format"
+
+
+class NotAModelFile(BadRequest):
+    default_code = "not_a_model_file"
+
+
+class NotFound(EmberError):
+    status_code = 404
+    openai_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    default_code = "model_not_found"
+
+    def __init__(self, model: str, message: str | None = None) -> None:
+        self.model = model
+        super().__init__(
+            message or f"model '{model}' not found, try pulling it first",
+            param="model",
+        )
+
+
+class UnknownCatalogName(NotFound):
+    """A pull of a short name the catalog does not know."""
+
+    default_code = "model_not_in_catalog"
+
+
+class Conflict(EmberError):
+    status_code = 409
+    openai_type = "invalid_request_error"
+    default_code = "conflict"
+
+
+class PullFailed(EmberError):
+    """The source of a pull could not be read (network, checksum, package)."""
+
+    status_code = 502
+    openai_type = "server_error"
+    default_code = "pull_failed"
+
+
+class ServiceUnavailable(EmberError):
+    status_code = 503
+    openai_type = "server_error"
+    default_code = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int | None = None, code: str | None = None) -> None:
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        super().__init__(message, code=code, headers=headers)
+
+
+class ModelLoadFailed(ServiceUnavailable):
+    """The model file exists but the engine could not load it (corrupt, truncated, too big)."""
+
+    default_code = "model_load_failed"

@@ -1,0 +1,1 @@
+"""Protocol-neutral serving logic shared by the OpenAI and Ollama APIs."""

@@ -1,0 +1,56 @@
+"""Embeddings for both APIs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ember.engine.types import LoadOptions
+from ember.errors import BadRequest
+from ember.runtime.scheduler import Scheduler
+
+
+@dataclass(frozen=True)
+class EmbeddingOutcome:
+    model: str
+    vectors: list[list[float]]
+    prompt_tokens: int
+    load_seconds: float
+    total_seconds: float
+
+
+class EmbeddingService:
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+
+    async def embed(
+        self,
+        model: str,
+        inputs: list[str],
+        *,
+        keep_alive: float | None = None,
+        load_options: LoadOptions | None = None,
+        dimensions: int | None = None,
+    ) -> EmbeddingOutcome:
+        started = time.perf_counter()
+        if dimensions is not None and dimensions < 1:
+            raise BadRequest("dimensions must be a positive integer", param="dimensions")
+        async with self._scheduler.lease(model, options=load_options, keep_alive=keep_alive) as lease:
+            result = await lease.runner.engine.embed(inputs) if inputs else None
+        vectors = result.vectors if result else []
+        if dimensions is not None and vectors:
+            vectors = [_truncate(v, dimensions) for v in vectors]
+        return EmbeddingOutcome(
+            model=lease.runner.key,
+            vectors=vectors,
+            prompt_tokens=result.prompt_tokens if result else 0,
+            load_seconds=lease.load_seconds,
+            total_seconds=time.perf_counter() - started,
+        )
+
+
+def _truncate(vector: list[float], dimensions: int) -> list[float]:
+    """Matryoshka-style shortening, renormalised, as OpenAI's `dimensions` does."""
+    short = vector[:dimensions]
+    norm = sum(x * x for x in short) ** 0.5 or 1.0
+    return [x / norm for x in short]

@@ -1,0 +1,129 @@
+"""Shared fixtures: a real model in a temporary EMBER_HOME and a real server on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+DEFAULT_MODEL = "smollm2:135m"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerHandle:
+    """A running `ember serve` subprocess."""
+
+    base_url: str
+    host: str
+    home: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(home: Path, log_dir: Path, **env_overrides: str) -> ServerHandle:
+    """Start `python -m ember serve` on a free loopback port and wait until /health answers."""
+    port = free_port()
+    host = f"127.0.0.1:{port}"
+    env = {**os.environ, "EMBER_HOME": str(home), "EMBER_HOST": host, **env_overrides}
+    log_path = log_dir / f"server-{port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "ember", "serve"], env=env,
+                                   stdout=log_file, stderr=subprocess.STDOUT)
+    handle = ServerHandle(base_url=f"http://{host}", host=host, home=home,
+                          env={"EMBER_HOME": str(home), "EMBER_HOST": host, **env_overrides},
+                          process=process, log_path=log_path, extra=dict(env_overrides))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ember serve exited with {process.returncode}:\n{handle.log()}")
+        try:
+            if httpx.get(handle.url("/health"), timeout=1).status_code == 200:
+                return handle
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    handle.stop()
+    raise RuntimeError(f"ember serve did not become healthy:\n{handle.log()}")
+
+
+@pytest.fixture(scope="session")
+def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An EMBER_HOME holding the real default model, pulled once per session."""
+    from ember.runtime.store import ModelStore
+
+    home = tmp_path_factory.mktemp("ember-home")
+    ModelStore(home).pull(DEFAULT_MODEL)
+    return home
+
+
+@pytest.fixture(scope="session")
+def model_path(model_home: Path) -> Path:
+    from ember.runtime.store import ModelStore
+
+    return ModelStore(model_home).get(DEFAULT_MODEL).path
+
+
+@pytest.fixture(scope="session")
+def server(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    handle = start_server(model_home, tmp_path_factory.mktemp("logs"))
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def fresh_home(tmp_path: Path, model_path: Path) -> Path:
+    """A private EMBER_HOME with the default model imported (for tests that change the store)."""
+    from ember.runtime.store import ModelStore
+
+    home = tmp_path / "home"
+    ModelStore(home).import_file(model_path, DEFAULT_MODEL)
+    return home
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[object]:
+    """Start extra servers with their own settings; all are stopped after the test."""
+    started: list[ServerHandle] = []
+
+    def factory(home: Path, **env: str) -> ServerHandle:
+        handle = start_server(home, tmp_path, **env)
+        started.append(handle)
+        return handle
+
+    yield factory
+    for handle in started:
+        handle.stop()
+
