@@ -126,7 +126,8 @@ def test_client_disconnect_stops_generation(server) -> None:
     started = time.monotonic()
     reply = httpx.post(server.url("/api/generate"), timeout=60,
                        json={"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_predict": 4}})
-    assert reply.status_code == 200 and time.monotonic() - started < 10
+    # 3000 tokens take half a minute or more here; a freed slot answers at once.
+    assert reply.status_code == 200 and time.monotonic() - started < 15
 
 
 @pytest.mark.parametrize("damage", ["truncate", "scramble-header"])
@@ -156,3 +157,8 @@ def test_errors_never_leak_tracebacks(server) -> None:
                           headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert "Traceback" not in response.text
+
+
+def test_server_refuses_to_pull_local_paths(server, model_path) -> None:
+    response = httpx.post(server.url("/api/pull"), json={"model": str(model_path)})
+    assert "ember import" in _ollama_error(response, 400)

@@ -73,13 +73,12 @@ def test_generate_uses_template_and_raw_does_not(client: ollama.Client) -> None:
 
 
 def test_generate_stop_and_seed(client: ollama.Client) -> None:
-    free = client.generate(model=MODEL, prompt="Count from one to ten in words, separated by commas.",
-                           options=GREEDY).response
-    cut = free.find(",")
-    assert cut > 0
-    stopped = client.generate(model=MODEL, prompt="Count from one to ten in words, separated by commas.",
-                              options={**GREEDY, "stop": [","]})
-    assert stopped.response == free[:cut]
+    prompt = "Count from one to ten in words."
+    free = client.generate(model=MODEL, prompt=prompt, options=GREEDY).response
+    stop = free[len(free) // 2: len(free) // 2 + 3]
+    stopped = client.generate(model=MODEL, prompt=prompt, options={**GREEDY, "stop": [stop]})
+    assert stopped.response == free[: free.find(stop)]
+    assert stopped.done_reason == "stop"
     sampled = {"temperature": 1.0, "top_k": 50, "top_p": 0.95, "seed": 7, "num_predict": 16,
                "repeat_penalty": 1.2}
     a = client.generate(model=MODEL, prompt="Invent a word.", options=sampled).response

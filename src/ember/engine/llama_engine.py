@@ -55,10 +55,6 @@ def _open_llama(path: Path, options: LoadOptions, *, embedding: bool, n_ctx: int
         raise ModelLoadFailed(f"could not load {path.name}: {exc}") from exc
 
 
-def _trained_context(path: Path, options: LoadOptions) -> int:
-    return options.num_ctx
-
-
 class LlamaEngine:
     """Engine over one llama.cpp context; see the Engine protocol for the contract."""
 
@@ -75,8 +71,7 @@ class LlamaEngine:
 
     @classmethod
     def open(cls, path: Path, options: LoadOptions) -> "LlamaEngine":
-        probe = _open_llama(path, options, embedding=False, n_ctx=options.num_ctx)
-        return cls(path, options, probe)
+        return cls(path, options, _open_llama(path, options, embedding=False, n_ctx=options.num_ctx))
 
     @property
     def context_length(self) -> int:
@@ -142,6 +137,11 @@ class LlamaEngine:
         else:
             seed = sampling.seed if sampling.seed is not None else random.getrandbits(32)
             llama.set_seed(seed)
+            # Re-evaluate the whole prompt: reusing a cached prefix changes llama.cpp's
+            # batch shapes and with them the last bits of the logits, so the same greedy
+            # request could answer differently. Repeatable answers matter more here;
+            # the batching engine brings prefix reuse back.
+            llama.reset()
             llama.last_n_tokens_size = max(0, sampling.repeat_last_n)
             tokens = llama.generate(
                 request.prompt_tokens,

@@ -7,6 +7,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from ember.errors import BadRequest
 from ember.runtime.scheduler import Scheduler
 from ember.runtime.store import ModelRecord, ModelStore, PullProgress
 
@@ -58,6 +59,10 @@ class ModelService:
 
     async def start_pull(self, source: str, name: str | None = None) -> PullStream:
         """Start a pull; errors found before any progress (unknown name, bad URL) raise here."""
+        if self.store.source_kind(source) == "local":
+            # A server must not read arbitrary paths for its clients; the CLI imports locally.
+            raise BadRequest("the server pulls catalog names, hf:// paths and URLs; "
+                             "add a local file with `ember import PATH --name NAME`", param="model")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancel = threading.Event()

@@ -31,15 +31,14 @@ _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
 
 def _sampling(body: _Sampling) -> SamplingParams:
-    # Unset fields keep ember's defaults, as Ollama's OpenAI layer does; OpenAI
-    # has no repeat penalty, so none is applied.
+    # Unset fields keep ember's defaults (repeat penalty included), as Ollama's
+    # OpenAI layer does: small models loop without it.
     defaults = SamplingParams()
     return SamplingParams(
         temperature=body.temperature if body.temperature is not None else defaults.temperature,
         top_p=body.top_p if body.top_p is not None else defaults.top_p,
         top_k=defaults.top_k,
         min_p=defaults.min_p,
-        repeat_penalty=1.0,
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
         seed=body.seed,
