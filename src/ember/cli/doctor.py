@@ -141,6 +141,9 @@ def check_port(settings: Settings) -> Check:
 def check_default_model(settings: Settings) -> Check:
     name = settings.default_model
     fix = f"ember pull {name}"
+    if not settings.home.is_dir():
+        # Opening the store would create EMBER_HOME; a check should change nothing.
+        return Check("default model", False, f"{name} is not in {settings.home}", fix)
     try:
         from ember.runtime.store import ModelStore
 

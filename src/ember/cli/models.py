@@ -58,41 +58,37 @@ def _until(value: Any) -> str:
     return relative_time(moment, now)
 
 
-def _slots(model: dict[str, Any]) -> str:
-    busy = model.get("slots_busy")
-    total = model.get("slots_total", model.get("num_parallel", model.get("slots")))
-    if busy is None:
-        return "-"
-    return f"{busy}/{total}" if isinstance(total, int) else str(busy)
+# Columns ember's server may add to /api/ps beyond Ollama's: (header, keys tried in order).
+_EXTRA_PS_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("CONTEXT", ("context_length",)),
+    ("BUSY", ("slots_busy", "in_flight")),
+    ("QUEUE", ("queue", "queued")),
+)
 
 
-def _queue(model: dict[str, Any]) -> str:
-    queue = model.get("queue")
-    # The server may send a count or a list of waiting requests.
-    return str(len(queue)) if isinstance(queue, list) else str(queue if queue is not None else "-")
+def _extra_value(model: dict[str, Any], keys: tuple[str, ...]) -> str:
+    value = next((model[key] for key in keys if key in model), None)
+    # A list of waiting requests reads best as its length.
+    return str(len(value)) if isinstance(value, list) else "-" if value is None else str(value)
 
 
 def ps() -> None:
     """List the models loaded in memory now."""
     with _client() as client:
         models = client.ps()
-    headers = ["NAME", "ID", "SIZE", "PROCESSOR", "UNTIL"]
-    with_slots = any("slots_busy" in m for m in models)
-    with_queue = any("queue" in m for m in models)
-    headers += ["SLOTS"] if with_slots else []
-    headers += ["QUEUE"] if with_queue else []
-    rows = []
-    for m in models:
-        row = [
+    extras = [(header, keys) for header, keys in _EXTRA_PS_COLUMNS if any(k in m for m in models for k in keys)]
+    headers = ["NAME", "ID", "SIZE", "PROCESSOR", "UNTIL", *(header for header, _ in extras)]
+    rows = [
+        [
             str(m.get("name") or m.get("model") or "?"),
             short_digest(m.get("digest")),
             human_size(m.get("size")),
             _processor(m),
             _until(m.get("expires_at")),
+            *(_extra_value(m, keys) for _, keys in extras),
         ]
-        row += [_slots(m)] if with_slots else []
-        row += [_queue(m)] if with_queue else []
-        rows.append(row)
+        for m in models
+    ]
     print_table(headers, rows)
 
 

@@ -124,7 +124,12 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], stream: T
         table.add_column(header, no_wrap=True, overflow="fold")
     for row in rows:
         table.add_row(*row)
-    console.print(table)
+    with console.capture() as captured:
+        console.print(table)
+    # rich pads every cell to the column width; trailing blanks only get in the way of pipes.
+    lines = [line.rstrip() for line in captured.get().splitlines()]
+    console.file.write("\n".join(lines) + "\n")
+    console.file.flush()
 
 
 def status_word(ok: bool, stream: TextIO | None = None) -> str:

