@@ -17,6 +17,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from ember import __version__
     from ember.api.deps import Services
     from ember.api.errors import install_error_handlers
+    from ember.api.json_body import JsonBodyMiddleware
     from ember.api.ollama.routes import router as ollama_router
     from ember.api.openai.routes import router as openai_router
     from ember.engine.llama_engine import LlamaEngineLoader
@@ -52,6 +53,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         description="Local language models behind the OpenAI (/v1) and Ollama (/api) APIs.",
         lifespan=lifespan,
     )
+    app.add_middleware(JsonBodyMiddleware)
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(ollama_router)

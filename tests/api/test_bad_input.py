@@ -162,3 +162,14 @@ def test_errors_never_leak_tracebacks(server) -> None:
 def test_server_refuses_to_pull_local_paths(server, model_path) -> None:
     response = httpx.post(server.url("/api/pull"), json={"model": str(model_path)})
     assert "ember import" in _ollama_error(response, 400)
+
+
+def test_body_without_json_content_type_is_read_as_json(server) -> None:
+    """curl -d sends form-encoding; Ollama reads the body as JSON anyway, and so does ember."""
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                       "stream": False, "options": {"num_predict": 3}})
+    response = httpx.post(server.url("/api/chat"), content=body,
+                          headers={"content-type": "application/x-www-form-urlencoded"}, timeout=60)
+    assert response.status_code == 200 and response.json()["done"] is True
+    response = httpx.post(server.url(CHAT), content=body, headers={"content-type": ""}, timeout=60)
+    assert response.status_code == 200
