@@ -16,13 +16,34 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ember.errors import BadRequest
 
-# Used when a GGUF carries no template: ChatML, which most small instruct models know.
+# The fallback for other architectures: ChatML, which most small instruct models know.
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+# Gemma's own turn format: no system role, so a system message opens the first user turn.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set system = messages[0]['content'] + '\n\n' %}{% set turns = messages[1:] %}"
+    "{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
+    "{% for message in turns %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else 'user' %}"
+    "<start_of_turn>{{ role }}\n{{ ((system if loop.first else '') + message['content']) | trim }}<end_of_turn>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+# Used when a GGUF carries no template of its own, by architecture.
+FALLBACK_TEMPLATES = {"gemma": GEMMA_TEMPLATE, "gemma2": GEMMA_TEMPLATE, "gemma3": GEMMA_TEMPLATE}
+
+
+def template_for(embedded: str | None, architecture: str) -> str:
+    return embedded or FALLBACK_TEMPLATES.get(architecture, CHATML_TEMPLATE)
 
 
 class TemplateRaised(Exception):
@@ -51,14 +72,14 @@ def _compile(source: str) -> Any:
 
 
 def render_chat(
-    template: str | None,
+    template: str,
     messages: list[dict[str, Any]],
     *,
     bos_token: str | None = None,
     eos_token: str | None = None,
     add_generation_prompt: bool = True,
 ) -> str:
-    compiled = _compile(template or CHATML_TEMPLATE)
+    compiled = _compile(template)
     try:
         return compiled.render(
             messages=messages,

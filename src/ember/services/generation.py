@@ -15,7 +15,7 @@ from typing import Any
 
 from ember.engine.types import GenerationEvent, GenerationRequest, LoadOptions, SamplingParams
 from ember.errors import BadRequest, ContextLengthExceeded
-from ember.runtime.chat_template import render_chat
+from ember.runtime.chat_template import render_chat, template_for
 from ember.runtime.scheduler import Lease, Scheduler
 
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
@@ -117,7 +117,7 @@ class GenerationService:
             return await engine.tokenize(request.prompt or "", add_special=True)
         meta = lease.runner.record.metadata
         text = render_chat(
-            meta.chat_template,
+            template_for(meta.chat_template, meta.architecture),
             [_message_dict(m) for m in request.messages],
             bos_token=meta.bos_token,
             eos_token=meta.eos_token,
