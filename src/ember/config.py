@@ -59,6 +59,30 @@ def parse_duration(value: str | int | float | None) -> float | None:
     return -1.0 if seconds < 0 else seconds
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+               "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+
+
+def parse_size(value: str | int | float) -> int:
+    """Bytes from 8000000000, "8GB", "7.5GiB", "512MiB"."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"invalid size {value!r}: use e.g. 8GiB, 512MB or a number of bytes")
+    unit = (match.group(2) or "").lower().removesuffix("b")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def _default_max_memory() -> int:
+    # Three quarters of physical memory: room for the server, the OS and the page cache.
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.75)
+    except (ValueError, OSError):
+        return 8 * 1024**3
+
+
 def split_host(host: str) -> tuple[str, int]:
     """'127.0.0.1:11434', 'http://h:1', '0.0.0.0', ':8080', '[::1]:9' -> (host, port)."""
     text = host.strip()
@@ -93,7 +117,9 @@ class Settings(BaseSettings):
     keep_alive: float = Field(600.0, description="Seconds an idle model stays loaded; negative keeps it forever.")
     max_loaded_models: int = Field(3, ge=0, description="Most models resident at once; 0 means no limit.")
     num_parallel: int = Field(4, ge=1, description="Concurrent sequences per model.")
-    max_queue: int = Field(512, ge=1, description="Requests waiting per model before 503.")
+    max_queue: int = Field(512, ge=0, description="Requests waiting per model beyond its slots before 503.")
+    max_memory: int = Field(default_factory=_default_max_memory,
+                            description="Memory budget for resident models (bytes, or e.g. 8GiB).")
     num_ctx: int = Field(4096, ge=64, description="Default context length, capped at the model's own.")
     num_thread: int | None = Field(None, ge=1, description="CPU threads per model; default all cores.")
     num_gpu: int = Field(0, description="Layers to offload to a GPU (-1: all).")
@@ -106,6 +132,11 @@ class Settings(BaseSettings):
     def _duration(cls, value: Any) -> float:
         seconds = parse_duration(value)
         return 600.0 if seconds is None else seconds
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return parse_size(value)
 
     @field_validator("home", mode="before")
     @classmethod

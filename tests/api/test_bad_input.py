@@ -108,11 +108,12 @@ def test_unknown_route_is_404_in_protocol_format(server) -> None:
 
 
 def test_client_disconnect_stops_generation(server) -> None:
-    body = {"model": MODEL, "prompt": "Tell me a very long story.", "raw": True,
-            "options": {"num_predict": 3000, "temperature": 0.9}}
+    body = {"model": MODEL, "prompt": "1, 2, 3, 4, 5, 6,", "raw": True,
+            "options": {"num_predict": 3000, "temperature": 0}}
     with httpx.stream("POST", server.url("/api/generate"), json=body, timeout=60) as response:
         for count, _ in enumerate(response.iter_lines()):
             if count >= 3:
+                assert httpx.get(server.url("/api/ps")).json()["models"][0]["in_flight"] == 1
                 break
     # The slot is free again almost at once, not after 3000 tokens.
     deadline = time.monotonic() + 5

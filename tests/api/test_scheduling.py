@@ -65,3 +65,36 @@ def test_deleting_a_loaded_model_unloads_it(fresh_home, server_factory) -> None:
     assert "temp:v1" in _running(srv)
     assert httpx.request("DELETE", srv.url("/api/delete"), json={"model": "temp:v1"}).status_code == 200
     assert "temp:v1" not in _running(srv)
+
+
+def test_queue_bound_answers_503_with_retry_after(fresh_home, server_factory) -> None:
+    srv = server_factory(fresh_home, EMBER_MAX_QUEUE="0", EMBER_NUM_PARALLEL="1")
+    _ask(srv, MODEL)
+    body = {"model": MODEL, "prompt": "1, 2, 3, 4, 5, 6,", "raw": True,
+            "options": {"num_predict": 3000, "temperature": 0}}
+    with httpx.stream("POST", srv.url("/api/generate"), json=body, timeout=60) as busy:
+        lines = busy.iter_lines()  # kept referenced: a dropped iterator closes the connection
+        next(lines)  # the only slot is now generating
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        refused = httpx.post(srv.url("/v1/chat/completions"), json=chat, timeout=60)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "queue_full"
+        ollama_refused = httpx.post(srv.url("/api/generate"), timeout=60,
+                                    json={**body, "stream": False, "options": {"num_predict": 2}})
+        assert ollama_refused.status_code == 503 and "busy" in ollama_refused.json()["error"]
+        status = httpx.get(srv.url("/api/ps")).json()["models"][0]
+        assert status["slots_busy"] == status["slots"] and status["queue"] == 0
+
+
+def test_memory_budget(fresh_home, server_factory) -> None:
+    tiny = server_factory(fresh_home, EMBER_MAX_MEMORY="50MB")
+    response = httpx.post(tiny.url("/api/generate"), json={"model": MODEL, "prompt": "hi"}, timeout=60)
+    assert response.status_code == 503 and "memory budget" in response.json()["error"]
+    # Room for one copy of the model and its cache, not two: the idle one is evicted.
+    one = server_factory(fresh_home, EMBER_MAX_MEMORY="400MB", EMBER_NUM_CTX="2048",
+                         EMBER_MAX_LOADED_MODELS="0")
+    httpx.post(one.url("/api/copy"), json={"source": MODEL, "destination": "twin:v1"})
+    _ask(one, MODEL)
+    _ask(one, "twin:v1")
+    assert _running(one) == ["twin:v1"]

@@ -81,6 +81,14 @@ class LlamaEngine:
     def memory_bytes(self) -> int:
         return self._memory
 
+    @property
+    def parallel(self) -> int:
+        return 1  # the high-level Llama object generates for one request at a time
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed
+
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return await asyncio.to_thread(self._llama.tokenize, text.encode("utf-8"), add_special, True)
 

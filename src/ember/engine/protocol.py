@@ -23,6 +23,14 @@ class Engine(Protocol):
     def memory_bytes(self) -> int:
         """Estimated resident size (weights + KV cache)."""
 
+    @property
+    def parallel(self) -> int:
+        """Requests it generates for at once; more wait in its queue."""
+
+    @property
+    def alive(self) -> bool:
+        """False once the engine can no longer serve (its worker died, or it was closed)."""
+
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         """Tokens of text, parsing special tokens (chat templates contain them)."""
 

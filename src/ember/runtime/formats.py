@@ -37,6 +37,9 @@ class ModelMetadata:
     bos_token: str | None
     eos_token: str | None
     name: str | None
+    # f16 K and V bytes one token of context costs across all layers; sizes the KV cache
+    # before a load. None for manifests written before ember recorded it.
+    kv_bytes_per_token: int | None = None
 
     def parameter_size(self) -> str:
         """Human size as model names spell it: "135M", "268M", "1.2B", "70B"."""
@@ -50,7 +53,8 @@ class ModelMetadata:
         # Ignore keys a newer ember may have added; default the optional ones an older one lacked.
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in d.items() if k in known}
-        for optional in ("embedding_length", "chat_template", "bos_token", "eos_token", "name"):
+        for optional in ("embedding_length", "chat_template", "bos_token", "eos_token", "name",
+                         "kv_bytes_per_token"):
             values.setdefault(optional, None)
         return cls(**values)
 
@@ -185,7 +189,26 @@ def _metadata_from_reader(reader: Any, file_size: int) -> ModelMetadata:
         bos_token=_token_text(reader, scalar("tokenizer.ggml.bos_token_id")),
         eos_token=_token_text(reader, scalar("tokenizer.ggml.eos_token_id")),
         name=scalar("general.name"),
+        kv_bytes_per_token=_kv_bytes_per_token(scalar, architecture),
     )
+
+
+def _kv_bytes_per_token(scalar: Any, arch: str) -> int | None:
+    def number(key: str) -> int | None:
+        value = scalar(key)
+        if isinstance(value, list):  # per-layer counts in some architectures: size for the largest
+            value = max(value) if value else None
+        return None if value is None else int(value)
+
+    layers = number(f"{arch}.block_count")
+    embedding = number(f"{arch}.embedding_length")
+    heads = number(f"{arch}.attention.head_count")
+    if not layers or not embedding or not heads:
+        return None
+    kv_heads = number(f"{arch}.attention.head_count_kv") or heads
+    key_length = number(f"{arch}.attention.key_length") or embedding // heads
+    value_length = number(f"{arch}.attention.value_length") or key_length
+    return layers * kv_heads * (key_length + value_length) * 2
 
 
 def _quantization(file_type: Any) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ember.config import Settings
 from ember.engine.protocol import Engine, EngineLoader
 from ember.engine.types import LoadOptions
+from ember.errors import ServiceUnavailable
 from ember.runtime.store import ModelRecord, ModelStore
 
 log = logging.getLogger("ember.scheduler")
@@ -39,6 +40,20 @@ class Runner:
     @property
     def idle(self) -> bool:
         return self.in_flight == 0
+
+    @property
+    def slots_busy(self) -> int:
+        return min(self.in_flight, self.engine.parallel)
+
+    @property
+    def queued(self) -> int:
+        return max(0, self.in_flight - self.engine.parallel)
+
+
+def estimate_memory(record: ModelRecord, options: LoadOptions) -> int:
+    """Weights plus a KV cache for every slot's full context, from the GGUF's metadata."""
+    per_token = record.metadata.kv_bytes_per_token or 0
+    return record.size + per_token * options.num_ctx * options.num_parallel
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,11 @@ class Scheduler:
         key = str(record.ref)
         wanted = self._fit_options(record, options or self.default_options())
         runner, loaded_now, load_seconds = await self._get_or_load(key, record, wanted)
+        if runner.in_flight >= runner.engine.parallel + self._settings.max_queue:
+            raise ServiceUnavailable(
+                f"model '{key}' is busy: {runner.engine.parallel} requests running and "
+                f"{runner.queued} waiting (EMBER_MAX_QUEUE={self._settings.max_queue}); retry shortly",
+                retry_after=1, code="queue_full")
         runner.in_flight += 1
         runner.last_used = time.monotonic()
         if runner._timer is not None:
@@ -87,7 +107,10 @@ class Scheduler:
         finally:
             runner.in_flight -= 1
             runner.last_used = time.monotonic()
-            if runner.idle:
+            if not runner.engine.alive:
+                if runner.idle:
+                    await self._unload(runner)  # the next request loads it afresh
+            elif runner.idle:
                 self._arm_expiry(runner)
             await self._notify()
 
@@ -132,6 +155,10 @@ class Scheduler:
     ) -> tuple[Runner, bool, float]:
         while True:
             runner = self._runners.get(key)
+            if runner is not None and not runner.engine.alive:
+                # Its worker died: requests still holding it fail on their own; new ones reload.
+                await self._unload(runner)
+                continue
             if runner is not None and (runner.options == options or not runner.idle):
                 # A busy model keeps serving with the options it has rather than
                 # stalling everyone for a reload.
@@ -158,7 +185,7 @@ class Scheduler:
             return runner, True, runner.load_seconds
 
     async def _load(self, key: str, record: ModelRecord, options: LoadOptions) -> Runner:
-        await self._make_room(key)
+        await self._make_room(key, estimate_memory(record, options))
         record = await asyncio.to_thread(self._store.verify, record.ref)
         started = time.perf_counter()
         engine = await self._loader.load(record.path, options)
@@ -169,12 +196,23 @@ class Scheduler:
         self._runners[key] = runner
         return runner
 
-    async def _make_room(self, incoming: str) -> None:
+    async def _make_room(self, incoming: str, needed: int) -> None:
+        """Evict idle models, least recently used first, until the newcomer fits."""
         limit = self._settings.max_loaded_models
-        if limit <= 0:
-            return
-        # `incoming` is already in _loading, hence the -1.
-        while len(self._runners) + len(self._loading) - 1 >= limit:
+        budget = self._settings.max_memory
+        if needed > budget:
+            raise ServiceUnavailable(
+                f"model '{incoming}' needs about {needed / 2**20:.0f} MiB, more than the memory budget "
+                f"of {budget / 2**20:.0f} MiB (EMBER_MAX_MEMORY); lower num_ctx or EMBER_NUM_PARALLEL",
+                code="insufficient_memory")
+
+        def crowded() -> bool:
+            # `incoming` is already in _loading, hence the -1.
+            too_many = limit > 0 and len(self._runners) + len(self._loading) - 1 >= limit
+            resident = sum(r.engine.memory_bytes for r in self._runners.values())
+            return too_many or resident + needed > budget
+
+        while crowded():
             idle = [r for r in self._runners.values() if r.idle and r.key != incoming]
             if idle:
                 victim = min(idle, key=lambda r: r.last_used)

@@ -214,7 +214,8 @@ async def ps(svc: Services = Depends(services)) -> dict[str, Any]:
         {"name": r.key, "model": r.key, "size": r.engine.memory_bytes,
          "digest": r.record.digest.removeprefix("sha256:"), "details": _details(r.record),
          "expires_at": _timestamp(_expires(r)), "size_vram": 0,
-         "context_length": r.engine.context_length, "in_flight": r.in_flight}
+         "context_length": r.engine.context_length, "in_flight": r.in_flight,
+         "slots": r.engine.parallel, "slots_busy": r.slots_busy, "queue": r.queued}
         for r in svc.scheduler.running()
     ]}
 
