@@ -13,7 +13,7 @@ import httpx
 import pydantic
 import typer
 
-from ember.cli import chat, doctor, models, pull, serve
+from ember.cli import bench, chat, doctor, models, pull, serve
 from ember.cli.output import error_line
 from ember.errors import EmberError
 
@@ -42,6 +42,7 @@ app.command("cp")(models.cp)
 app.command("stop")(models.stop)
 app.command("doctor")(doctor.doctor)
 app.command("version")(serve.version)
+app.command("bench")(bench.bench)
 
 
 def _validation_message(exc: pydantic.ValidationError) -> str:

@@ -48,6 +48,9 @@ class GenerationStats:
     completion_tokens: int
     prompt_eval_seconds: float
     eval_seconds: float
+    # Prompt tokens whose KV cache was reused from an earlier request instead of
+    # evaluated (OpenAI's usage.prompt_tokens_details.cached_tokens).
+    cached_prompt_tokens: int = 0
 
 
 @dataclass(frozen=True)
