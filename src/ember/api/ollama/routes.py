@@ -158,13 +158,13 @@ async def generate(body: GenerateRequest, svc: Services = Depends(services)) -> 
     if not body.prompt and not body.system:
         return JSONResponse(await _load_or_unload(svc, body.model, body, {"response": ""}))
     if body.raw:
-        request = TextRequest(model=body.model, prompt=body.prompt)
+        prompt, messages = body.prompt, None
     else:
         # Ollama applies the model's template to generate prompts: a system + user turn.
         turns = [ChatMessage("system", body.system)] if body.system else []
-        request = TextRequest(model=body.model, messages=turns + [ChatMessage("user", body.prompt)])
+        prompt, messages = None, turns + [ChatMessage("user", body.prompt)]
     generation = await svc.generation.start(TextRequest(
-        model=request.model, messages=request.messages, prompt=request.prompt,
+        model=body.model, messages=messages, prompt=prompt,
         max_tokens=_max_tokens(body.options), stop=tuple(body.options.stop or ()),
         sampling=_sampling(body.options), load_options=_load_options(svc, body.options),
         keep_alive=body.keep_alive,
