@@ -6,7 +6,6 @@ import errno
 import importlib.metadata
 import re
 import shutil
-import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import typer
 
 from ember.cli.client import EmberClient
 from ember.cli.output import status_word
+from ember.cli.ports import bind_error
 from ember.config import Settings
 from ember.errors import EmberError
 
@@ -105,17 +105,10 @@ def check_disk(home: Path) -> Check:
 
 
 def _port_is_free(addr: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        # uvicorn sets SO_REUSEADDR too: a port in TIME_WAIT is free for it, so for us.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((addr, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-    return True
+    exc = bind_error(addr, port)
+    if exc is not None and exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+        raise exc
+    return exc is None
 
 
 def check_port(settings: Settings) -> Check:

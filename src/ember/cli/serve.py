@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import socket
 import sys
 from typing import Annotated, Any
 
@@ -11,24 +10,22 @@ import typer
 
 from ember import __version__
 from ember.cli.client import EmberClient, ServerUnreachable
+from ember.cli.ports import bind_error
 from ember.config import Settings
 from ember.errors import EmberError
 
 
 def _check_bindable(addr: str, port: int) -> None:
     """Fail with one clear line now, rather than with uvicorn's log and exit after startup."""
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((addr, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise EmberError(
-                    f"{addr}:{port} is already in use (another `ember serve`?); "
-                    "choose another address with --host or EMBER_HOST"
-                ) from exc
-            raise EmberError(f"cannot listen on {addr}:{port}: {exc.strerror}") from exc
+    exc = bind_error(addr, port)
+    if exc is None:
+        return
+    if exc.errno == errno.EADDRINUSE:
+        raise EmberError(
+            f"{addr}:{port} is already in use (another `ember serve`?); "
+            "choose another address with --host or EMBER_HOST"
+        ) from exc
+    raise EmberError(f"cannot listen on {addr}:{port}: {exc.strerror}") from exc
 
 
 def serve(
