@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from ember.config import Settings
+from ember.engine.protocol import EngineLoader
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:
@@ -20,7 +21,6 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from ember.api.json_body import JsonBodyMiddleware
     from ember.api.ollama.routes import router as ollama_router
     from ember.api.openai.routes import router as openai_router
-    from ember.engine.llama_engine import LlamaEngineLoader
     from ember.runtime.scheduler import Scheduler
     from ember.runtime.store import ModelStore
     from ember.services.embeddings import EmbeddingService
@@ -34,7 +34,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         logging.getLogger("ember").setLevel(settings.log_level.upper())
         settings.home.mkdir(parents=True, exist_ok=True)
         store = ModelStore(settings.home, hf_endpoint=settings.hf_endpoint)
-        scheduler = Scheduler(store, LlamaEngineLoader(), settings)
+        scheduler = Scheduler(store, _engine_loader(settings), settings)
         app.state.services = Services(
             settings=settings,
             scheduler=scheduler,
@@ -68,3 +68,13 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def _engine_loader(settings: Settings) -> EngineLoader:
+    if settings.engine == "inprocess":
+        from ember.engine.llama_engine import LlamaEngineLoader
+
+        return LlamaEngineLoader()
+    from ember.engine.process_engine import ProcessEngineLoader
+
+    return ProcessEngineLoader()

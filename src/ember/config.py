@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     num_ctx: int = Field(4096, ge=64, description="Default context length, capped at the model's own.")
     num_thread: int | None = Field(None, ge=1, description="CPU threads per model; default all cores.")
     num_gpu: int = Field(0, description="Layers to offload to a GPU (-1: all).")
+    engine: Literal["process", "inprocess"] = Field(
+        "process", description="process: a worker process per model with continuous batching; "
+                               "inprocess: llama-cpp-python's Llama in the server, one request at a time.")
     hf_endpoint: str = Field("https://huggingface.co", description="Base URL for hf:// pulls.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     default_model: str = Field(DEFAULT_MODEL, description="The model `make run` pulls and serves.")

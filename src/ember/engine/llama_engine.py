@@ -253,5 +253,5 @@ def _kv_cache_bytes(llama: llama_cpp.Llama) -> int:
 
 
 class LlamaEngineLoader:
-    async def load(self, path: Path, options: LoadOptions) -> LlamaEngine:
+    async def load(self, path: Path, options: LoadOptions, *, name: str | None = None) -> LlamaEngine:
         return await asyncio.to_thread(LlamaEngine.open, path, options)

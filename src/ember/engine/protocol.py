@@ -45,5 +45,8 @@ class Engine(Protocol):
 
 
 class EngineLoader(Protocol):
-    async def load(self, path: Path, options: LoadOptions) -> Engine:
-        """Load a model file; raises ember.errors.ModelLoadFailed when it cannot."""
+    async def load(self, path: Path, options: LoadOptions, *, name: str | None = None) -> Engine:
+        """Load a model file; raises ember.errors.ModelLoadFailed when it cannot.
+
+        `name` (the model's name in the store) only labels log and error messages.
+        """

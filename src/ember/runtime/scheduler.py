@@ -188,7 +188,7 @@ class Scheduler:
         await self._make_room(key, estimate_memory(record, options))
         record = await asyncio.to_thread(self._store.verify, record.ref)
         started = time.perf_counter()
-        engine = await self._loader.load(record.path, options)
+        engine = await self._loader.load(record.path, options, name=key)
         seconds = time.perf_counter() - started
         log.info("loaded %s in %.2fs (ctx %d)", key, seconds, options.num_ctx)
         runner = Runner(key=key, record=record, engine=engine, options=options,

@@ -1,0 +1,290 @@
+"""Continuous batching over one llama.cpp context (runs inside the worker process).
+
+Each of `num_parallel` slots is one llama.cpp sequence (seq_id = slot index)
+with its own `num_ctx` tokens of KV cache. Every step builds one llama_batch:
+first the next token of every slot that is generating, then chunks of the
+prompts still being read, within a token budget, so a long prompt joining
+never stalls the streams already running. One llama_decode runs them all;
+each generating slot then samples from its own output with its own chain.
+
+A slot that finishes keeps its KV cache and the list of tokens in it; a new
+request goes to the free slot sharing the longest prefix with its prompt and
+evaluates only the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import llama_cpp
+
+from ember.engine.ipc import Update
+from ember.engine.sampling import Detokenizer, SamplerChain
+from ember.engine.text import StopMatcher, Utf8Stream
+from ember.engine.types import FinishReason, GenerationRequest, GenerationStats
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    slots: int  # sequences decoded together (num_parallel)
+    slot_context: int  # KV cells per sequence (num_ctx)
+    batch_tokens: int = 512  # most tokens in one llama_decode (the context's n_batch)
+    # Prompt tokens per step while other slots are generating: small enough that
+    # their next token is at most a fraction of a second late on a small CPU.
+    prefill_while_generating: int = 128
+
+
+@dataclass
+class Job:
+    """One generation request, from its arrival to its last token."""
+
+    rid: int
+    request: GenerationRequest
+    limit: int  # most tokens to sample: max_tokens capped by the room left in the slot
+    chain: SamplerChain
+    matcher: StopMatcher
+    utf8: Utf8Stream = field(default_factory=Utf8Stream)
+    admitted_at: float = 0.0
+    first_token_at: float | None = None
+    produced: int = 0
+    cached: int = 0  # prompt tokens found in the slot's KV cache, not evaluated again
+
+
+@dataclass
+class Slot:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)  # what this sequence's KV cache holds, in order
+    job: Job | None = None
+    feed: list[int] = field(default_factory=list)  # tokens to decode in the coming steps
+    last_used: int = 0  # step counter when it last held a job: ties go to the least recent
+    admitted: int = 0  # admission counter: earlier prompts are read first
+
+    @property
+    def generating(self) -> bool:
+        """Past its prompt: one new token per step."""
+        return self.job is not None and self.job.first_token_at is not None
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    # Compare in blocks first: cheap in Python for the long shared prefixes that matter.
+    i = 0
+    block = 256
+    while i + block <= n and a[i:i + block] == b[i:i + block]:
+        i += block
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class BatchScheduler:
+    def __init__(self, ctx: llama_cpp.llama_context_p, model: llama_cpp.llama_model_p,
+                 config: BatchConfig) -> None:
+        self._ctx = ctx
+        self._config = config
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._memory = llama_cpp.llama_get_memory(ctx)
+        self._detokenizer = Detokenizer(self._vocab)
+        self._batch = llama_cpp.llama_batch_init(config.batch_tokens, 0, 1)
+        self._slots = [Slot(seq_id=i) for i in range(config.slots)]
+        self._waiting: deque[Job] = deque()
+        self._steps = 0
+        self._admissions = 0
+
+    # --- requests in and out -------------------------------------------------
+
+    def submit(self, rid: int, request: GenerationRequest) -> Update | None:
+        """Queue a request; an Update when it is finished without any decoding."""
+        prompt = request.prompt_tokens
+        if prompt and (min(prompt) < 0 or max(prompt) >= self._n_vocab):
+            # llama_decode would reject the whole batch, failing everyone's request.
+            return Update(rid=rid, text="", error="the prompt has token ids outside the vocabulary")
+        room = self._config.slot_context - len(prompt)
+        limit = room if request.max_tokens is None else min(request.max_tokens, room)
+        if limit <= 0:
+            stats = GenerationStats(prompt_tokens=len(prompt), completion_tokens=0,
+                                    prompt_eval_seconds=0.0, eval_seconds=0.0)
+            return Update(rid=rid, text="", finish="length", stats=stats)
+        chain = SamplerChain.build(request.sampling, n_vocab=self._n_vocab,
+                                   history=self._config.slot_context)
+        self._waiting.append(Job(rid=rid, request=request, limit=limit, chain=chain,
+                                 matcher=StopMatcher(request.stop)))
+        return None
+
+    def cancel(self, rid: int) -> None:
+        """Forget a request; its slot is free for the next step (its KV cache stays reusable)."""
+        for job in self._waiting:
+            if job.rid == rid:
+                self._waiting.remove(job)
+                job.chain.free()
+                return
+        for slot in self._slots:
+            if slot.job is not None and slot.job.rid == rid:
+                self._release(slot)
+                return
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._waiting) or any(slot.job is not None for slot in self._slots)
+
+    def close(self) -> None:
+        for slot in self._slots:
+            if slot.job is not None:
+                self._release(slot)
+        for job in self._waiting:
+            job.chain.free()
+        self._waiting.clear()
+        llama_cpp.llama_batch_free(self._batch)
+
+    # --- one decode step -----------------------------------------------------
+
+    def step(self) -> list[Update]:
+        """Admit waiting requests, decode one batch, sample; the updates it produced."""
+        self._steps += 1
+        self._admit()
+        outputs = self._fill_batch()
+        if self._batch.n_tokens == 0:
+            return []
+        status = llama_cpp.llama_decode(self._ctx, self._batch)
+        if status != 0:
+            return self._fail_batch(status)
+        now = time.perf_counter()
+        updates: list[Update] = []
+        for slot, index in outputs:
+            update = self._sample(slot, index, now)
+            if update is not None:
+                updates.append(update)
+        return updates
+
+    def _admit(self) -> None:
+        while self._waiting:
+            free = [slot for slot in self._slots if slot.job is None]
+            if not free:
+                return
+            job = self._waiting.popleft()
+            prompt = job.request.prompt_tokens
+            shared = {slot.seq_id: common_prefix(slot.tokens, prompt) for slot in free}
+            slot = max(free, key=lambda s: (shared[s.seq_id], -s.last_used))
+            # Keep the shared prefix, but always evaluate at least one prompt token:
+            # its logits are where the first sample comes from.
+            keep = min(shared[slot.seq_id], len(prompt) - 1)
+            if keep < len(slot.tokens):
+                if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
+                    llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+                    keep = 0
+                del slot.tokens[keep:]
+            job.cached = keep
+            job.admitted_at = time.perf_counter()
+            job.chain.accept_history(prompt[:keep])
+            self._admissions += 1
+            slot.job, slot.feed, slot.admitted = job, list(prompt[keep:]), self._admissions
+
+    def _fill_batch(self) -> list[tuple[Slot, int]]:
+        """Put this step's tokens in the batch; (slot, batch index) of each wanted output."""
+        batch = self._batch
+        batch.n_tokens = 0
+        outputs: list[tuple[Slot, int]] = []
+        generating = [slot for slot in self._slots if slot.generating]
+        for slot in generating:
+            outputs.append((slot, self._add(slot, slot.feed, want_last=True)))
+            slot.tokens.extend(slot.feed)
+            slot.feed = []
+        room = self._config.batch_tokens - batch.n_tokens
+        budget = min(room, self._config.prefill_while_generating) if generating else room
+        reading = sorted((slot for slot in self._slots if slot.job is not None and not slot.generating),
+                         key=lambda s: s.admitted)
+        for slot in reading:
+            if budget <= 0:
+                break
+            chunk = slot.feed[:budget]
+            last_of_prompt = len(chunk) == len(slot.feed)
+            index = self._add(slot, chunk, want_last=last_of_prompt)
+            assert slot.job is not None
+            # The penalties see the prompt too, as the tokens are evaluated.
+            slot.job.chain.accept_history(chunk)
+            if last_of_prompt:
+                outputs.append((slot, index))
+            slot.tokens.extend(chunk)
+            del slot.feed[:len(chunk)]
+            budget -= len(chunk)
+        return outputs
+
+    def _add(self, slot: Slot, tokens: Sequence[int], *, want_last: bool) -> int:
+        """Append tokens of one sequence to the batch; the batch index of the last."""
+        batch = self._batch
+        start = batch.n_tokens
+        base = len(slot.tokens)
+        for offset, token in enumerate(tokens):
+            i = start + offset
+            batch.token[i] = token
+            batch.pos[i] = base + offset
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = slot.seq_id
+            batch.logits[i] = 0
+        last = start + len(tokens) - 1
+        if want_last:
+            batch.logits[last] = 1
+        batch.n_tokens = start + len(tokens)
+        return last
+
+    def _sample(self, slot: Slot, index: int, now: float) -> Update | None:
+        job = slot.job
+        assert job is not None
+        if job.first_token_at is None:
+            job.first_token_at = now
+        token = job.chain.sample(self._ctx, index)
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            return self._finish(slot, "stop", "")
+        job.produced += 1
+        text = job.matcher.feed(job.utf8.feed(self._detokenizer.piece(token)))
+        if job.matcher.stopped:
+            return self._finish(slot, "stop", text)
+        if job.produced >= job.limit:
+            return self._finish(slot, "length", text)
+        slot.feed = [token]
+        return Update(rid=job.rid, text=text) if text else None
+
+    def _finish(self, slot: Slot, reason: FinishReason, text: str) -> Update:
+        job = slot.job
+        assert job is not None
+        if not job.matcher.stopped:
+            text += job.matcher.feed(job.utf8.flush()) + job.matcher.flush()
+        end = time.perf_counter()
+        first = job.first_token_at or end
+        stats = GenerationStats(
+            prompt_tokens=len(job.request.prompt_tokens),
+            completion_tokens=job.produced,
+            prompt_eval_seconds=first - job.admitted_at,
+            eval_seconds=end - first,
+            cached_prompt_tokens=job.cached,
+        )
+        self._release(slot)
+        return Update(rid=job.rid, text=text, finish=reason, stats=stats)
+
+    def _release(self, slot: Slot) -> None:
+        assert slot.job is not None
+        slot.job.chain.free()
+        slot.job = None
+        # Tokens fed but not decoded never reached the KV cache; slot.tokens is exact.
+        slot.feed = []
+        slot.last_used = self._steps
+
+    def _fail_batch(self, status: int) -> list[Update]:
+        """llama_decode refused the batch: fail every active request and forget its cache.
+
+        After a failed decode part of the batch may be in the KV cache, so no
+        slot's token list can be trusted.
+        """
+        updates: list[Update] = []
+        message = f"llama_decode failed with status {status}"
+        for slot in self._slots:
+            if slot.job is not None:
+                updates.append(Update(rid=slot.job.rid, text="", error=message))
+                self._release(slot)
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            slot.tokens = []
+        return updates

@@ -1,0 +1,99 @@
+"""Per-request llama.cpp sampler chains and token-to-text helpers (worker side)."""
+
+from __future__ import annotations
+
+import ctypes
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import llama_cpp
+
+from ember.engine.types import SamplingParams
+
+# Enough for any single token's text; llama_token_to_piece tells us when it is not.
+_PIECE_BUFFER = 256
+
+
+@dataclass
+class SamplerChain:
+    """One llama.cpp sampler chain, owned by one request for its lifetime."""
+
+    handle: llama_cpp.llama_sampler_p
+    seed: int
+    last_n: int  # tokens the penalties look back on; 0 when they are off
+
+    @classmethod
+    def build(cls, params: SamplingParams, *, n_vocab: int, history: int) -> SamplerChain:
+        """The same chain, in the same order, as llama-cpp-python's Llama.generate builds.
+
+        Keeping that order means a request sampled here and one sampled by the
+        in-process engine agree token for token given the same logits.
+        """
+        seed = params.seed if params.seed is not None else random.getrandbits(32)
+        # repeat_last_n -1 means the whole context, as in Ollama.
+        last_n = history if params.repeat_last_n < 0 else params.repeat_last_n
+        penalizes = (params.repeat_penalty != 1.0 or params.frequency_penalty != 0.0
+                     or params.presence_penalty != 0.0)
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = llama_cpp.llama_sampler_chain_add  # the chain owns what is added
+        add(chain, llama_cpp.llama_sampler_init_penalties(
+            n_vocab, last_n, params.repeat_penalty,
+            params.frequency_penalty, params.presence_penalty))
+        if params.temperature <= 0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+        else:
+            add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
+            add(chain, llama_cpp.llama_sampler_init_typical(params.typical_p, 1))
+            add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+            add(chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+            add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
+            add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return cls(handle=chain, seed=seed, last_n=last_n if penalizes else 0)
+
+    def accept_history(self, tokens: Sequence[int]) -> None:
+        """Let the penalties see the prompt, as Ollama and llama-server do."""
+        if self.last_n <= 0:
+            return
+        for token in tokens[-self.last_n:]:
+            llama_cpp.llama_sampler_accept(self.handle, token)
+
+    def sample(self, ctx: llama_cpp.llama_context_p, batch_index: int) -> int:
+        """Sample (and accept) a token from the logits of one output of the last decode."""
+        return int(llama_cpp.llama_sampler_sample(self.handle, ctx, batch_index))
+
+    def free(self) -> None:
+        if self.handle:
+            llama_cpp.llama_sampler_free(self.handle)
+            self.handle = None  # type: ignore[assignment]
+
+
+class Detokenizer:
+    """Bytes of single tokens, with a reusable buffer (one call per generated token)."""
+
+    def __init__(self, vocab: llama_cpp.llama_vocab_p) -> None:
+        self._vocab = vocab
+        self._buffer = ctypes.create_string_buffer(_PIECE_BUFFER)
+
+    def piece(self, token: int) -> bytes:
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._buffer, _PIECE_BUFFER, 0, False)
+        if n < 0:  # longer than the buffer: ask again with the size it reported
+            big = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, big, -n, 0, False)
+            return big.raw[:n]
+        return self._buffer.raw[:n]
+
+
+def tokenize(vocab: llama_cpp.llama_vocab_p, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+    """Tokens of text; sized by a first call that reports how many are needed."""
+    data = text.encode("utf-8")
+    capacity = len(data) + 8
+    tokens = (llama_cpp.llama_token * capacity)()
+    n = llama_cpp.llama_tokenize(vocab, data, len(data), tokens, capacity, add_special, parse_special)
+    if n < 0:
+        capacity = -n
+        tokens = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(vocab, data, len(data), tokens, capacity, add_special, parse_special)
+        if n < 0:
+            raise RuntimeError(f"tokenization failed ({n})")
+    return list(tokens[:n])
