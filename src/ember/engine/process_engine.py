@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -87,7 +87,8 @@ class Vocabulary:
             self._model = None
 
 
-Item = FromWorker | BaseException  # what a request's queue holds: a message, or why it failed
+# What a request's queue holds: its text updates, its embedding answer, or why it failed.
+Item = Update | Embedded | RequestFailed | BaseException
 
 
 @dataclass(frozen=True)
@@ -207,8 +208,7 @@ class _Channel:
 
     def _dispatch(self, message: FromWorker) -> None:
         if isinstance(message, Step):
-            routed: list[tuple[int, Item]] = [(update.rid, update) for update in message.updates]
-            self._route(routed)
+            self._route([(update.rid, update) for update in message.updates])
         elif isinstance(message, Embedded | RequestFailed):
             if isinstance(message, Embedded):
                 self.memory_bytes = message.memory_bytes
@@ -216,7 +216,7 @@ class _Channel:
         elif isinstance(message, Fatal):
             self._fatal = message.message
 
-    def _route(self, items: list[tuple[int, Item]]) -> None:
+    def _route(self, items: Sequence[tuple[int, Item]]) -> None:
         with self._lock:
             # A missing sink is a request that was cancelled: its text is moot.
             deliveries = [(self._sinks[rid], item) for rid, item in items if rid in self._sinks]
