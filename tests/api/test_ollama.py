@@ -95,7 +95,8 @@ def test_embed_and_legacy_embeddings(client: ollama.Client) -> None:
 
 
 def test_ps_load_and_unload(server, client: ollama.Client) -> None:
-    client.generate(model=MODEL, prompt="", keep_alive="5m")  # empty prompt: just load
+    loaded = client.generate(model=MODEL, prompt="", keep_alive="5m")  # empty prompt: just load
+    assert loaded.done_reason == "load" and loaded.total_duration >= loaded.load_duration
     running = {m.model: m for m in client.ps().models}
     assert MODEL in running
     assert running[MODEL].size > 90_000_000

@@ -107,14 +107,19 @@ def _final_fields(generation: Generation, final: GenerationEvent) -> dict[str, A
 async def _load_or_unload(svc: Services, model: str, body: ChatRequest | GenerateRequest,
                           shape: dict[str, Any]) -> dict[str, Any]:
     """An empty prompt loads the model; with keep_alive 0 it unloads it (how `ollama stop` works)."""
+    started = time.perf_counter()
+    timings: dict[str, int] = {}
     if body.keep_alive == 0:
         svc.models.get(model)
         await svc.scheduler.unload(model)
         reason = "unload"
     else:
-        await svc.scheduler.load(model, options=_load_options(svc, body.options), keep_alive=body.keep_alive)
+        lease = await svc.scheduler.load(model, options=_load_options(svc, body.options),
+                                         keep_alive=body.keep_alive)
         reason = "load"
-    return {"model": model, "created_at": _now(), **shape, "done": True, "done_reason": reason}
+        timings = {"total_duration": _ns(time.perf_counter() - started),
+                   "load_duration": _ns(lease.load_seconds)}
+    return {"model": model, "created_at": _now(), **shape, "done": True, "done_reason": reason, **timings}
 
 
 async def _respond(generation: Generation, stream: bool, piece: Any) -> Response:
