@@ -31,7 +31,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        logging.getLogger("ember").setLevel(settings.log_level.upper())
+        _configure_logging(settings.log_level)
         settings.home.mkdir(parents=True, exist_ok=True)
         store = ModelStore(settings.home, hf_endpoint=settings.hf_endpoint)
         scheduler = Scheduler(store, _engine_loader(settings), settings)
@@ -78,3 +78,14 @@ def _engine_loader(settings: Settings) -> EngineLoader:
     from ember.engine.process_engine import ProcessEngineLoader
 
     return ProcessEngineLoader()
+
+
+def _configure_logging(level: str) -> None:
+    """ember's own lines beside uvicorn's, in the same shape, once per process."""
+    logger = logging.getLogger("ember")
+    logger.setLevel(level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)-9s %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False

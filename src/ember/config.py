@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     keep_alive: float = Field(600.0, description="Seconds an idle model stays loaded; negative keeps it forever.")
     max_loaded_models: int = Field(3, ge=0, description="Most models resident at once; 0 means no limit.")
     num_parallel: int = Field(4, ge=1, description="Concurrent sequences per model.")
+    model_parallel: dict[str, int] = Field(
+        default_factory=dict,
+        description='Per-model slot counts overriding num_parallel, e.g. {"smollm2:135m": 8} '
+                    "(JSON in EMBER_MODEL_PARALLEL, a table in ember.toml).")
     max_queue: int = Field(512, ge=0, description="Requests waiting per model beyond its slots before 503.")
     max_memory: int = Field(default_factory=_default_max_memory,
                             description="Memory budget for resident models (bytes, or e.g. 8GiB).")

@@ -98,3 +98,23 @@ def test_memory_budget(fresh_home, server_factory) -> None:
     _ask(one, MODEL)
     _ask(one, "twin:v1")
     assert _running(one) == ["twin:v1"]
+
+
+def test_per_model_parallel_override(fresh_home, server_factory) -> None:
+    srv = server_factory(fresh_home, EMBER_NUM_PARALLEL="2", EMBER_MODEL_PARALLEL='{"other:v1": 3}')
+    httpx.post(srv.url("/api/copy"), json={"source": MODEL, "destination": "other:v1"})
+    _ask(srv, MODEL)
+    _ask(srv, "other:v1")
+    slots = {m["model"]: m["slots"] for m in httpx.get(srv.url("/api/ps")).json()["models"]}
+    assert slots == {MODEL: 2, "other:v1": 3}
+
+
+def test_concurrent_first_requests_share_one_load(fresh_home, server_factory) -> None:
+    import concurrent.futures
+
+    srv = server_factory(fresh_home)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda _: _ask(srv, MODEL), range(4)))
+    loads = [r["load_duration"] for r in replies]
+    assert sum(1 for d in loads if d > 0) == 1, loads
+    assert srv.log().count("loaded smollm2:135m") == 1

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ember.config import Settings
 from ember.engine.protocol import Engine, EngineLoader
@@ -144,11 +144,10 @@ class Scheduler:
             await self._unload(runner)
 
     def _fit_options(self, record: ModelRecord, options: LoadOptions) -> LoadOptions:
+        """The model's own limits and per-model settings applied to what a request asked for."""
         trained = record.metadata.context_length or options.num_ctx
-        if options.num_ctx > trained:
-            return LoadOptions(num_ctx=trained, num_thread=options.num_thread,
-                               num_gpu=options.num_gpu, num_parallel=options.num_parallel)
-        return options
+        parallel = self._settings.model_parallel.get(str(record.ref), options.num_parallel)
+        return replace(options, num_ctx=min(options.num_ctx, trained), num_parallel=parallel)
 
     async def _get_or_load(
         self, key: str, record: ModelRecord, options: LoadOptions
