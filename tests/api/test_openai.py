@@ -140,3 +140,14 @@ def test_unknown_model_is_404_model_not_found(client: openai.OpenAI) -> None:
         client.chat.completions.create(model="nope:1b", messages=[{"role": "user", "content": "hi"}])
     assert info.value.body["code"] == "model_not_found"
     assert "nope:1b" in info.value.body["message"]
+
+
+def test_usage_reports_cached_prompt_tokens(client: openai.OpenAI) -> None:
+    system = "You are a careful assistant. " * 40
+    ask = lambda q: client.chat.completions.create(  # noqa: E731
+        model=MODEL, temperature=0, max_tokens=4,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": q}])
+    ask("First question?")
+    second = ask("Second question?")
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert 200 < cached < second.usage.prompt_tokens

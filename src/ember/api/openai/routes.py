@@ -45,8 +45,10 @@ def _sampling(body: _Sampling) -> SamplingParams:
     )
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
+    # cached_tokens: prompt tokens whose KV cache a previous request left behind (prefix reuse).
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def _model_card(record: ModelRecord) -> dict[str, Any]:
@@ -120,7 +122,7 @@ async def _serve(svc: Services, request: TextRequest, body: _Sampling, *, chat: 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(_stream(svc, request, first, body.n, ident, created, chat, include_usage))
     choices: list[dict[str, Any]] = []
-    prompt_tokens = completion_tokens = 0
+    prompt_tokens = completion_tokens = cached_tokens = 0
     generation: Generation | None = first
     for index in range(body.n):
         if generation is None:
@@ -129,6 +131,7 @@ async def _serve(svc: Services, request: TextRequest, body: _Sampling, *, chat: 
         generation = None
         stats = _stats(final.stats)
         prompt_tokens = stats.prompt_tokens
+        cached_tokens = max(cached_tokens, stats.cached_prompt_tokens)
         completion_tokens += stats.completion_tokens
         finish = _FINISH[final.finish_reason or "stop"]
         if chat:
@@ -140,7 +143,7 @@ async def _serve(svc: Services, request: TextRequest, body: _Sampling, *, chat: 
     return JSONResponse({
         "id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
         "model": first.model, "system_fingerprint": "ember", "choices": choices,
-        "usage": _usage(prompt_tokens, completion_tokens),
+        "usage": _usage(prompt_tokens, completion_tokens, cached_tokens),
     })
 
 
@@ -163,7 +166,7 @@ async def _stream(svc: Services, request: TextRequest, first: Generation, n: int
             choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
         return {**base, "choices": [choice], **extra}
 
-    prompt_tokens = completion_tokens = 0
+    prompt_tokens = completion_tokens = cached_tokens = 0
     generation: Generation | None = first
     try:
         for index in range(n):
@@ -177,11 +180,12 @@ async def _stream(svc: Services, request: TextRequest, first: Generation, n: int
                 if event.done:
                     stats = _stats(event.stats)
                     prompt_tokens = stats.prompt_tokens
+                    cached_tokens = max(cached_tokens, stats.cached_prompt_tokens)
                     completion_tokens += stats.completion_tokens
                     yield chunk(index, None if chat else "", _FINISH[event.finish_reason or "stop"])
             generation = None
         if include_usage:
-            yield {**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)}
+            yield {**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens, cached_tokens)}
     finally:
         if generation is not None:
             await generation.aclose()
