@@ -77,7 +77,7 @@ def _engine_loader(settings: Settings) -> EngineLoader:
         return LlamaEngineLoader()
     from ember.engine.process_engine import ProcessEngineLoader
 
-    return ProcessEngineLoader()
+    return ProcessEngineLoader(spare=True)
 
 
 def _configure_logging(level: str) -> None:

@@ -22,10 +22,29 @@ def _children(pid: int) -> list[int]:
 
 
 def _worker_pid(server_pid: int) -> int:
+    """The worker that has a model mapped (the server also keeps a spare one, with none)."""
     workers = [p for p in _children(server_pid)
-               if b"ember.engine.worker" in Path(f"/proc/{p}/cmdline").read_bytes()]
+               if b"ember.engine.worker" in Path(f"/proc/{p}/cmdline").read_bytes()
+               and "/blobs/sha256-" in Path(f"/proc/{p}/maps").read_text()]
     assert len(workers) == 1, workers
     return workers[0]
+
+
+def test_server_keeps_one_spare_worker_and_stops_it(fresh_home, server_factory) -> None:
+    srv = server_factory(fresh_home)
+    httpx.post(srv.url("/api/generate"), json={"model": MODEL, "prompt": ""}, timeout=60)
+    deadline = time.monotonic() + 10
+    while len(_children(srv.process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    children = _children(srv.process.pid)
+    assert len(children) == 2  # the model's worker and the spare for the next load
+    srv.stop()
+    for pid in children:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}").exists() else "gone"
+        assert state in ("gone", "Z"), f"worker {pid} outlived the server"
 
 
 def test_worker_killed_mid_stream(fresh_home, server_factory) -> None:

@@ -255,3 +255,6 @@ def _kv_cache_bytes(llama: llama_cpp.Llama) -> int:
 class LlamaEngineLoader:
     async def load(self, path: Path, options: LoadOptions, *, name: str | None = None) -> LlamaEngine:
         return await asyncio.to_thread(LlamaEngine.open, path, options)
+
+    async def close(self) -> None:
+        pass  # holds nothing of its own

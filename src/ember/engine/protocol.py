@@ -50,3 +50,6 @@ class EngineLoader(Protocol):
 
         `name` (the model's name in the store) only labels log and error messages.
         """
+
+    async def close(self) -> None:
+        """Release what the loader holds itself (not the engines it loaded)."""

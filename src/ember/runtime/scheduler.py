@@ -142,6 +142,7 @@ class Scheduler:
     async def shutdown(self) -> None:
         for runner in list(self._runners.values()):
             await self._unload(runner)
+        await self._loader.close()
 
     def _fit_options(self, record: ModelRecord, options: LoadOptions) -> LoadOptions:
         """The model's own limits and per-model settings applied to what a request asked for."""
