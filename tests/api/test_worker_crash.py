@@ -34,7 +34,7 @@ def test_server_keeps_one_spare_worker_and_stops_it(fresh_home, server_factory) 
     srv = server_factory(fresh_home)
     httpx.post(srv.url("/api/generate"), json={"model": MODEL, "prompt": ""}, timeout=60)
     deadline = time.monotonic() + 10
-    while len(_children(srv.process.pid)) < 2 and time.monotonic() < deadline:
+    while len(_children(srv.process.pid)) != 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     children = _children(srv.process.pid)
     assert len(children) == 2  # the model's worker and the spare for the next load
