@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -34,7 +34,6 @@ class ServerHandle:
     env: dict[str, str]
     process: subprocess.Popen[bytes]
     log_path: Path
-    extra: dict[str, str] = field(default_factory=dict)
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -63,7 +62,7 @@ def start_server(home: Path, log_dir: Path, **env_overrides: str) -> ServerHandl
                                    stdout=log_file, stderr=subprocess.STDOUT)
     handle = ServerHandle(base_url=f"http://{host}", host=host, home=home,
                           env={"EMBER_HOME": str(home), "EMBER_HOST": host, **env_overrides},
-                          process=process, log_path=log_path, extra=dict(env_overrides))
+                          process=process, log_path=log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -151,3 +151,13 @@ def test_usage_reports_cached_prompt_tokens(client: openai.OpenAI) -> None:
     second = ask("Second question?")
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert 200 < cached < second.usage.prompt_tokens
+
+
+def test_completions_with_several_prompts_and_n(client: openai.OpenAI) -> None:
+    prompts = ["The capital of France is", "One, two, three,"]
+    alone = [client.completions.create(model=MODEL, prompt=p, max_tokens=6, temperature=0) for p in prompts]
+    reply = client.completions.create(model=MODEL, prompt=prompts, max_tokens=6, temperature=0, n=2)
+    assert [c.index for c in reply.choices] == [0, 1, 2, 3]
+    assert [c.text for c in reply.choices] == [alone[0].choices[0].text] * 2 + [alone[1].choices[0].text] * 2
+    assert reply.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone)
+    assert reply.usage.completion_tokens == 2 * sum(a.usage.completion_tokens for a in alone)

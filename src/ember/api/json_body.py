@@ -17,8 +17,8 @@ class JsonBodyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
-            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            original = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
-            if not original.startswith(_JSON):
+            claimed = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+            if not claimed.startswith(_JSON):
+                headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
                 scope = {**scope, "headers": headers + [(b"content-type", _JSON)]}
         await self.app(scope, receive, send)

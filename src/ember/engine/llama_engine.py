@@ -29,6 +29,7 @@ from ember.engine.types import (
     LoadOptions,
 )
 from ember.errors import ModelLoadFailed
+from ember.runtime.formats import kv_bytes_per_token
 
 _EMBED_CTX = 2048  # embedding inputs past this are truncated, as Ollama's truncate=true does
 
@@ -219,7 +220,7 @@ class LlamaEngine:
         # pooling per sequence is what we want anyway.
         for text in texts:
             result, count = self._embedder.embed(text, normalize=True, truncate=True, return_count=True)
-            vectors.append([float(x) for x in result[0]] if result and isinstance(result[0], list) else [float(x) for x in result])
+            vectors.append([float(x) for x in result])  # one string in, one pooled vector out
             total += count
         return EmbeddingResult(vectors=vectors, prompt_tokens=total)
 
@@ -240,16 +241,8 @@ class LlamaEngine:
 def _kv_cache_bytes(llama: llama_cpp.Llama) -> int:
     """f16 K and V for every layer over the whole context."""
     meta = llama.metadata
-    arch = meta.get("general.architecture", "")
-    try:
-        layers = int(meta[f"{arch}.block_count"])
-        embd = int(meta[f"{arch}.embedding_length"])
-        heads = int(meta.get(f"{arch}.attention.head_count", 1))
-        kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
-    except (KeyError, ValueError):
-        return 0
-    head_dim = int(meta.get(f"{arch}.attention.key_length", embd // max(heads, 1)))
-    return 2 * 2 * llama.n_ctx() * layers * kv_heads * head_dim
+    per_token = kv_bytes_per_token(meta.get, meta.get("general.architecture", ""))
+    return (per_token or 0) * llama.n_ctx()
 
 
 class LlamaEngineLoader:

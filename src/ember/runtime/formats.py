@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,11 +190,12 @@ def _metadata_from_reader(reader: Any, file_size: int) -> ModelMetadata:
         bos_token=_token_text(reader, scalar("tokenizer.ggml.bos_token_id")),
         eos_token=_token_text(reader, scalar("tokenizer.ggml.eos_token_id")),
         name=scalar("general.name"),
-        kv_bytes_per_token=_kv_bytes_per_token(scalar, architecture),
+        kv_bytes_per_token=kv_bytes_per_token(scalar, architecture),
     )
 
 
-def _kv_bytes_per_token(scalar: Any, arch: str) -> int | None:
+def kv_bytes_per_token(scalar: Callable[[str], Any], arch: str) -> int | None:
+    """f16 K and V bytes per token of context over all layers, from GGUF keys read by `scalar`."""
     def number(key: str) -> int | None:
         value = scalar(key)
         if isinstance(value, list):  # per-layer counts in some architectures: size for the largest

@@ -72,7 +72,7 @@ async def chat_completions(body: ChatCompletionRequest, svc: Services = Depends(
     validate_messages(messages)
     request = TextRequest(model=body.model, messages=messages, max_tokens=body.token_limit(),
                           stop=body.stop_list(), sampling=_sampling(body))
-    return await _serve(svc, request, body, chat=True)
+    return await _serve(svc, [request], body, chat=True)
 
 
 @router.post("/completions", response_model=None)
@@ -86,24 +86,7 @@ async def completions(body: CompletionRequest, svc: Services = Depends(services)
         raise BadRequest("streaming takes a single prompt", param="prompt")
     requests = [TextRequest(model=body.model, prompt=p, max_tokens=body.max_tokens,
                             stop=body.stop_list(), sampling=_sampling(body)) for p in prompts]
-    if len(requests) == 1:
-        return await _serve(svc, requests[0], body, chat=False, echo=body.echo)
-    choices: list[dict[str, Any]] = []
-    prompt_total = completion_total = 0
-    model = body.model
-    for request in requests:
-        for _ in range(body.n):
-            generation = await svc.generation.start(request)
-            text, final = await generation.collect()
-            stats = _stats(final.stats)
-            model = generation.model
-            prompt_total += stats.prompt_tokens
-            completion_total += stats.completion_tokens
-            choices.append({"index": len(choices), "text": (request.prompt if body.echo else "") + text,
-                            "logprobs": None, "finish_reason": _FINISH[final.finish_reason or "stop"]})
-    return JSONResponse({"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
-                         "created": int(time.time()), "model": model, "system_fingerprint": "ember",
-                         "choices": choices, "usage": _usage(prompt_total, completion_total)})
+    return await _serve(svc, requests, body, chat=False, echo=body.echo)
 
 
 def _stats(stats: GenerationStats | None) -> GenerationStats:
@@ -111,38 +94,41 @@ def _stats(stats: GenerationStats | None) -> GenerationStats:
     return stats
 
 
-async def _serve(svc: Services, request: TextRequest, body: _Sampling, *, chat: bool,
+async def _serve(svc: Services, requests: list[TextRequest], body: _Sampling, *, chat: bool,
                  echo: bool = False) -> Response:
+    """`n` answers to each request (a streamed response takes exactly one request)."""
     # The first generation starts before the response does, so a bad model or an
     # over-long prompt is still an HTTP error rather than an error event.
-    first = await svc.generation.start(request)
+    first = await svc.generation.start(requests[0])
+    model = first.model
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(_stream(svc, request, first, body.n, ident, created, chat, include_usage))
+        return sse_response(_stream(svc, requests[0], first, body.n, ident, created, chat, include_usage))
     choices: list[dict[str, Any]] = []
     prompt_tokens = completion_tokens = cached_tokens = 0
-    generation: Generation | None = first
-    for index in range(body.n):
-        if generation is None:
-            generation = await svc.generation.start(request)
-        text, final = await generation.collect()
-        generation = None
-        stats = _stats(final.stats)
-        prompt_tokens = stats.prompt_tokens
-        cached_tokens = max(cached_tokens, stats.cached_prompt_tokens)
-        completion_tokens += stats.completion_tokens
-        finish = _FINISH[final.finish_reason or "stop"]
-        if chat:
-            choices.append({"index": index, "message": {"role": "assistant", "content": text},
-                            "logprobs": None, "finish_reason": finish})
-        else:
-            prefix = (request.prompt or "") if echo else ""
-            choices.append({"index": index, "text": prefix + text, "logprobs": None, "finish_reason": finish})
+    pending: Generation | None = first
+    for request in requests:
+        for _ in range(body.n):
+            generation = pending or await svc.generation.start(request)
+            pending = None
+            text, final = await generation.collect()
+            stats = _stats(final.stats)
+            cached_tokens = max(cached_tokens, stats.cached_prompt_tokens)
+            completion_tokens += stats.completion_tokens
+            finish = _FINISH[final.finish_reason or "stop"]
+            if chat:
+                choices.append({"index": len(choices), "message": {"role": "assistant", "content": text},
+                                "logprobs": None, "finish_reason": finish})
+            else:
+                prefix = (request.prompt or "") if echo else ""
+                choices.append({"index": len(choices), "text": prefix + text, "logprobs": None,
+                                "finish_reason": finish})
+        prompt_tokens += stats.prompt_tokens  # each prompt counts once, however many answers it got
     return JSONResponse({
         "id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
-        "model": first.model, "system_fingerprint": "ember", "choices": choices,
+        "model": model, "system_fingerprint": "ember", "choices": choices,
         "usage": _usage(prompt_tokens, completion_tokens, cached_tokens),
     })
 
