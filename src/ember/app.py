@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
@@ -19,15 +21,23 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from ember.api.deps import Services
     from ember.api.errors import install_error_handlers
     from ember.api.json_body import JsonBodyMiddleware
+    from ember.api.admin import router as admin_router
     from ember.api.ollama.routes import router as ollama_router
     from ember.api.openai.routes import router as openai_router
+    from ember.cache import build_cache
+    from ember.gateway import Gateway, UsageLog, load_gateway_config
+    from ember.guard import GuardMiddleware, build_guard
+    from ember.guard.audit import AuditLog
     from ember.runtime.scheduler import Scheduler
     from ember.runtime.store import ModelStore
     from ember.services.embeddings import EmbeddingService
     from ember.services.generation import GenerationService
     from ember.services.models import ModelService
+    from ember.telemetry import Telemetry
 
     settings = settings or Settings()
+    # Read now, so a bad ember.toml stops `ember serve` before it binds, with file and line.
+    gateway_config = load_gateway_config(settings.config or _config_path())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -35,17 +45,33 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         settings.home.mkdir(parents=True, exist_ok=True)
         store = ModelStore(settings.home, hf_endpoint=settings.hf_endpoint)
         scheduler = Scheduler(store, _engine_loader(settings), settings)
-        app.state.services = Services(
-            settings=settings,
-            scheduler=scheduler,
-            generation=GenerationService(scheduler),
-            embeddings=EmbeddingService(scheduler),
-            models=ModelService(store, scheduler),
+        generation = GenerationService(scheduler)
+        embeddings = EmbeddingService(scheduler)
+        models = ModelService(store, scheduler)
+        gateway = Gateway(gateway_config, generation, embeddings, models)
+        telemetry = Telemetry(settings)
+        usage = UsageLog(settings.state_dir / "usage.db")
+        guard = build_guard(settings, telemetry)
+        audit = AuditLog(settings)
+        cache = build_cache(settings, telemetry)
+        gateway.cache = cache
+        # Every request's usage record reaches each of these once, when it ends.
+        gateway.observers += [usage.add, guard.observe, audit.observe, telemetry.observe]
+        services = Services(
+            settings=settings, scheduler=scheduler, generation=generation, embeddings=embeddings,
+            models=models, gateway=gateway, usage=usage, guard=guard, audit=audit,
+            telemetry=telemetry, cache=cache,
         )
+        telemetry.bind(services)
+        app.state.services = services
         try:
             yield
         finally:
+            await gateway.aclose()
             await scheduler.shutdown()
+            await guard.aclose()
+            usage.close()
+            audit.close()
 
     app = FastAPI(
         title="ember",
@@ -54,9 +80,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(JsonBodyMiddleware)
+    app.add_middleware(GuardMiddleware)  # added last: runs first
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(ollama_router)
+    app.include_router(admin_router)
 
     @app.get("/", response_class=PlainTextResponse, include_in_schema=False)
     @app.head("/", response_class=PlainTextResponse, include_in_schema=False)
@@ -68,6 +96,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def _config_path() -> Path | None:
+    value = os.environ.get("EMBER_CONFIG")
+    return Path(value) if value else None
 
 
 def _engine_loader(settings: Settings) -> EngineLoader:

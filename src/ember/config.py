@@ -133,6 +133,19 @@ class Settings(BaseSettings):
     hf_endpoint: str = Field("https://huggingface.co", description="Base URL for hf:// pulls.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     default_model: str = Field(DEFAULT_MODEL, description="The model `make run` pulls and serves.")
+    # Guardrails (guard/, cache/, telemetry.py)
+    auth: Literal["auto", "required", "off"] = Field(
+        "auto", description="API keys: auto requires them when bound beyond loopback; required; off.")
+    redis_url: str | None = Field(None, description="Redis for limits, budgets and the cache shared by replicas.")
+    audit_prompts: bool = Field(False, description="Keep prompt text in the audit log, encrypted (needs audit_key).")
+    audit_key: str | None = Field(None, description="AES-256-GCM key for audited prompts: 64 hex digits or base64.")
+    cache: Literal["off", "memory", "sqlite", "redis"] = Field(
+        "memory", description="Response cache for deterministic requests (temperature 0 or a seed).")
+    cache_ttl: float = Field(3600.0, description="How long a cached response is served (duration).")
+    cache_max_entries: int = Field(1024, ge=1, description="Entries the memory cache keeps (LRU).")
+    max_body_bytes: int = Field(4 * 1024**2, description="Largest request body (bytes or e.g. 4MiB); 413 above.")
+    max_messages: int = Field(1024, ge=1, description="Most messages in one chat request; 400 above.")
+    max_tokens_limit: int | None = Field(None, ge=1, description="Largest max_tokens a request may ask; 400 above.")
 
     @field_validator("keep_alive", mode="before")
     @classmethod
@@ -140,7 +153,13 @@ class Settings(BaseSettings):
         seconds = parse_duration(value)
         return 600.0 if seconds is None else seconds
 
-    @field_validator("max_memory", mode="before")
+    @field_validator("cache_ttl", mode="before")
+    @classmethod
+    def _ttl(cls, value: Any) -> float:
+        seconds = parse_duration(value)
+        return 3600.0 if seconds is None else seconds
+
+    @field_validator("max_memory", "max_body_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any) -> int:
         return parse_size(value)
@@ -164,6 +183,11 @@ class Settings(BaseSettings):
         if toml_path:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
         return tuple(sources)
+
+    @property
+    def state_dir(self) -> Path:
+        """Where SQLite state lives: keys, usage, audit log, cache."""
+        return self.home / "state"
 
     @property
     def bind(self) -> tuple[str, int]:

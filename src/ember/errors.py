@@ -118,3 +118,76 @@ class ModelLoadFailed(ServiceUnavailable):
     """The model file exists but the engine could not load it (corrupt, truncated, too big)."""
 
     default_code = "model_load_failed"
+
+
+class Unauthorized(EmberError):
+    """No key, or a key that is wrong, expired or revoked: 401 (never says which)."""
+
+    status_code = 401
+    openai_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class Forbidden(EmberError):
+    """A valid key without the scope this endpoint needs: 403."""
+
+    status_code = 403
+    openai_type = "invalid_request_error"
+    default_code = "insufficient_scope"
+
+
+class PayloadTooLarge(EmberError):
+    status_code = 413
+    openai_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RateLimited(EmberError):
+    """429 with Retry-After: a rate limit (code rate_limit_exceeded) or a spent budget (insufficient_quota)."""
+
+    status_code = 429
+    openai_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        merged = dict(headers or {})
+        if retry_after is not None:
+            merged["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+        super().__init__(message, code=code, headers=merged)
+        self.retry_after = retry_after
+
+
+class UpstreamError(EmberError):
+    """A provider behind the gateway failed: refused, 5xx, 429, or a broken stream.
+
+    `upstream_status` is what the provider answered (None: no answer at all). The gateway
+    moves on to the next target for these; the client sees one only when none is left.
+    """
+
+    status_code = 502
+    openai_type = "server_error"
+    default_code = "upstream_error"
+
+    def __init__(self, message: str, *, upstream_status: int | None = None,
+                 retry_after: float | None = None, code: str | None = None) -> None:
+        headers = {}
+        if upstream_status == 429:
+            self.status_code = 429
+            self.openai_type = "rate_limit_error"
+        if retry_after is not None:
+            headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+        super().__init__(message, code=code, headers=headers)
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    default_code = "upstream_timeout"
+
+
+class ConfigError(EmberError):
+    """ember.toml is unreadable or wrong; the message names the file and line."""
+
+    default_code = "config_error"

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
 from ember.config import Settings
 from ember.runtime.scheduler import Scheduler
 from ember.services.embeddings import EmbeddingService
-from ember.services.generation import GenerationService
+from ember.services.generation import GenerationService, RequestContext
 from ember.services.models import ModelService
+
+if TYPE_CHECKING:
+    from ember.cache import ResponseCache
+    from ember.gateway import Gateway, UsageLog
+    from ember.guard import Guard
+    from ember.guard.audit import AuditLog
+    from ember.telemetry import Telemetry
 
 
 @dataclass
@@ -20,7 +28,28 @@ class Services:
     generation: GenerationService
     embeddings: EmbeddingService
     models: ModelService
+    gateway: Gateway
+    usage: UsageLog
+    guard: Guard
+    audit: AuditLog
+    telemetry: Telemetry
+    cache: ResponseCache | None = None
 
 
 def services(request: Request) -> Services:
     return request.app.state.services
+
+
+def request_context(request: Request, *, has_tools: bool = False) -> RequestContext:
+    """What the layers below need to know about the caller, from the HTTP request."""
+    path = request.url.path
+    principal: Any = getattr(request.state, "principal", None)
+    cache_control = request.headers.get("cache-control", "").lower()
+    return RequestContext(
+        protocol="openai" if path.startswith("/v1") else "ollama",
+        endpoint=path,
+        key_name=getattr(principal, "name", None),
+        priority=request.headers.get("x-ember-priority"),
+        has_tools=has_tools,
+        no_cache="no-cache" in cache_control or "no-store" in cache_control,
+    )

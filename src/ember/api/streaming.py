@@ -18,7 +18,8 @@ def dumps(payload: Any) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
-def sse_response(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+def sse_response(events: AsyncIterator[dict[str, Any]],
+                 headers: dict[str, str] | None = None) -> StreamingResponse:
     async def body() -> AsyncIterator[str]:
         try:
             async for event in events:
@@ -31,10 +32,11 @@ def sse_response(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
 
 
-def ndjson_response(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+def ndjson_response(events: AsyncIterator[dict[str, Any]],
+                    headers: dict[str, str] | None = None) -> StreamingResponse:
     async def body() -> AsyncIterator[str]:
         try:
             async for event in events:
@@ -45,4 +47,4 @@ def ndjson_response(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
             log.exception("stream failed")
             yield dumps({"error": "internal error while streaming"}) + "\n"
 
-    return StreamingResponse(body(), media_type="application/x-ndjson")
+    return StreamingResponse(body(), media_type="application/x-ndjson", headers=headers)

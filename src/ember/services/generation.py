@@ -28,6 +28,18 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
+class RequestContext:
+    """Who asked and how: what the gateway, guard, cache and usage log need beyond the text."""
+
+    protocol: str = "openai"  # "openai" or "ollama": the wire format the client spoke
+    endpoint: str = ""  # the path, e.g. /v1/chat/completions
+    key_name: str | None = None  # the API key's name, once the guard has checked it
+    priority: str | None = None  # X-Ember-Priority
+    has_tools: bool = False  # the request carried tools / functions
+    no_cache: bool = False  # Cache-Control: no-cache
+
+
+@dataclass(frozen=True)
 class TextRequest:
     """A chat (messages) or a plain completion (prompt); exactly one is set."""
 
@@ -39,6 +51,7 @@ class TextRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     load_options: LoadOptions | None = None
     keep_alive: float | None = None
+    context: RequestContext = field(default_factory=RequestContext)
 
 
 @dataclass
@@ -51,6 +64,16 @@ class Generation:
     started: float  # perf_counter at request start
     _events: AsyncIterator[GenerationEvent]
     _resources: AsyncExitStack
+    provider: str = "local"  # the provider that served it (X-Ember-Provider)
+    attempts: int = 1  # targets tried, this one included (X-Ember-Attempts)
+    cache: str | None = None  # "hit" or "miss" when the response cache was asked (X-Ember-Cache)
+    route: str | None = None  # the gateway route, when the model name was one
+
+    def response_headers(self) -> dict[str, str]:
+        headers = {"X-Ember-Provider": self.provider, "X-Ember-Attempts": str(self.attempts)}
+        if self.cache:
+            headers["X-Ember-Cache"] = self.cache
+        return headers
 
     def __aiter__(self) -> AsyncIterator[GenerationEvent]:
         return self._iterate()

@@ -74,6 +74,7 @@ class Message(_Wire):
 
 class ChatRequest(_Run):
     messages: list[Message] = Field(default_factory=list)
+    tools: list[Any] | None = None  # not acted on yet; makes a request "demanding" for auto routes
 
 
 class GenerateRequest(_Run):

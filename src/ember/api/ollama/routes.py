@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from ember import __version__
-from ember.api.deps import Services, services
+from ember.api.deps import Services, request_context, services
 from ember.api.ollama.protocol import (
     ChatRequest,
     CopyRequest,
@@ -128,7 +128,7 @@ async def _respond(generation: Generation, stream: bool, piece: Any) -> Response
     if not stream:
         text, final = await generation.collect()
         return JSONResponse({"model": model, "created_at": _now(), **piece(text),
-                             **_final_fields(generation, final)})
+                             **_final_fields(generation, final)}, headers=generation.response_headers())
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         async for event in generation:
@@ -137,27 +137,28 @@ async def _respond(generation: Generation, stream: bool, piece: Any) -> Response
             if event.done:
                 yield {"model": model, "created_at": _now(), **piece(""), **_final_fields(generation, event)}
 
-    return ndjson_response(events())
+    return ndjson_response(events(), headers=generation.response_headers())
 
 
 @router.post("/chat", response_model=None)
-async def chat(body: ChatRequest, svc: Services = Depends(services)) -> Response:
+async def chat(body: ChatRequest, http: Request, svc: Services = Depends(services)) -> Response:
     if not body.messages:
         return JSONResponse(await _load_or_unload(
             svc, body.model, body, {"message": {"role": "assistant", "content": ""}}))
     messages = [ChatMessage(role=m.role, content=m.content) for m in body.messages]
     validate_messages(messages)
-    generation = await svc.generation.start(TextRequest(
+    generation = await svc.gateway.start(TextRequest(
         model=body.model, messages=messages, max_tokens=_max_tokens(body.options),
         stop=tuple(body.options.stop or ()), sampling=_sampling(body.options),
         load_options=_load_options(svc, body.options), keep_alive=body.keep_alive,
+        context=request_context(http, has_tools=bool(body.tools)),
     ))
     return await _respond(generation, body.stream,
                           lambda text: {"message": {"role": "assistant", "content": text}})
 
 
 @router.post("/generate", response_model=None)
-async def generate(body: GenerateRequest, svc: Services = Depends(services)) -> Response:
+async def generate(body: GenerateRequest, http: Request, svc: Services = Depends(services)) -> Response:
     if body.suffix:
         raise BadRequest("suffix (fill-in-the-middle) is not supported yet")
     if not body.prompt and not body.system:
@@ -168,37 +169,44 @@ async def generate(body: GenerateRequest, svc: Services = Depends(services)) -> 
         # Ollama applies the model's template to generate prompts: a system + user turn.
         turns = [ChatMessage("system", body.system)] if body.system else []
         prompt, messages = None, turns + [ChatMessage("user", body.prompt)]
-    generation = await svc.generation.start(TextRequest(
+    generation = await svc.gateway.start(TextRequest(
         model=body.model, messages=messages, prompt=prompt,
         max_tokens=_max_tokens(body.options), stop=tuple(body.options.stop or ()),
         sampling=_sampling(body.options), load_options=_load_options(svc, body.options),
-        keep_alive=body.keep_alive,
+        keep_alive=body.keep_alive, context=request_context(http),
     ))
     return await _respond(generation, body.stream, lambda text: {"response": text})
 
 
 @router.post("/embed")
-async def embed(body: EmbedRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+async def embed(body: EmbedRequest, http: Request, svc: Services = Depends(services)) -> dict[str, Any]:
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    outcome = await svc.embeddings.embed(body.model, inputs, keep_alive=body.keep_alive,
-                                         load_options=_load_options(svc, body.options),
-                                         dimensions=body.dimensions)
+    outcome = await svc.gateway.embed(body.model, inputs, keep_alive=body.keep_alive,
+                                      load_options=_load_options(svc, body.options),
+                                      dimensions=body.dimensions, context=request_context(http))
     return {"model": outcome.model, "embeddings": outcome.vectors,
             "total_duration": _ns(outcome.total_seconds), "load_duration": _ns(outcome.load_seconds),
             "prompt_eval_count": outcome.prompt_tokens}
 
 
 @router.post("/embeddings")
-async def embeddings(body: EmbeddingsRequest, svc: Services = Depends(services)) -> dict[str, Any]:
-    outcome = await svc.embeddings.embed(body.model, [body.prompt] if body.prompt else [],
-                                         keep_alive=body.keep_alive,
-                                         load_options=_load_options(svc, body.options))
+async def embeddings(body: EmbeddingsRequest, http: Request, svc: Services = Depends(services)) -> dict[str, Any]:
+    outcome = await svc.gateway.embed(body.model, [body.prompt] if body.prompt else [],
+                                      keep_alive=body.keep_alive, context=request_context(http),
+                                      load_options=_load_options(svc, body.options))
     return {"embedding": outcome.vectors[0] if outcome.vectors else []}
+
+
+def _route_tag(name: str) -> dict[str, Any]:
+    return {"name": name, "model": name, "modified_at": _timestamp(datetime.fromtimestamp(0, UTC)),
+            "size": 0, "digest": "", "details": {"parent_model": "", "format": "route", "family": "route",
+                                                  "families": ["route"], "parameter_size": "",
+                                                  "quantization_level": ""}}
 
 
 @router.get("/tags")
 async def tags(svc: Services = Depends(services)) -> dict[str, Any]:
-    return {"models": [
+    return {"models": [_route_tag(name) for name in svc.gateway.route_names()] + [
         {"name": str(r.ref), "model": str(r.ref), "modified_at": _timestamp(r.modified_at),
          "size": r.size, "digest": r.digest.removeprefix("sha256:"), "details": _details(r)}
         for r in svc.models.list()

@@ -63,6 +63,9 @@ class _Sampling(_Wire):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessageIn]
     max_completion_tokens: int | None = Field(None, ge=0)
+    # Not acted on yet; their presence makes a request "demanding" for the auto strategy.
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

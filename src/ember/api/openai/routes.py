@@ -9,10 +9,10 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from ember.api.deps import Services, services
+from ember.api.deps import Services, request_context, services
 from ember.api.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -56,27 +56,36 @@ def _model_card(record: ModelRecord) -> dict[str, Any]:
             "created": int(record.modified_at.timestamp()), "owned_by": "ember"}
 
 
+def _route_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "ember-gateway"}
+
+
 @router.get("/models")
 async def list_models(svc: Services = Depends(services)) -> dict[str, Any]:
-    return {"object": "list", "data": [_model_card(r) for r in svc.models.list()]}
+    cards = [_route_card(name) for name in svc.gateway.route_names()]
+    return {"object": "list", "data": cards + [_model_card(r) for r in svc.models.list()]}
 
 
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, svc: Services = Depends(services)) -> dict[str, Any]:
+    if model_id in svc.gateway.route_names():
+        return _route_card(model_id)
     return _model_card(svc.models.get(model_id))
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(body: ChatCompletionRequest, svc: Services = Depends(services)) -> Response:
+async def chat_completions(body: ChatCompletionRequest, http: Request,
+                           svc: Services = Depends(services)) -> Response:
     messages = [ChatMessage(role=m.role, content=m.text()) for m in body.messages]
     validate_messages(messages)
+    context = request_context(http, has_tools=bool(body.tools or body.functions))
     request = TextRequest(model=body.model, messages=messages, max_tokens=body.token_limit(),
-                          stop=body.stop_list(), sampling=_sampling(body))
+                          stop=body.stop_list(), sampling=_sampling(body), context=context)
     return await _serve(svc, [request], body, chat=True)
 
 
 @router.post("/completions", response_model=None)
-async def completions(body: CompletionRequest, svc: Services = Depends(services)) -> Response:
+async def completions(body: CompletionRequest, http: Request, svc: Services = Depends(services)) -> Response:
     if body.suffix:
         raise BadRequest("suffix (fill-in-the-middle) is not supported", param="suffix")
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -84,8 +93,10 @@ async def completions(body: CompletionRequest, svc: Services = Depends(services)
         raise BadRequest("prompt must not be empty", param="prompt")
     if len(prompts) > 1 and body.stream:
         raise BadRequest("streaming takes a single prompt", param="prompt")
+    context = request_context(http)
     requests = [TextRequest(model=body.model, prompt=p, max_tokens=body.max_tokens,
-                            stop=body.stop_list(), sampling=_sampling(body)) for p in prompts]
+                            stop=body.stop_list(), sampling=_sampling(body), context=context)
+                for p in prompts]
     return await _serve(svc, requests, body, chat=False, echo=body.echo)
 
 
@@ -99,19 +110,20 @@ async def _serve(svc: Services, requests: list[TextRequest], body: _Sampling, *,
     """`n` answers to each request (a streamed response takes exactly one request)."""
     # The first generation starts before the response does, so a bad model or an
     # over-long prompt is still an HTTP error rather than an error event.
-    first = await svc.generation.start(requests[0])
+    first = await svc.gateway.start(requests[0])
     model = first.model
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(_stream(svc, requests[0], first, body.n, ident, created, chat, include_usage))
+        return sse_response(_stream(svc, requests[0], first, body.n, ident, created, chat, include_usage),
+                            headers=first.response_headers())
     choices: list[dict[str, Any]] = []
     prompt_tokens = completion_tokens = cached_tokens = 0
     pending: Generation | None = first
     for request in requests:
         for _ in range(body.n):
-            generation = pending or await svc.generation.start(request)
+            generation = pending or await svc.gateway.start(request)
             pending = None
             text, final = await generation.collect()
             stats = _stats(final.stats)
@@ -130,7 +142,7 @@ async def _serve(svc: Services, requests: list[TextRequest], body: _Sampling, *,
         "id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
         "model": model, "system_fingerprint": "ember", "choices": choices,
         "usage": _usage(prompt_tokens, completion_tokens, cached_tokens),
-    })
+    }, headers=first.response_headers())
 
 
 async def _stream(svc: Services, request: TextRequest, first: Generation, n: int, ident: str,
@@ -157,7 +169,7 @@ async def _stream(svc: Services, request: TextRequest, first: Generation, n: int
     try:
         for index in range(n):
             if generation is None:
-                generation = await svc.generation.start(request)
+                generation = await svc.gateway.start(request)
             if chat:
                 yield chunk(index, "", None, role=True)
             async for event in generation:
@@ -178,7 +190,7 @@ async def _stream(svc: Services, request: TextRequest, first: Generation, n: int
 
 
 @router.post("/embeddings")
-async def embeddings(body: EmbeddingRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+async def embeddings(body: EmbeddingRequest, http: Request, svc: Services = Depends(services)) -> dict[str, Any]:
     inputs = [body.input] if isinstance(body.input, str) else body.input
     if not inputs:
         raise BadRequest("input must not be empty", param="input")
@@ -186,7 +198,8 @@ async def embeddings(body: EmbeddingRequest, svc: Services = Depends(services)) 
         raise BadRequest("token arrays are not supported as input; send text", param="input")
     if any(item == "" for item in inputs):
         raise BadRequest("input must not contain empty strings", param="input")
-    outcome = await svc.embeddings.embed(body.model, [str(i) for i in inputs], dimensions=body.dimensions)
+    outcome = await svc.gateway.embed(body.model, [str(i) for i in inputs], dimensions=body.dimensions,
+                                      context=request_context(http))
     data = [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
             for i, v in enumerate(outcome.vectors)]
     return {"object": "list", "data": data, "model": outcome.model,

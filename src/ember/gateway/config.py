@@ -1,0 +1,194 @@
+"""The gateway's part of ember.toml: [[providers]], [[routes]] and their defaults.
+
+A bad file fails at start with the file, the line and what is wrong: tomllib gives the
+line of a syntax error; for a wrong value we find the line of the key in its table.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ember.errors import ConfigError
+
+LOCAL = "local"  # the provider name of this node's own models; always there
+
+Strategy = Literal["fallback", "race", "cheapest", "fastest", "least-busy", "weighted", "auto"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["local", "openai", "ollama"]
+    base_url: str | None = None  # openai: ".../v1"; ollama: the node's root URL
+    api_key_env: str | None = None  # the environment variable holding the key
+    price_in: float = Field(0.0, ge=0)  # USD per million prompt tokens
+    price_out: float = Field(0.0, ge=0)  # USD per million completion tokens
+    connect_timeout: float = Field(5.0, gt=0)
+    first_token_timeout: float = Field(60.0, gt=0)
+    total_timeout: float = Field(600.0, gt=0)
+    max_connections: int = Field(256, ge=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _url_for_remote(self) -> ProviderConfig:
+        if self.kind != "local" and not self.base_url:
+            raise ValueError(f"provider '{self.name}' of kind {self.kind} needs base_url")
+        if self.base_url and not re.match(r"^https?://", self.base_url):
+            raise ValueError(f"base_url must start with http:// or https://, not {self.base_url!r}")
+        return self
+
+
+class BreakerConfig(_Strict):
+    failures: int = Field(5, ge=1)  # consecutive failures that open the breaker
+    cooldown: float = Field(30.0, gt=0)  # seconds open before one probe is let through (half-open)
+
+
+class RetryConfig(_Strict):
+    passes: int = Field(2, ge=1)  # times the whole chain may be walked
+    backoff: float = Field(0.1, ge=0)  # first pause between passes, doubled each time, with jitter
+    max_backoff: float = Field(2.0, ge=0)
+    deadline: float = Field(30.0, gt=0)  # no new attempt starts after this many seconds
+
+
+class AutoRule(_Strict):
+    """`auto`: short, simple requests to `small`; long or demanding ones to `strong`."""
+
+    small: str
+    strong: str
+    max_prompt_chars: int = Field(2000, ge=0)  # longer prompts are demanding
+    max_tokens: int = Field(512, ge=0)  # larger max_tokens is demanding
+    tools_to_strong: bool = True
+    priority_header: str = "high"  # X-Ember-Priority value that means demanding
+
+
+class RouteConfig(_Strict):
+    model: str = Field(min_length=1)  # the name clients ask for
+    targets: list[str] = Field(min_length=1)  # "provider/model"
+    strategy: Strategy = "fallback"
+    weights: list[float] | None = None  # weighted: one per target
+    race: int = Field(2, ge=2)  # race: how many targets start at once
+    retry: RetryConfig | None = None
+    breaker: BreakerConfig | None = None
+    auto: AutoRule | None = None
+
+    @field_validator("targets")
+    @classmethod
+    def _provider_slash_model(cls, targets: list[str]) -> list[str]:
+        for target in targets:
+            provider, _, model = target.partition("/")
+            if not provider or not model:
+                raise ValueError(f"target {target!r} must be written provider/model, e.g. local/smollm2:135m")
+        return targets
+
+    @model_validator(mode="after")
+    def _strategy_needs(self) -> RouteConfig:
+        if self.strategy == "weighted":
+            if self.weights is None or len(self.weights) != len(self.targets):
+                raise ValueError("strategy weighted needs weights, one per target")
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError("weights must be non-negative and not all zero")
+        if self.strategy == "auto":
+            if self.auto is None:
+                raise ValueError("strategy auto needs an [routes.auto] table with small and strong")
+            for target in (self.auto.small, self.auto.strong):
+                if target not in self.targets:
+                    raise ValueError(f"auto target {target!r} is not one of the route's targets")
+        return self
+
+
+class GatewayConfig(_Strict):
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    routes: list[RouteConfig] = Field(default_factory=list)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+
+    @model_validator(mode="after")
+    def _names(self) -> GatewayConfig:
+        names = [p.name for p in self.providers]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"provider name '{name}' is used twice")
+        known = set(names) | {LOCAL}
+        models = [r.model for r in self.routes]
+        for i, route in enumerate(self.routes):
+            if models.count(route.model) > 1:
+                raise ValueError(f"route model '{route.model}' is defined twice")
+            for target in route.targets:
+                provider = target.partition("/")[0]
+                if provider not in known:
+                    raise ValueError(f"routes[{i}].targets: {target!r} names no provider '{provider}'")
+        return self
+
+    def provider(self, name: str) -> ProviderConfig:
+        for p in self.providers:
+            if p.name == name:
+                return p
+        return ProviderConfig(name=LOCAL, kind="local")
+
+
+# The keys of ember.toml that belong to Settings (config.py) rather than the gateway.
+def _gateway_part(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: data[k] for k in ("providers", "routes", "retry", "breaker") if k in data}
+
+
+def load_gateway_config(path: Path | None) -> GatewayConfig:
+    """The gateway config from ember.toml, or an empty one when there is no file."""
+    if path is None:
+        return GatewayConfig()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc  # the message carries "(at line N, column M)"
+    try:
+        return GatewayConfig.model_validate(_gateway_part(data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = [p for p in first.get("loc", ()) if p not in ("function-after",)]
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        line = _line_of(text, loc or _loc_in_message(message))
+        where = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+        prefix = f"{path}:{line}" if line else str(path)
+        raise ConfigError(f"{prefix}: {where + ': ' if where else ''}{message}") from exc
+
+
+def _loc_in_message(message: str) -> list[Any]:
+    """Checks across tables name their place in the message ("routes[1].targets: ...")."""
+    match = re.match(r"(\w+)\[(\d+)\]\.(\w+)", message)
+    return [match.group(1), int(match.group(2)), match.group(3)] if match else []
+
+
+def _line_of(text: str, loc: list[Any]) -> int | None:
+    """The 1-based line of loc (e.g. ["routes", 1, "strategy"]) in the TOML text, best effort."""
+    lines = text.splitlines()
+    if not loc:
+        return None
+    table = str(loc[0])
+    index = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    rest = [str(p) for p in loc[2:] if not isinstance(p, int)] if index is not None else [str(p) for p in loc[1:]]
+    header = re.compile(rf"^\s*\[\[\s*{re.escape(table)}\s*\]\]")
+    starts = [i for i, line in enumerate(lines) if header.match(line)]
+    if index is None or index >= len(starts):
+        for i, line in enumerate(lines):
+            if re.match(rf"^\s*(\[+\s*)?{re.escape(table)}\b", line):
+                return i + 1
+        return None
+    start = starts[index]
+    end = next((i for i in range(start + 1, len(lines)) if re.match(r"^\s*\[", lines[i])
+                and not re.match(rf"^\s*\[\s*{re.escape(table)}\.", lines[i])), len(lines))
+    for key in reversed(rest):
+        for i in range(start, end):
+            if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i]) or re.match(rf"^\s*\[\s*{re.escape(table)}\.{re.escape(key)}\s*\]", lines[i]):
+                return i + 1
+    return start + 1

@@ -1,0 +1,280 @@
+"""The gateway: a model name -> a local model, a route over providers, or "provider/model".
+
+Every generation and embedding the APIs serve passes through `Gateway`, which asks the
+response cache, runs the route, and writes one usage record per request for the
+observers (the usage log, the guard's token and budget counters, the audit log, metrics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+from ember.engine.types import GenerationEvent, LoadOptions
+from ember.errors import EmberError, ModelNotFound
+from ember.gateway.breaker import CircuitBreaker
+from ember.gateway.config import LOCAL, GatewayConfig, ProviderConfig, RouteConfig
+from ember.gateway.local import LocalProvider
+from ember.gateway.provider import Provider
+from ember.gateway.router import Route, Router, is_client_error
+from ember.gateway.target import Target
+from ember.gateway.usage import UsageRecord
+from ember.services.embeddings import EmbeddingOutcome, EmbeddingService
+from ember.services.generation import Generation, GenerationService, RequestContext, TextRequest
+from ember.services.models import ModelService
+
+log = logging.getLogger("ember.gateway")
+
+Observer = Callable[[UsageRecord], None]
+
+
+class ResponseCache(Protocol):
+    """What the gateway needs of cache/ (see ember.cache)."""
+
+    def key_for(self, request: TextRequest, digest: Callable[[], str]) -> str | None: ...
+
+    async def get(self, key: str, request: TextRequest) -> Generation | None: ...
+
+    def record(self, key: str, generation: Generation) -> Generation: ...
+
+
+def make_provider(config: ProviderConfig) -> Provider:
+    if config.kind == "openai":
+        from ember.gateway.remote_openai import OpenAIProvider
+
+        return OpenAIProvider(config)
+    if config.kind == "ollama":
+        from ember.gateway.remote_ollama import OllamaProvider
+
+        return OllamaProvider(config)
+    raise ValueError(f"provider kind {config.kind} is built by the gateway itself")
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, generation: GenerationService,
+                 embeddings: EmbeddingService, models: ModelService) -> None:
+        self.config = config
+        self._models = models
+        self._embeddings = embeddings
+        local_config = next((p for p in config.providers if p.kind == "local"),
+                            ProviderConfig(name=LOCAL, kind="local"))
+        self.local = LocalProvider(local_config, generation, embeddings)
+        self.providers: dict[str, Provider] = {LOCAL: self.local, local_config.name: self.local}
+        for provider in config.providers:
+            if provider.kind != "local":
+                self.providers[provider.name] = make_provider(provider)
+        self.targets: dict[str, Target] = {}
+        self.routes: dict[str, Route] = {r.model: self._route(r) for r in config.routes}
+        self.router = Router()
+        self.observers: list[Observer] = []
+        self.cache: ResponseCache | None = None
+
+    # -- building -----------------------------------------------------------------------------
+
+    def _route(self, config: RouteConfig) -> Route:
+        breaker = config.breaker or self.config.breaker
+        return Route(config=config, targets=[self._target(t, config) for t in config.targets],
+                     retry=config.retry or self.config.retry, breaker=breaker)
+
+    def _target(self, label: str, route: RouteConfig | None) -> Target:
+        if label not in self.targets:
+            provider_name, _, model = label.partition("/")
+            breaker = (route.breaker if route and route.breaker else None) or self.config.breaker
+            self.targets[label] = Target(provider=self.providers[provider_name], model=model,
+                                         breaker=CircuitBreaker(breaker))
+        return self.targets[label]
+
+    def _direct(self, name: str) -> Route | None:
+        """"backup/gpt-4o-mini": one remote provider's model, asked for by name."""
+        provider, sep, model = name.partition("/")
+        if not sep or not model or provider not in self.providers or self.providers[provider] is self.local:
+            return None
+        config = RouteConfig(model=name, targets=[name])
+        return Route(config=config, targets=[self._target(name, None)], retry=self.config.retry,
+                     breaker=self.config.breaker)
+
+    # -- what clients see ---------------------------------------------------------------------
+
+    def route_names(self) -> list[str]:
+        return list(self.routes)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each route, its strategy and its targets' health (for `ember routes`)."""
+        return [{"model": r.name, "strategy": r.config.strategy,
+                 "targets": [t.health() for t in r.targets]} for r in self.routes.values()]
+
+    def _digest(self, name: str) -> str:
+        route = self.routes.get(name)
+        if route is not None:
+            return "route:" + hashlib.sha256(route.config.model_dump_json().encode()).hexdigest()
+        if self._direct(name) is not None:
+            return "direct:" + name
+        return self._models.get(name).digest
+
+    async def start(self, request: TextRequest) -> Generation:
+        started = time.perf_counter()
+        ts = time.time()
+        route = self.routes.get(request.model) or self._direct(request.model)
+        target: Target | None = None
+        cache_key: str | None = None
+        try:
+            if self.cache is not None:
+                cache_key = self.cache.key_for(request, lambda: self._digest(request.model))
+                if cache_key is not None:
+                    hit = await self.cache.get(cache_key, request)
+                    if hit is not None:
+                        hit.cache = "hit"
+                        hit.route = route.name if route else None
+                        return self._observed(hit, request, route, None, started, ts)
+            if route is not None:
+                generation, target = await self.router.start(route, request)
+                generation.route = route.name
+            else:
+                generation = await self.local.start(request, request.model)
+        except EmberError as exc:
+            self._emit(_record(request, ts, started, route=route, provider=None,
+                               status=exc.status_code, error=exc.message))
+            raise
+        if cache_key is not None and self.cache is not None:
+            generation = self.cache.record(cache_key, generation)
+            generation.cache = "miss"
+        return self._observed(generation, request, route, target, started, ts)
+
+    def _observed(self, generation: Generation, request: TextRequest, route: Route | None,
+                  target: Target | None, started: float, ts: float) -> Generation:
+        """Wrap the events so the end of the stream, however it ends, writes the usage record."""
+        inner = generation._events
+
+        async def events() -> AsyncIterator[GenerationEvent]:
+            first_at: float | None = None
+            final: GenerationEvent | None = None
+            status, error = 499, "the client went away"  # unless the stream ends otherwise
+            try:
+                async for event in inner:
+                    if first_at is None and (event.text or event.done):
+                        first_at = time.perf_counter()
+                    if event.done:
+                        final = event
+                    yield event
+                status, error = 200, None
+            except EmberError as exc:
+                status, error = exc.status_code, exc.message
+                raise
+            finally:
+                self._finish(generation, request, route, target, started, ts, first_at, final, status, error)
+
+        wrapped = events()
+        generation._events = wrapped
+        generation._resources.push_async_callback(wrapped.aclose)
+        return generation
+
+    def _finish(self, generation: Generation, request: TextRequest, route: Route | None,
+                target: Target | None, started: float, ts: float, first_at: float | None,
+                final: GenerationEvent | None, status: int, error: str | None) -> None:
+        stats = final.stats if final is not None else None
+        tokens_in = stats.prompt_tokens if stats else generation.prompt_tokens
+        tokens_out = stats.completion_tokens if stats else 0
+        ttft_ms = (first_at - started) * 1000 if first_at is not None else None
+        if target is not None:
+            target.in_flight -= 1
+            if status == 200:
+                target.breaker.success()
+                target.observe(ttft_ms, tokens_out, stats.eval_seconds if stats else 0.0)
+            elif status == 499:
+                target.breaker.release()
+            else:
+                target.failures += 1
+                target.last_error = error
+                target.breaker.failure()
+        provider = self.providers.get(generation.provider)
+        cost = 0.0
+        if provider is not None and generation.cache != "hit":
+            cost = (tokens_in * provider.config.price_in + tokens_out * provider.config.price_out) / 1e6
+        record = _record(request, ts, started, route=route, provider=generation.provider,
+                         status=status, error=error)
+        record.upstream_model = target.model if target else generation.model
+        record.tokens_in, record.tokens_out, record.cost = tokens_in, tokens_out, cost
+        record.ttft_ms = ttft_ms
+        record.attempts = generation.attempts
+        record.cache = generation.cache
+        self._emit(record)
+
+    def _emit(self, record: UsageRecord) -> None:
+        for observer in self.observers:
+            try:
+                observer(record)
+            except Exception:  # an observer's bug must not break serving
+                log.exception("usage observer %r failed", observer)
+
+    # -- embeddings ---------------------------------------------------------------------------
+
+    async def embed(self, model: str, inputs: list[str], *, context: RequestContext | None = None,
+                    keep_alive: float | None = None, load_options: LoadOptions | None = None,
+                    dimensions: int | None = None) -> EmbeddingOutcome:
+        started = time.perf_counter()
+        ts = time.time()
+        context = context or RequestContext()
+        request = TextRequest(model=model, prompt="", context=context)
+        route = self.routes.get(model) or self._direct(model)
+        provider_name = LOCAL
+        try:
+            if route is None:
+                outcome = await self._embeddings.embed(model, inputs, keep_alive=keep_alive,
+                                                       load_options=load_options, dimensions=dimensions)
+            else:
+                outcome, provider_name = await self._embed_route(route, inputs, dimensions)
+        except EmberError as exc:
+            self._emit(_record(request, ts, started, route=route, provider=None,
+                               status=exc.status_code, error=exc.message))
+            raise
+        record = _record(request, ts, started, route=route, provider=provider_name, status=200, error=None)
+        record.tokens_in = outcome.prompt_tokens
+        record.upstream_model = outcome.model
+        provider = self.providers.get(provider_name)
+        if provider is not None:
+            record.cost = outcome.prompt_tokens * provider.config.price_in / 1e6
+        self._emit(record)
+        return outcome
+
+    async def _embed_route(self, route: Route, inputs: list[str],
+                           dimensions: int | None) -> tuple[EmbeddingOutcome, str]:
+        last: EmberError | None = None
+        for target in route.targets:
+            if not target.breaker.allow():
+                continue
+            try:
+                outcome = await target.provider.embed(target.model, inputs, dimensions=dimensions)
+            except EmberError as exc:
+                if is_client_error(exc):
+                    target.breaker.release()
+                    raise
+                target.failures += 1
+                target.last_error = exc.message
+                target.breaker.failure()
+                last = exc
+                continue
+            target.breaker.success()
+            return outcome, target.provider.name
+        if last is not None:
+            raise last
+        raise ModelNotFound(route.name, f"no target of route '{route.name}' is available for embeddings")
+
+    async def aclose(self) -> None:
+        for name, provider in self.providers.items():
+            if provider is not self.local:
+                try:
+                    await provider.aclose()
+                except Exception:
+                    log.exception("closing provider %s failed", name)
+
+
+def _record(request: TextRequest, ts: float, started: float, *, route: Route | None,
+            provider: str | None, status: int, error: str | None) -> UsageRecord:
+    ctx = request.context
+    return UsageRecord(ts=ts, endpoint=ctx.endpoint, protocol=ctx.protocol, model=request.model,
+                       provider=provider or "", route=route.name if route else None, key=ctx.key_name,
+                       latency_ms=(time.perf_counter() - started) * 1000, status=status, error=error,
+                       request=request)

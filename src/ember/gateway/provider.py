@@ -1,0 +1,56 @@
+"""What every provider offers the gateway: start a generation, embed, close.
+
+A provider's `start` returns once the upstream has sent its first token (or finished),
+so every failure the gateway may still hide from the client (refused, 5xx, 429, a
+timeout before the first token) is raised from `start` as an UpstreamError. After
+that the Generation streams, and a failure mid-stream ends the stream with an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from ember.engine.types import GenerationEvent
+
+from ember.gateway.config import ProviderConfig
+from ember.services.embeddings import EmbeddingOutcome
+from ember.services.generation import Generation, TextRequest
+
+
+class Provider(Protocol):
+    config: ProviderConfig
+
+    @property
+    def name(self) -> str: ...
+
+    async def start(self, request: TextRequest, model: str) -> Generation:
+        """Begin generating `request` with the provider's `model` (the part after "provider/")."""
+        ...
+
+    async def embed(self, model: str, inputs: list[str], *, dimensions: int | None = None) -> EmbeddingOutcome: ...
+
+    async def aclose(self) -> None: ...
+
+
+async def peek_first(generation: Generation) -> Generation:
+    """Wait for the first event, so a failure before the first token is raised here.
+
+    The event is put back in front of the stream. On failure the generation is closed.
+    """
+    events = generation._events.__aiter__()
+    try:
+        first = await events.__anext__()
+    except StopAsyncIteration:
+        return generation
+    except BaseException:
+        await generation.aclose()
+        raise
+
+    async def chained() -> AsyncIterator[GenerationEvent]:
+        yield first
+        async for event in events:
+            yield event
+
+    generation._events = chained()
+    return generation

@@ -1,0 +1,166 @@
+"""One row per request in SQLite: who, which route, provider and model, tokens, cost, timings.
+
+Rows are queued and written by a background thread in batches, so the request path
+never waits on the disk; `flush()` makes everything queued visible (the totals call it).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger("ember.usage")
+
+GroupBy = Literal["day", "model", "route", "key", "provider"]
+_COLUMNS = {"day": "date(ts, 'unixepoch')", "model": "model", "route": "coalesce(route, '')",
+            "key": "coalesce(key, '')", "provider": "provider"}
+
+
+@dataclass
+class UsageRecord:
+    """What one request used. Observers (guard, audit, metrics) see every one of these."""
+
+    ts: float
+    endpoint: str
+    protocol: str
+    model: str  # the name the client asked for
+    provider: str = "local"
+    upstream_model: str = ""  # the model the provider served
+    route: str | None = None
+    key: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0  # USD, from the provider's configured prices
+    ttft_ms: float | None = None
+    latency_ms: float = 0.0
+    status: int = 200
+    error: str | None = None
+    attempts: int = 1
+    cache: str | None = None
+    # Not stored here: the request itself, for observers that may keep its text (audit).
+    request: Any = field(default=None, repr=False)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    endpoint TEXT NOT NULL,
+    protocol TEXT NOT NULL,
+    key TEXT,
+    route TEXT,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    upstream_model TEXT NOT NULL,
+    tokens_in INTEGER NOT NULL,
+    tokens_out INTEGER NOT NULL,
+    cost REAL NOT NULL,
+    ttft_ms REAL,
+    latency_ms REAL NOT NULL,
+    status INTEGER NOT NULL,
+    error TEXT,
+    attempts INTEGER NOT NULL,
+    cache TEXT
+);
+CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_SCHEMA)
+    return db
+
+
+class UsageLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = connect(path)
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[UsageRecord | None] = queue.Queue()
+        self._writer = threading.Thread(target=self._write_loop, name="ember-usage", daemon=True)
+        self._writer.start()
+
+    def add(self, record: UsageRecord) -> None:
+        self._queue.put(record)
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            rows = [r for r in batch if r is not None]
+            if rows:
+                try:
+                    self._insert(rows)
+                except sqlite3.Error:
+                    log.exception("could not write %d usage rows", len(rows))
+            for _ in batch:
+                self._queue.task_done()
+            if None in batch:
+                return
+
+    def _insert(self, rows: list[UsageRecord]) -> None:
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT INTO usage (ts, endpoint, protocol, key, route, provider, model, upstream_model,"
+                " tokens_in, tokens_out, cost, ttft_ms, latency_ms, status, error, attempts, cache)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(r.ts, r.endpoint, r.protocol, r.key, r.route, r.provider, r.model, r.upstream_model,
+                  r.tokens_in, r.tokens_out, r.cost, r.ttft_ms, r.latency_ms, r.status, r.error,
+                  r.attempts, r.cache) for r in rows])
+
+    def flush(self) -> None:
+        self._queue.join()
+
+    def totals(self, by: GroupBy = "day", since: float | None = None,
+               until: float | None = None) -> list[dict[str, Any]]:
+        """Requests, tokens and cost grouped by one column, newest day / largest cost first."""
+        self.flush()
+        column = _COLUMNS[by]
+        where, args = [], []
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("ts < ?")
+            args.append(until)
+        sql = (f"SELECT {column} AS k, count(*), sum(tokens_in), sum(tokens_out), sum(cost),"
+               f" sum(status >= 400), avg(latency_ms), avg(ttft_ms) FROM usage"
+               f"{' WHERE ' + ' AND '.join(where) if where else ''} GROUP BY k"
+               f" ORDER BY {'k DESC' if by == 'day' else 'sum(cost) DESC, count(*) DESC'}")
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [{by: k, "requests": n, "tokens_in": tin or 0, "tokens_out": tout or 0,
+                 "cost": round(cost or 0.0, 10), "errors": errors or 0,
+                 "avg_latency_ms": round(lat or 0.0, 2), "avg_ttft_ms": round(ttft, 2) if ttft else None}
+                for k, n, tin, tout, cost, errors, lat, ttft in rows]
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._writer.join(timeout=10)
+        with self._lock:
+            self._db.close()
+
+
+def day_start(text: str) -> float:
+    """'2026-11-24' -> its midnight UTC as a Unix time."""
+    return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+
+
+def now() -> float:
+    return time.time()
