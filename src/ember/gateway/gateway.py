@@ -135,7 +135,7 @@ class Gateway:
             else:
                 generation = await self.local.start(request, request.model)
         except EmberError as exc:
-            self._emit(_record(request, ts, started, route=route, provider=None,
+            self.emit(_record(request, ts, started, route=route, provider=None,
                                status=exc.status_code, error=exc.message))
             raise
         if cache_key is not None and self.cache is not None:
@@ -200,9 +200,9 @@ class Gateway:
         record.ttft_ms = ttft_ms
         record.attempts = generation.attempts
         record.cache = generation.cache
-        self._emit(record)
+        self.emit(record)
 
-    def _emit(self, record: UsageRecord) -> None:
+    def emit(self, record: UsageRecord) -> None:
         for observer in self.observers:
             try:
                 observer(record)
@@ -227,7 +227,7 @@ class Gateway:
             else:
                 outcome, provider_name = await self._embed_route(route, inputs, dimensions)
         except EmberError as exc:
-            self._emit(_record(request, ts, started, route=route, provider=None,
+            self.emit(_record(request, ts, started, route=route, provider=None,
                                status=exc.status_code, error=exc.message))
             raise
         record = _record(request, ts, started, route=route, provider=provider_name, status=200, error=None)
@@ -236,7 +236,7 @@ class Gateway:
         provider = self.providers.get(provider_name)
         if provider is not None:
             record.cost = outcome.prompt_tokens * provider.config.price_in / 1e6
-        self._emit(record)
+        self.emit(record)
         return outcome
 
     async def _embed_route(self, route: Route, inputs: list[str],
