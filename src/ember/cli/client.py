@@ -7,6 +7,7 @@ no" and "stream broke" each read the same way whatever command hit them.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
@@ -82,6 +83,8 @@ class EmberClient:
             transport=transport,
             # A proxy configured for the internet must not swallow calls to our own loopback server.
             trust_env=False,
+            # A server that requires keys (EMBER_AUTH) gets the one in EMBER_API_KEY.
+            headers={"Authorization": f"Bearer {key}"} if (key := os.environ.get("EMBER_API_KEY")) else None,
         )
 
     @classmethod
@@ -183,6 +186,17 @@ class EmberClient:
         if destination:
             body["destination"] = destination
         return self._stream("/api/pull", body)
+
+    def admin(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        """GET /admin/<path> (usage totals, routes)."""
+        try:
+            response = self._http.get(f"/admin/{path}", params=params)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ServerUnreachable(self.base_url) from exc
+        except httpx.TransportError as exc:
+            raise EmberError(f"lost connection to ember at {self.base_url}: {exc}") from exc
+        _raise_for_status(response)
+        return dict(response.json())
 
     def chat(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
         return self._stream("/api/chat", {**request, "stream": True})

@@ -13,7 +13,7 @@ import httpx
 import pydantic
 import typer
 
-from ember.cli import bench, chat, doctor, models, pull, serve
+from ember.cli import bench, chat, doctor, gateway, models, pull, serve
 from ember.cli.output import error_line
 from ember.errors import EmberError
 
@@ -43,6 +43,8 @@ app.command("stop")(models.stop)
 app.command("doctor")(doctor.doctor)
 app.command("version")(serve.version)
 app.command("bench")(bench.bench)
+app.command("routes")(gateway.routes)
+app.command("usage")(gateway.usage)
 
 
 def _validation_message(exc: pydantic.ValidationError) -> str:
