@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from ember.engine.types import GenerationEvent, LoadOptions
-from ember.errors import EmberError, ModelNotFound
+from ember.errors import EmberError, ModelNotFound, UpstreamError
 from ember.gateway.breaker import CircuitBreaker
 from ember.gateway.config import LOCAL, GatewayConfig, ProviderConfig, RouteConfig
 from ember.gateway.local import LocalProvider
@@ -114,7 +114,28 @@ class Gateway:
             return "direct:" + name
         return self._models.get(name).digest
 
-    async def start(self, request: TextRequest) -> Generation:
+    async def complete(self, request: TextRequest) -> tuple[Generation, str, GenerationEvent]:
+        """Generate the whole answer (a client that did not ask to stream).
+
+        Nothing has reached the client until the answer is whole, so a target that breaks
+        mid-answer is not the client's problem: the route moves on to another target.
+        """
+        failed: set[str] = set()
+        while True:
+            generation = await self.start(request, exclude=frozenset(failed))
+            try:
+                text, final = await generation.collect()
+            except UpstreamError as exc:
+                route = self.routes.get(request.model) or self._direct(request.model)
+                label = f"{generation.provider}/{generation.served_by}" if generation.served_by else None
+                if route is None or label is None or is_client_error(exc) or len(failed) + 1 >= len(route.targets):
+                    raise
+                failed.add(label)
+                log.warning("target %s broke mid-answer (%s); trying the route's next target", label, exc.message)
+                continue
+            return generation, text, final
+
+    async def start(self, request: TextRequest, *, exclude: frozenset[str] = frozenset()) -> Generation:
         started = time.perf_counter()
         ts = time.time()
         route = self.routes.get(request.model) or self._direct(request.model)
@@ -130,8 +151,9 @@ class Gateway:
                         hit.route = route.name if route else None
                         return self._observed(hit, request, route, None, started, ts)
             if route is not None:
-                generation, target = await self.router.start(route, request)
+                generation, target = await self.router.start(route, request, exclude)
                 generation.route = route.name
+                generation.served_by = target.model
             else:
                 generation = await self.local.start(request, request.model)
         except EmberError as exc:

@@ -48,14 +48,16 @@ class Router:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    async def start(self, route: Route, request: TextRequest) -> tuple[Generation, Target]:
+    async def start(self, route: Route, request: TextRequest,
+                    exclude: frozenset[str] = frozenset()) -> tuple[Generation, Target]:
+        """Start on the first target that produces a token; `exclude` names targets to skip."""
         started = time.monotonic()
         deadline = started + route.retry.deadline
         attempts = 0
         errors: list[tuple[Target, EmberError]] = []
         order_fn = STRATEGIES[route.config.strategy]
         for pass_no in range(route.retry.passes):
-            order = order_fn(route.targets, route.config, request)
+            order = [t for t in order_fn(route.targets, route.config, request) if t.label not in exclude]
             if route.config.strategy == "race":
                 won, tried = await self._race(order[:route.config.race], request, errors, deadline)
                 attempts += tried

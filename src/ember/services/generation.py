@@ -68,6 +68,7 @@ class Generation:
     attempts: int = 1  # targets tried, this one included (X-Ember-Attempts)
     cache: str | None = None  # "hit" or "miss" when the response cache was asked (X-Ember-Cache)
     route: str | None = None  # the gateway route, when the model name was one
+    served_by: str | None = None  # the provider's model name, when a route chose the target
 
     def response_headers(self) -> dict[str, str]:
         headers = {"X-Ember-Provider": self.provider, "X-Ember-Attempts": str(self.attempts)}

@@ -122,13 +122,14 @@ async def _load_or_unload(svc: Services, model: str, body: ChatRequest | Generat
     return {"model": model, "created_at": _now(), **shape, "done": True, "done_reason": reason, **timings}
 
 
-async def _respond(generation: Generation, stream: bool, piece: Any) -> Response:
+async def _respond(svc: Services, request: TextRequest, stream: bool, piece: Any) -> Response:
     """piece(text) -> the fields of one chunk; shared by chat and generate."""
-    model = generation.model
     if not stream:
-        text, final = await generation.collect()
-        return JSONResponse({"model": model, "created_at": _now(), **piece(text),
-                             **_final_fields(generation, final)}, headers=generation.response_headers())
+        done, text, final = await svc.gateway.complete(request)
+        return JSONResponse({"model": done.model, "created_at": _now(), **piece(text),
+                             **_final_fields(done, final)}, headers=done.response_headers())
+    generation = await svc.gateway.start(request)
+    model = generation.model
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         async for event in generation:
@@ -147,13 +148,13 @@ async def chat(body: ChatRequest, http: Request, svc: Services = Depends(service
             svc, body.model, body, {"message": {"role": "assistant", "content": ""}}))
     messages = [ChatMessage(role=m.role, content=m.content) for m in body.messages]
     validate_messages(messages)
-    generation = await svc.gateway.start(TextRequest(
+    request = TextRequest(
         model=body.model, messages=messages, max_tokens=_max_tokens(body.options),
         stop=tuple(body.options.stop or ()), sampling=_sampling(body.options),
         load_options=_load_options(svc, body.options), keep_alive=body.keep_alive,
         context=request_context(http, has_tools=bool(body.tools)),
-    ))
-    return await _respond(generation, body.stream,
+    )
+    return await _respond(svc, request, body.stream,
                           lambda text: {"message": {"role": "assistant", "content": text}})
 
 
@@ -169,13 +170,13 @@ async def generate(body: GenerateRequest, http: Request, svc: Services = Depends
         # Ollama applies the model's template to generate prompts: a system + user turn.
         turns = [ChatMessage("system", body.system)] if body.system else []
         prompt, messages = None, turns + [ChatMessage("user", body.prompt)]
-    generation = await svc.gateway.start(TextRequest(
+    request = TextRequest(
         model=body.model, messages=messages, prompt=prompt,
         max_tokens=_max_tokens(body.options), stop=tuple(body.options.stop or ()),
         sampling=_sampling(body.options), load_options=_load_options(svc, body.options),
         keep_alive=body.keep_alive, context=request_context(http),
-    ))
-    return await _respond(generation, body.stream, lambda text: {"response": text})
+    )
+    return await _respond(svc, request, body.stream, lambda text: {"response": text})
 
 
 @router.post("/embed")

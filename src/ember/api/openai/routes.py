@@ -108,24 +108,22 @@ def _stats(stats: GenerationStats | None) -> GenerationStats:
 async def _serve(svc: Services, requests: list[TextRequest], body: _Sampling, *, chat: bool,
                  echo: bool = False) -> Response:
     """`n` answers to each request (a streamed response takes exactly one request)."""
-    # The first generation starts before the response does, so a bad model or an
-    # over-long prompt is still an HTTP error rather than an error event.
-    first = await svc.gateway.start(requests[0])
-    model = first.model
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if body.stream:
+        # The generation starts before the response does, so a bad model or an over-long
+        # prompt is still an HTTP error rather than an error event.
+        first = await svc.gateway.start(requests[0])
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(_stream(svc, requests[0], first, body.n, ident, created, chat, include_usage),
                             headers=first.response_headers())
     choices: list[dict[str, Any]] = []
     prompt_tokens = completion_tokens = cached_tokens = 0
-    pending: Generation | None = first
+    served: Generation | None = None
     for request in requests:
         for _ in range(body.n):
-            generation = pending or await svc.gateway.start(request)
-            pending = None
-            text, final = await generation.collect()
+            generation, text, final = await svc.gateway.complete(request)
+            served = served or generation
             stats = _stats(final.stats)
             cached_tokens = max(cached_tokens, stats.cached_prompt_tokens)
             completion_tokens += stats.completion_tokens
@@ -138,11 +136,12 @@ async def _serve(svc: Services, requests: list[TextRequest], body: _Sampling, *,
                 choices.append({"index": len(choices), "text": prefix + text, "logprobs": None,
                                 "finish_reason": finish})
         prompt_tokens += stats.prompt_tokens  # each prompt counts once, however many answers it got
+    assert served is not None, "requests and n are never empty"
     return JSONResponse({
         "id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
-        "model": model, "system_fingerprint": "ember", "choices": choices,
+        "model": served.model, "system_fingerprint": "ember", "choices": choices,
         "usage": _usage(prompt_tokens, completion_tokens, cached_tokens),
-    }, headers=first.response_headers())
+    }, headers=served.response_headers())
 
 
 async def _stream(svc: Services, request: TextRequest, first: Generation, n: int, ident: str,
