@@ -22,12 +22,14 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from ember.api.errors import install_error_handlers
     from ember.api.json_body import JsonBodyMiddleware
     from ember.api.admin import router as admin_router
+    from ember.api.metrics import router as metrics_router
     from ember.api.ollama.routes import router as ollama_router
     from ember.api.openai.routes import router as openai_router
     from ember.cache import build_cache
     from ember.gateway import Gateway, UsageLog, load_gateway_config
     from ember.guard import GuardMiddleware, build_guard
     from ember.guard.audit import AuditLog
+    from ember.guard.audit import check_settings as check_audit_settings
     from ember.runtime.scheduler import Scheduler
     from ember.runtime.store import ModelStore
     from ember.services.embeddings import EmbeddingService
@@ -38,6 +40,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     # Read now, so a bad ember.toml stops `ember serve` before it binds, with file and line.
     gateway_config = load_gateway_config(settings.config or _config_path())
+    check_audit_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,6 +75,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             await guard.aclose()
             usage.close()
             audit.close()
+            telemetry.close()
 
     app = FastAPI(
         title="ember",
@@ -85,6 +89,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai_router)
     app.include_router(ollama_router)
     app.include_router(admin_router)
+    app.include_router(metrics_router)
 
     @app.get("/", response_class=PlainTextResponse, include_in_schema=False)
     @app.head("/", response_class=PlainTextResponse, include_in_schema=False)

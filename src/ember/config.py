@@ -36,6 +36,8 @@ def parse_duration(value: str | int | float | None) -> float | None:
         raise ValueError(f"invalid duration {value!r}")
     if isinstance(value, (int, float)):
         seconds = float(value)
+    elif not isinstance(value, str):
+        raise ValueError(f"invalid duration {value!r}")
     else:
         text = value.strip()
         if not text:

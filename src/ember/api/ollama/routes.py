@@ -249,20 +249,23 @@ async def show(body: ShowRequest, svc: Services = Depends(services)) -> dict[str
 
 
 @router.delete("/delete", response_model=None)
-async def delete(body: DeleteRequest, svc: Services = Depends(services)) -> Response:
+async def delete(body: DeleteRequest, http: Request, svc: Services = Depends(services)) -> Response:
     await svc.models.delete(body.model)
+    svc.audit.admin("delete", request_context(http).key_name, {"model": body.model})
     return Response(status_code=200)
 
 
 @router.post("/copy", response_model=None)
-async def copy(body: CopyRequest, svc: Services = Depends(services)) -> Response:
+async def copy(body: CopyRequest, http: Request, svc: Services = Depends(services)) -> Response:
     await svc.models.copy(body.source, body.destination)
+    svc.audit.admin("copy", request_context(http).key_name, {"source": body.source, "destination": body.destination})
     return Response(status_code=200)
 
 
 @router.post("/pull", response_model=None)
-async def pull(body: PullRequest, svc: Services = Depends(services)) -> Response:
+async def pull(body: PullRequest, http: Request, svc: Services = Depends(services)) -> Response:
     progress = await svc.models.start_pull(body.model, body.destination)
+    svc.audit.admin("pull", request_context(http).key_name, {"model": body.model, "destination": body.destination})
     if not body.stream:
         async for _ in progress:
             pass
