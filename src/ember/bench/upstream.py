@@ -1,0 +1,559 @@
+"""A fake model server that speaks OpenAI and Ollama, with faults on demand.
+
+    python -m ember.bench.upstream --host 127.0.0.1 --port 8001 [--token-delay 0]
+
+It answers every model name with the tokens "tok0 ", "tok1 ", ... (max_tokens or
+options.num_predict of them, 8 by default); prompt_tokens is the number of words in the
+prompt. Tests and the gateway benchmark script it over HTTP:
+
+    POST /_control {"mode": "ok"|"error"|"hang"|"drop"|"garbage"|"inband", "status": 500, "retry_after": null,
+                    "times": null, "delay": 0, "drop_after": 0, "token_delay": null}
+    GET  /_stats   {"requests", "active", "completed", "disconnected", "dropped", "by_path"}
+    POST /_reset   back to "ok" and zeroed stats
+
+Faults apply to the POST model endpoints (generation and embeddings); "times" requests get
+the fault, then the server is back to "ok" (null: until changed). "hang" sends nothing until
+the client goes away; "drop" closes the connection after `drop_after` tokens (or half the
+body of a non-streamed answer); "delay" is the wait before the first token (after the
+headers), or before the whole answer when not streaming. Two more break a stream after
+`drop_after` tokens and then end it cleanly: "garbage" sends a chunk that is not JSON,
+"inband" an error in the protocol's own format (as ember does when its stream breaks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+Mode = Literal["ok", "error", "hang", "drop", "garbage", "inband"]
+MODES = ("ok", "error", "hang", "drop", "garbage", "inband")
+DEFAULT_TOKENS = 8
+EMBED_DIMENSIONS = 8
+_OUTCOME = "fake.outcome"  # scope key through which an answer tells how it ended
+_INCOMPLETE = "ASGI callable returned without completing response."
+
+
+@dataclass
+class Fault:
+    mode: Mode = "ok"
+    status: int = 500
+    retry_after: float | None = None
+    times: int | None = None  # requests left with this fault; None: until changed
+    delay: float = 0.0
+    drop_after: int = 0
+    token_delay: float | None = None  # None: the server's --token-delay
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    active: int = 0
+    completed: int = 0
+    disconnected: int = 0  # the client went away before the answer was complete
+    dropped: int = 0  # we closed the connection on purpose (mode drop)
+    by_path: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Upstream:
+    """One server's mutable state: the fault in force and the counters."""
+
+    token_delay: float = 0.0
+    fault: Fault = field(default_factory=Fault)
+    stats: Stats = field(default_factory=Stats)
+    models: list[str] = field(default_factory=lambda: ["gpt-test"])
+
+    def take_fault(self) -> Fault:
+        """The fault for the request arriving now, counting down `times`."""
+        fault = self.fault
+        if fault.times is not None:
+            if fault.times <= 0:
+                fault = self.fault = Fault()
+            else:
+                self.fault = Fault() if fault.times == 1 else replace(fault, times=fault.times - 1)
+        if fault.token_delay is None:
+            fault = replace(fault, token_delay=self.token_delay)
+        return fault
+
+    def seen(self, model: str) -> None:
+        if model and model not in self.models:
+            self.models.append(model)
+
+
+# -- answering ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    start: float
+    first: float
+    end: float
+
+
+@dataclass
+class Answer:
+    """One request's answer, sent by hand: it sees the client go away and can drop the connection."""
+
+    upstream: Upstream
+    fault: Fault
+    protocol: Literal["openai", "ollama"]
+    content_type: str
+    tail: Callable[[int, Timing], bytes]  # what follows the tokens (or the whole non-streamed body)
+    pieces: list[bytes] = field(default_factory=list)  # one per token, when streaming
+    head: bytes = b""  # sent with the first token (OpenAI's role chunk)
+    streamed: bool = True
+    started: float = field(default_factory=time.perf_counter)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(_watch(receive, gone))
+        try:
+            scope[_OUTCOME] = await self._run(send, gone)
+        finally:
+            watcher.cancel()
+
+    async def _run(self, send: Send, gone: asyncio.Event) -> str:
+        fault = self.fault
+        if fault.mode == "hang":
+            await gone.wait()
+            return "disconnected"
+        if fault.mode == "error":
+            if await _pause(fault.delay, gone):
+                return "disconnected"
+            await _send_error(send, self.protocol, fault.status, fault.retry_after)
+            return "completed"
+        if not self.streamed:
+            return await self._whole(send, gone)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", self.content_type.encode()), (b"cache-control", b"no-cache")]})
+        if await _pause(fault.delay, gone):
+            return "disconnected"
+        first = time.perf_counter()
+        if fault.mode == "ok" and not fault.token_delay:
+            # Nothing to wait for between tokens: one write (the SSE/NDJSON framing is the same).
+            tail = self.tail(len(self.pieces), Timing(self.started, first, time.perf_counter()))
+            await send({"type": "http.response.body", "body": self.head + b"".join(self.pieces) + tail,
+                        "more_body": False})
+            return "completed"
+        sent = 0
+        broken = fault.mode in ("drop", "garbage", "inband")
+        for piece in self.pieces:
+            if broken and sent >= fault.drop_after:
+                break
+            if sent and fault.token_delay:
+                if await _pause(fault.token_delay, gone):
+                    return "disconnected"
+            else:
+                await asyncio.sleep(0)  # let other streams (and the disconnect watcher) run
+            if gone.is_set():
+                return "disconnected"
+            body = self.head + piece if sent == 0 else piece
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            sent += 1
+        if fault.mode == "drop":
+            return "dropped"
+        if gone.is_set():
+            return "disconnected"
+        if fault.mode in ("garbage", "inband"):
+            tail = _breakage(self.protocol, fault.mode)
+        else:
+            tail = self.tail(sent, Timing(self.started, first, time.perf_counter()))
+        await send({"type": "http.response.body", "body": (self.head if sent == 0 else b"") + tail,
+                    "more_body": False})
+        return "completed"
+
+    async def _whole(self, send: Send, gone: asyncio.Event) -> str:
+        if await _pause(self.fault.delay, gone):
+            return "disconnected"
+        now = time.perf_counter()
+        body = self.tail(len(self.pieces), Timing(self.started, now, now))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", self.content_type.encode()),
+                                (b"content-length", str(len(body)).encode())]})
+        if self.fault.mode == "drop":
+            await send({"type": "http.response.body", "body": body[:len(body) // 2], "more_body": True})
+            return "dropped"
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        return "completed"
+
+
+def _breakage(protocol: str, mode: str) -> bytes:
+    """The end of a stream broken on purpose: a chunk that is not JSON, or an in-band error."""
+    if protocol == "openai":
+        if mode == "garbage":
+            return b"data: {not json\n\ndata: [DONE]\n\n"
+        error = {"error": {"message": "fake upstream broke mid-stream", "type": "server_error",
+                           "param": None, "code": None}}
+        return b"data: " + _dumps(error) + b"\n\ndata: [DONE]\n\n"
+    if mode == "garbage":
+        return b"{not json\n"
+    return _dumps({"error": "fake upstream broke mid-stream"}) + b"\n"
+
+
+async def _watch(receive: Receive, gone: asyncio.Event) -> None:
+    """Set `gone` when the client disconnects (the body has been read already)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            return
+
+
+async def _pause(seconds: float, gone: asyncio.Event) -> bool:
+    """Wait `seconds`, or less if the client goes away; True when it did."""
+    if seconds <= 0:
+        return gone.is_set()
+    try:
+        async with asyncio.timeout(seconds):
+            await gone.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _send_error(send: Send, protocol: str, status: int, retry_after: float | None) -> None:
+    message = f"fake upstream error {status}"
+    if protocol == "openai":
+        kind = "rate_limit_error" if status == 429 else "server_error"
+        payload: dict[str, Any] = {"error": {"message": message, "type": kind, "param": None, "code": status}}
+    else:
+        payload = {"error": message}
+    body = _dumps(payload)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", _seconds(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _dumps(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+# -- request helpers -----------------------------------------------------------------------------
+
+
+def _words(value: Any) -> int:
+    """Whitespace-separated words in a prompt, a message list or content parts."""
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, list):
+        return sum(_words(item) for item in value)
+    if isinstance(value, dict):
+        return _words(value.get("content")) + _words(value.get("text"))
+    return 0
+
+
+def _count(value: Any) -> int:
+    try:
+        return max(0, int(value)) if value is not None else DEFAULT_TOKENS
+    except (TypeError, ValueError):
+        return DEFAULT_TOKENS
+
+
+def _tokens(n: int) -> list[str]:
+    return [f"tok{i} " for i in range(n)]
+
+
+def _vector(text: str, dimensions: int) -> list[float]:
+    """A deterministic unit vector for `text`."""
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [(digest[i % len(digest)] - 127.5) / 127.5 + 0.01 * i for i in range(dimensions)]
+    norm = sum(x * x for x in raw) ** 0.5 or 1.0
+    return [x / norm for x in raw]
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+def _iso_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+async def _json(request: Request) -> dict[str, Any] | None:
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _bad(protocol: str, message: str) -> JSONResponse:
+    payload: dict[str, Any] = ({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                          "code": None}} if protocol == "openai" else {"error": message})
+    return JSONResponse(payload, status_code=400)
+
+
+# -- OpenAI ---------------------------------------------------------------------------------------
+
+
+def _openai_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
+    model = str(body.get("model") or "")
+    up.seen(model)
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    count = _count(limit)
+    finish = "length" if limit is not None else "stop"
+    prompt_tokens = _words(body.get("messages") if chat else body.get("prompt"))
+    ident = ("chatcmpl-" if chat else "cmpl-") + hashlib.sha1(str(time.time_ns()).encode()).hexdigest()[:24]
+    created = int(time.time())
+    obj = ("chat.completion" if chat else "text_completion")
+    fault = up.take_fault()
+
+    def usage(completion: int) -> dict[str, int]:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                "total_tokens": prompt_tokens + completion}
+
+    if not body.get("stream"):
+        def whole(n: int, _: Timing) -> bytes:
+            text = "".join(_tokens(n))
+            choice: dict[str, Any] = ({"index": 0, "message": {"role": "assistant", "content": text},
+                                       "logprobs": None, "finish_reason": finish} if chat else
+                                      {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
+            return _dumps({"id": ident, "object": obj, "created": created, "model": model,
+                           "choices": [choice], "usage": usage(n)})
+
+        return Answer(up, fault, "openai", "application/json", whole, pieces=[b""] * count, streamed=False)
+
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    base = {"id": ident, "object": obj + ".chunk" if chat else obj, "created": created, "model": model}
+
+    def event(payload: dict[str, Any]) -> bytes:
+        return b"data: " + _dumps(payload) + b"\n\n"
+
+    def chunk(text: str | None, finish_reason: str | None, role: bool = False) -> bytes:
+        if chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+            if text is not None:
+                delta["content"] = text
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        return event({**base, "choices": [choice]})
+
+    def tail(n: int, _: Timing) -> bytes:
+        out = chunk(None if chat else "", finish)
+        if include_usage:
+            out += event({**base, "choices": [], "usage": usage(n)})
+        return out + b"data: [DONE]\n\n"
+
+    return Answer(up, fault, "openai", "text/event-stream", tail,
+                  pieces=[chunk(t, None) for t in _tokens(count)], head=chunk(None, None, role=True) if chat else b"")
+
+
+def _openai_embeddings(up: Upstream, body: dict[str, Any]) -> Answer:
+    model = str(body.get("model") or "")
+    up.seen(model)
+    raw = body.get("input")
+    inputs = [raw] if isinstance(raw, str) else list(raw or [])
+    texts = [item if isinstance(item, str) else " ".join(map(str, item)) for item in inputs]
+    dimensions = int(body.get("dimensions") or EMBED_DIMENSIONS)
+    b64 = body.get("encoding_format") == "base64"
+
+    def encode(vector: list[float]) -> Any:
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if b64 else vector
+
+    def whole(_n: int, _t: Timing) -> bytes:
+        data = [{"object": "embedding", "index": i, "embedding": encode(_vector(t, dimensions))}
+                for i, t in enumerate(texts)]
+        words = sum(_words(t) for t in texts)
+        return _dumps({"object": "list", "data": data, "model": model,
+                       "usage": {"prompt_tokens": words, "total_tokens": words}})
+
+    return Answer(up, up.take_fault(), "openai", "application/json", whole, streamed=False)
+
+
+# -- Ollama ---------------------------------------------------------------------------------------
+
+
+def _ollama_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
+    model = str(body.get("model") or "")
+    up.seen(model)
+    options = body.get("options") or {}
+    limit = options.get("num_predict")
+    capped = isinstance(limit, int) and limit >= 0  # Ollama: -1 and -2 mean no cap
+    count = limit if capped else DEFAULT_TOKENS
+    finish = "length" if capped else "stop"
+    prompt_tokens = _words(body.get("messages") if chat else body.get("prompt"))
+
+    def item(text: str) -> dict[str, Any]:
+        if chat:
+            return {"model": model, "created_at": _iso_now(), "message": {"role": "assistant", "content": text}}
+        return {"model": model, "created_at": _iso_now(), "response": text}
+
+    def final(n: int, t: Timing, text: str) -> dict[str, Any]:
+        return {**item(text), "done": True, "done_reason": finish, "total_duration": _ns(t.end - t.start),
+                "load_duration": 0, "prompt_eval_count": prompt_tokens,
+                "prompt_eval_duration": _ns(t.first - t.start), "eval_count": n,
+                "eval_duration": _ns(t.end - t.first)}
+
+    if body.get("stream", True) is False:
+        return Answer(up, up.take_fault(), "ollama", "application/json",
+                      lambda n, t: _dumps(final(n, t, "".join(_tokens(n)))), pieces=[b""] * count, streamed=False)
+    pieces = [_dumps({**item(text), "done": False}) + b"\n" for text in _tokens(count)]
+    return Answer(up, up.take_fault(), "ollama", "application/x-ndjson",
+                  lambda n, t: _dumps(final(n, t, "")) + b"\n", pieces=pieces)
+
+
+def _ollama_embed(up: Upstream, body: dict[str, Any], legacy: bool) -> Answer:
+    model = str(body.get("model") or "")
+    up.seen(model)
+    raw = body.get("prompt") if legacy else body.get("input")
+    texts = [raw] if isinstance(raw, str) else [str(x) for x in raw or []]
+    dimensions = int(body.get("dimensions") or EMBED_DIMENSIONS)
+
+    def whole(_n: int, t: Timing) -> bytes:
+        if legacy:
+            return _dumps({"embedding": _vector(texts[0] if texts else "", dimensions)})
+        return _dumps({"model": model, "embeddings": [_vector(x, dimensions) for x in texts],
+                       "total_duration": _ns(t.end - t.start), "load_duration": 0,
+                       "prompt_eval_count": sum(_words(x) for x in texts)})
+
+    return Answer(up, up.take_fault(), "ollama", "application/json", whole, streamed=False)
+
+
+# -- the app --------------------------------------------------------------------------------------
+
+
+Handler = Callable[[Request], Awaitable[Any]]
+
+
+def build_app(up: Upstream) -> ASGIApp:
+    def model_endpoint(protocol: Literal["openai", "ollama"],
+                       make: Callable[[dict[str, Any]], Answer]) -> Handler:
+        async def endpoint(request: Request) -> Any:
+            body = await _json(request)
+            if body is None:
+                return _bad(protocol, "the body must be a JSON object")
+            return make(body)
+
+        return endpoint
+
+    async def models(_: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": m, "object": "model", "created": 0,
+                                                          "owned_by": "fake"} for m in up.models]})
+
+    async def tags(_: Request) -> Response:
+        return JSONResponse({"models": [{"name": m, "model": m, "modified_at": _iso_now(), "size": 0,
+                                         "digest": hashlib.sha256(m.encode()).hexdigest(), "details": {}}
+                                        for m in up.models]})
+
+    async def version(_: Request) -> Response:
+        return JSONResponse({"version": "0.0.0-fake"})
+
+    async def control(request: Request) -> Response:
+        if request.method == "POST":
+            body = await _json(request)
+            names = {f.name for f in fields(Fault)}
+            if body is None or set(body) - names:
+                return JSONResponse({"error": f"fields are {sorted(names)}"}, status_code=400)
+            if body.get("mode", "ok") not in MODES:
+                return JSONResponse({"error": f"mode must be one of {MODES}"}, status_code=400)
+            up.fault = Fault(**body)
+        return JSONResponse(asdict(up.fault))
+
+    async def stats(_: Request) -> Response:
+        return JSONResponse(asdict(up.stats))
+
+    async def reset(_: Request) -> Response:
+        up.fault = Fault()
+        up.stats = Stats(active=up.stats.active)  # requests still in flight will still leave
+        return JSONResponse({"ok": True})
+
+    routes = [
+        Route("/v1/chat/completions", model_endpoint("openai", lambda b: _openai_generate(up, b, True)),
+              methods=["POST"]),
+        Route("/v1/completions", model_endpoint("openai", lambda b: _openai_generate(up, b, False)),
+              methods=["POST"]),
+        Route("/v1/embeddings", model_endpoint("openai", lambda b: _openai_embeddings(up, b)), methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/api/chat", model_endpoint("ollama", lambda b: _ollama_generate(up, b, True)), methods=["POST"]),
+        Route("/api/generate", model_endpoint("ollama", lambda b: _ollama_generate(up, b, False)),
+              methods=["POST"]),
+        Route("/api/embed", model_endpoint("ollama", lambda b: _ollama_embed(up, b, False)), methods=["POST"]),
+        Route("/api/embeddings", model_endpoint("ollama", lambda b: _ollama_embed(up, b, True)),
+              methods=["POST"]),
+        Route("/api/tags", tags, methods=["GET"]),
+        Route("/api/version", version, methods=["GET"]),
+        Route("/_control", control, methods=["GET", "POST"]),
+        Route("/_stats", stats, methods=["GET"]),
+        Route("/_reset", reset, methods=["POST"]),
+    ]
+    return _Counting(Starlette(routes=routes), up)
+
+
+class _Counting:
+    """Counts every non-control request and how it ended."""
+
+    def __init__(self, app: ASGIApp, up: Upstream) -> None:
+        self.app = app
+        self.up = up
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path.startswith("/_"):
+            await self.app(scope, receive, send)
+            return
+        stats = self.up.stats
+        stats.requests += 1
+        stats.by_path[path] = stats.by_path.get(path, 0) + 1
+        stats.active += 1
+        complete = False
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal complete
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            stats = self.up.stats  # /_reset may have replaced it meanwhile
+            stats.active -= 1
+            outcome = scope.get(_OUTCOME) or ("completed" if complete else "disconnected")
+            setattr(stats, outcome, getattr(stats, outcome) + 1)
+
+
+class _QuietDrops(logging.Filter):
+    """A deliberate drop is not an error worth a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != _INCOMPLETE
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ember.bench.upstream", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+    logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+    app = build_app(Upstream(token_delay=args.token_delay))
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                lifespan="off", timeout_keep_alive=60)
+
+
+if __name__ == "__main__":
+    main()

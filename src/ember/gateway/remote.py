@@ -1,0 +1,266 @@
+"""What the remote providers share: one pooled HTTP client, error mapping, deadlines, streams.
+
+`RemoteClient.stream` returns a Generation only once the upstream has sent its first
+content token (or finished), so anything that fails before that (refused, 5xx, 429, a
+first-token timeout, an in-band error) is raised from it and the gateway can still fail
+over. After that a broken stream raises UpstreamError from the iteration.
+
+Every way out (an error, a cancelled start, an aclose()d Generation) closes the HTTP
+response, and an unfinished response closes its connection: a racing loser's upstream
+sees its client go away at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, aclosing
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from ember.engine.types import GenerationEvent
+from ember.errors import UpstreamError, UpstreamTimeout
+from ember.gateway.config import ProviderConfig
+from ember.services.generation import Generation
+
+_CLIENT_ERRORS = {400: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error"}
+_MAX_MESSAGE = 500  # characters of an upstream's error body we pass on
+
+
+@dataclass
+class StreamState:
+    """What a parser learns while reading a stream; read when the Generation is built."""
+
+    model: str  # the upstream's name for the model, once a chunk tells it
+    started: float  # perf_counter when the request was sent
+    prompt_tokens: int = 0
+    first_token_at: float | None = None  # perf_counter of the first content token
+
+    def mark_token(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+
+    def timings(self) -> tuple[float, float]:
+        """(prompt_eval_seconds, eval_seconds) as the client saw them."""
+        now = time.perf_counter()
+        first = self.first_token_at or now
+        return first - self.started, now - first
+
+
+# A parser turns an HTTP response into events: text events with non-empty text, then
+# exactly one done event; it raises UpstreamError on a malformed or in-band error chunk.
+Parser = Callable[[httpx.Response, StreamState], AsyncIterator[GenerationEvent]]
+
+
+def build_client(config: ProviderConfig) -> httpx.AsyncClient:
+    """One pooled client per provider; connects are bounded here, reads by our own deadlines."""
+    assert config.base_url is not None, "remote providers have a base_url (checked by the config)"
+    headers = {"User-Agent": "ember-gateway", **config.headers}
+    key = os.environ.get(config.api_key_env) if config.api_key_env else None
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    limits = httpx.Limits(max_connections=config.max_connections,
+                          max_keepalive_connections=config.max_connections)
+    # read=total_timeout is only a backstop: first-token and total deadlines are ours.
+    timeout = httpx.Timeout(connect=config.connect_timeout, read=config.total_timeout,
+                            write=config.total_timeout, pool=config.connect_timeout)
+    # The base path ends in "/" so relative paths are joined under it (".../v1/" + "chat/completions").
+    base = config.base_url.rstrip("/") + "/"
+    return httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=timeout)
+
+
+# -- failures -----------------------------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: either a number or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+def error_message(body: Any) -> str | None:
+    """The message in an OpenAI ({"error": {"message"}}), Ollama ({"error": "..."}) or other error body."""
+    if isinstance(body, dict):
+        error = body.get("error", body.get("detail", body.get("message")))
+        if isinstance(error, dict):
+            error = error.get("message", error)
+        if error is not None:
+            return error if isinstance(error, str) else json.dumps(error)
+    if isinstance(body, str) and body.strip():
+        return body.strip()
+    return None
+
+
+def status_error(provider: str, response: httpx.Response) -> UpstreamError:
+    """An HTTP error answer (the body must have been read) as an UpstreamError."""
+    status = response.status_code
+    try:
+        detail = error_message(response.json())
+    except (ValueError, UnicodeDecodeError):
+        detail = error_message(response.text)
+    detail = (detail or response.reason_phrase or "no detail")[:_MAX_MESSAGE]
+    error = UpstreamError(f"{provider}: upstream answered {status}: {detail}", upstream_status=status,
+                          retry_after=parse_retry_after(response.headers.get("retry-after")))
+    if status in _CLIENT_ERRORS:
+        # The request itself is wrong (the router answers at once): say so with its own status.
+        error.status_code = status
+        error.openai_type = _CLIENT_ERRORS[status]
+    return error
+
+
+def transport_error(provider: str, exc: httpx.HTTPError) -> UpstreamError:
+    """A failure with no HTTP answer: refused, reset, dropped mid-body, timed out."""
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return UpstreamTimeout(f"{provider}: timed out connecting: {detail}")
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(f"{provider}: timed out reading: {detail}")
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamError(f"{provider}: cannot connect: {detail}")
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+        return UpstreamError(f"{provider}: connection broken: {detail}")
+    return UpstreamError(f"{provider}: {type(exc).__name__}: {detail}")
+
+
+def broken(provider: str, what: str) -> UpstreamError:
+    return UpstreamError(f"{provider}: {what}")
+
+
+def loads(provider: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise broken(provider, f"malformed chunk from upstream: {text[:200]!r}") from exc
+
+
+# -- wire framing -------------------------------------------------------------------------------
+
+
+async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    """The data of each server-sent event (multi-line data joined by newlines; comments skipped)."""
+    data: list[str] = []
+    # Closed explicitly: an abandoned line iterator would be finalised later, in another task.
+    async with aclosing(response.aiter_lines()) as lines:
+        async for line in lines:
+            if not line:
+                if data:
+                    yield "\n".join(data)
+                    data = []
+                continue
+            field, _, value = line.partition(":")
+            if field == "data":
+                data.append(value[1:] if value.startswith(" ") else value)
+            # ":" comments (keep-alives), event:, id: and retry: carry nothing we need.
+    if data:
+        yield "\n".join(data)
+
+
+async def ndjson_lines(response: httpx.Response) -> AsyncIterator[str]:
+    async with aclosing(response.aiter_lines()) as lines:
+        async for line in lines:
+            if line.strip():
+                yield line
+
+
+# -- the client -----------------------------------------------------------------------------------
+
+
+class RemoteClient:
+    """One provider's HTTP side: its pooled client, its timeouts and its error mapping."""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self.http = build_client(config)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> Any:
+        """A plain request/response call (embeddings), bounded by total_timeout."""
+        try:
+            async with asyncio.timeout(self.config.total_timeout):
+                response = await self.http.post(path, json=body)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"{self.name}: no answer within {self.config.total_timeout:g}s") from exc
+        except httpx.HTTPError as exc:
+            raise transport_error(self.name, exc) from exc
+        if response.is_error:
+            raise status_error(self.name, response)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise broken(self.name, "upstream answered with a body that is not JSON") from exc
+
+    async def stream(self, path: str, body: dict[str, Any], parse: Parser, model: str) -> Generation:
+        """POST a streaming request; return once the first token (or the end) has arrived."""
+        loop = asyncio.get_running_loop()
+        state = StreamState(model=model, started=time.perf_counter())
+        deadline = loop.time() + self.config.total_timeout
+        first_deadline = min(deadline, loop.time() + self.config.first_token_timeout)
+        resources = AsyncExitStack()
+        try:
+            try:
+                async with asyncio.timeout_at(first_deadline):
+                    response = await resources.enter_async_context(self.http.stream("POST", path, json=body))
+                    if response.is_error:
+                        await response.aread()
+                        raise status_error(self.name, response)
+                    events = parse(response, state)
+                    resources.push_async_callback(events.aclose)  # type: ignore[attr-defined]
+                    first = await anext(events, None)
+            except TimeoutError as exc:
+                raise UpstreamTimeout(f"{self.name}: no first token within "
+                                      f"{self.config.first_token_timeout:g}s") from exc
+            except httpx.HTTPError as exc:
+                raise transport_error(self.name, exc) from exc
+            if first is None:
+                raise broken(self.name, "upstream ended the stream without an answer")
+        except BaseException:
+            # Also on cancellation (a lost race): closing an unfinished response drops its connection.
+            await resources.aclose()
+            raise
+        rest = self._rest(first, events, deadline)
+        resources.push_async_callback(rest.aclose)  # type: ignore[attr-defined]
+        return Generation(model=state.model, prompt_tokens=state.prompt_tokens, load_seconds=0.0,
+                          started=state.started, _events=rest, _resources=resources, provider=self.name)
+
+    async def _rest(self, first: GenerationEvent, events: AsyncIterator[GenerationEvent],
+                    deadline: float) -> AsyncIterator[GenerationEvent]:
+        yield first
+        if first.done:
+            return
+        while True:
+            try:
+                # Per event, not around the yield: a timeout must not fire in the consumer's code.
+                async with asyncio.timeout_at(deadline):
+                    event = await anext(events)
+            except StopAsyncIteration:
+                raise broken(self.name, "upstream ended the stream before it was complete") from None
+            except TimeoutError as exc:
+                raise UpstreamTimeout(f"{self.name}: the answer took longer than "
+                                      f"{self.config.total_timeout:g}s") from exc
+            except httpx.HTTPError as exc:
+                raise transport_error(self.name, exc) from exc
+            yield event
+            if event.done:
+                return
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
