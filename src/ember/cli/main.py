@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tomllib
 
 import httpx
 import pydantic
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except pydantic.ValidationError as exc:
         error_line(_validation_message(exc))
+        sys.exit(2)
+    except tomllib.TOMLDecodeError as exc:
+        error_line(f"{os.environ.get('EMBER_CONFIG', 'ember.toml')}: {exc}")
         sys.exit(2)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
