@@ -16,7 +16,7 @@ import httpx
 from ember.engine.types import FinishReason, GenerationEvent, GenerationStats
 from ember.gateway.config import ProviderConfig
 from ember.gateway.remote import RemoteClient, StreamState, broken, error_message, loads, ndjson_lines
-from ember.services.embeddings import EmbeddingOutcome
+from ember.services.embeddings import EmbeddingOutcome, shorten
 from ember.services.generation import Generation, TextRequest
 
 _NS = 1e9  # Ollama reports durations in nanoseconds
@@ -47,7 +47,7 @@ class OllamaProvider:
         except (KeyError, TypeError, ValueError) as exc:
             raise broken(self.name, "embed answer without embeddings") from exc
         if dimensions is not None:  # older nodes ignore "dimensions": shorten here
-            vectors = [_truncate(v, dimensions) if len(v) > dimensions else v for v in vectors]
+            vectors = [shorten(v, dimensions) if len(v) > dimensions else v for v in vectors]
         return EmbeddingOutcome(model=answer.get("model") or model, vectors=vectors,
                                 prompt_tokens=int(answer.get("prompt_eval_count") or 0),
                                 load_seconds=float(answer.get("load_duration") or 0) / _NS,
@@ -121,9 +121,3 @@ async def parse_stream(provider: str, response: httpx.Response,
     state.prompt_tokens = stats.prompt_tokens
     yield GenerationEvent(text="", done=True, finish_reason=_finish(final.get("done_reason")), stats=stats)
 
-
-def _truncate(vector: list[float], dimensions: int) -> list[float]:
-    """Matryoshka-style shortening, renormalised (as the local embeddings service does)."""
-    short = vector[:dimensions]
-    norm = sum(x * x for x in short) ** 0.5 or 1.0
-    return [x / norm for x in short]

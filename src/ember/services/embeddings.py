@@ -39,7 +39,7 @@ class EmbeddingService:
             result = await lease.runner.engine.embed(inputs) if inputs else None
         vectors = result.vectors if result else []
         if dimensions is not None and vectors:
-            vectors = [_truncate(v, dimensions) for v in vectors]
+            vectors = [shorten(v, dimensions) for v in vectors]
         return EmbeddingOutcome(
             model=lease.runner.key,
             vectors=vectors,
@@ -49,7 +49,7 @@ class EmbeddingService:
         )
 
 
-def _truncate(vector: list[float], dimensions: int) -> list[float]:
+def shorten(vector: list[float], dimensions: int) -> list[float]:
     """Matryoshka-style shortening, renormalised, as OpenAI's `dimensions` does."""
     short = vector[:dimensions]
     norm = sum(x * x for x in short) ** 0.5 or 1.0
