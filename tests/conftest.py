@@ -110,7 +110,8 @@ def fresh_home(tmp_path: Path, model_home: Path) -> Path:
     Copied rather than imported: importing parses the GGUF's vocabulary again (seconds).
     """
     home = tmp_path / "home"
-    shutil.copytree(model_home, home)
+    # Not state/: the session's servers keep their usage, audit and key databases there.
+    shutil.copytree(model_home, home, ignore=shutil.ignore_patterns("state"))
     return home
 
 

@@ -225,3 +225,17 @@ def test_several_processes_keep_one_chain(tmp_path: Path) -> None:
     count, problems = audit.verify(db)
     db.close()
     assert (count, problems) == (75, [])
+
+
+def test_key_management_from_the_cli_is_audited(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {"EMBER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    for args in (["keys", "create", "--name", "ops", "--scopes", "admin"], ["keys", "revoke", "ops"]):
+        done = subprocess.run([sys.executable, "-m", "ember", *args], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    actions = [(r["action"], r["detail"]["name"]) for r in _rows(tmp_path) if r["kind"] == "admin"]
+    assert actions == [("keys.create", "ops"), ("keys.revoke", "ops")]
+    assert _cli(tmp_path, "verify").exit_code == 0

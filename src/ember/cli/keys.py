@@ -12,6 +12,7 @@ import typer
 
 from ember.config import Settings
 from ember.errors import BadRequest
+from ember.guard.audit import append_admin
 from ember.guard.keys import KeyRecord, KeyStore, parse_expires, parse_scopes
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -45,6 +46,9 @@ def create(
             expires=parse_expires(expires) if expires else None)
     finally:
         store.close()
+    # The operator at the console acts as no key: the audit row says what, not who.
+    append_admin(Settings(), "keys.create", None, {"name": name, "scopes": sorted(parse_scopes(scopes)),
+                                                   "rpm": rpm, "tpm": tpm, "budget_usd": budget_usd})
     typer.echo(secret)
     typer.echo(f"Key '{name}' created. Store it now: it cannot be shown again.", err=True)
 
@@ -91,4 +95,5 @@ def revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None
         store.revoke(name)
     finally:
         store.close()
+    append_admin(Settings(), "keys.revoke", None, {"name": name})
     typer.echo(f"Key '{name}' revoked.")
