@@ -1,0 +1,69 @@
+"""Turning a live generation into a stored answer, and a stored answer back into a generation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+
+from ember.cache.entry import CachedAnswer
+from ember.engine.types import GenerationEvent
+from ember.services.generation import Generation
+
+# Only answers that ended on their own are worth replaying; "cancelled" is a cut-off answer.
+_STORABLE = frozenset({"stop", "length"})
+
+Store = Callable[[CachedAnswer], Awaitable[None]]
+
+
+def replay(answer: CachedAnswer) -> Generation:
+    """A generation that streams the stored pieces, then the stored end, with no model behind it."""
+
+    async def events() -> AsyncIterator[GenerationEvent]:
+        for piece in answer.pieces:
+            yield GenerationEvent(text=piece)
+        yield GenerationEvent(text="", done=True, finish_reason=answer.finish_reason, stats=answer.stats)
+
+    stream = events()
+    resources = AsyncExitStack()
+    resources.push_async_callback(stream.aclose)
+    generation = Generation(model=answer.model, prompt_tokens=answer.stats.prompt_tokens,
+                            load_seconds=0.0, started=time.perf_counter(), _events=stream,
+                            _resources=resources, provider=answer.provider,
+                            attempts=0)  # no target was tried
+    generation.served_by = answer.served_by
+    return generation
+
+
+def recording(generation: Generation, store: Store, *, max_chars: int) -> Generation:
+    """Wrap the generation's events so a whole, normal answer is handed to `store`.
+
+    The store runs when the done event arrives, before it is passed on, so the answer is
+    stored by the time the client has it. A stream that errors, is cancelled, or grows past
+    max_chars stores nothing.
+    """
+    inner = generation._events
+
+    async def events() -> AsyncIterator[GenerationEvent]:
+        pieces: list[str] = []
+        size = 0
+        too_big = False
+        async for event in inner:
+            if event.text and not too_big:
+                size += len(event.text)
+                if size > max_chars:  # a char is at least a byte: over in chars is over in bytes
+                    too_big = True
+                    pieces.clear()
+                else:
+                    pieces.append(event.text)
+            if event.done and not too_big and event.finish_reason in _STORABLE and event.stats:
+                await store(CachedAnswer(model=generation.model, provider=generation.provider,
+                                         pieces=tuple(pieces), finish_reason=event.finish_reason,
+                                         stats=event.stats, served_by=generation.served_by))
+            yield event
+
+    wrapped = events()
+    generation._events = wrapped
+    # Closing the generation closes this wrapper first (LIFO), then the stream it wraps.
+    generation._resources.push_async_callback(wrapped.aclose)
+    return generation

@@ -1,0 +1,266 @@
+"""The cache's parts without a server: key normalization, recording, replay and each backend.
+
+The real server tests (test_cache.py) cover the feature end to end; these pin the rules.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ember.cache import ResponseCache, build_cache
+from ember.cache.entry import CachedAnswer
+from ember.cache.keys import cache_key, cacheable, normalized
+from ember.cache.memory import MemoryBackend
+from ember.cache.redis import RedisBackend
+from ember.cache.sqlite import SQLiteBackend
+from ember.config import Settings
+from ember.engine.types import GenerationEvent, GenerationStats, LoadOptions, SamplingParams
+from ember.errors import UpstreamError
+from ember.services.generation import ChatMessage, Generation, RequestContext, TextRequest
+
+GREEDY = SamplingParams(temperature=0.0)
+DIGEST = "sha256:abc"
+STATS = GenerationStats(prompt_tokens=7, completion_tokens=3, prompt_eval_seconds=0.01,
+                        eval_seconds=0.02, cached_prompt_tokens=2)
+
+
+def chat(content: str = "hi", **kw: object) -> TextRequest:
+    fields: dict[str, object] = {"model": "m:1", "messages": [ChatMessage("user", content)],
+                                 "max_tokens": 8, "sampling": GREEDY}
+    fields.update(kw)
+    return TextRequest(**fields)  # type: ignore[arg-type]
+
+
+def key(request: TextRequest, digest: str = DIGEST) -> str | None:
+    return cache_key(request, lambda: digest, default_num_ctx=4096)
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def test_protocol_does_not_change_the_key_but_no_cache_bypasses() -> None:
+    openai = chat(context=RequestContext(protocol="openai", endpoint="/v1/chat/completions"))
+    ollama = chat(context=RequestContext(protocol="ollama", endpoint="/api/chat", key_name="k"))
+    assert key(openai) == key(ollama) is not None
+    assert key(chat(context=RequestContext(no_cache=True))) is None
+
+
+def test_only_deterministic_requests_are_cacheable() -> None:
+    assert key(chat(sampling=SamplingParams(temperature=0.8))) is None
+    seeded = key(chat(sampling=SamplingParams(temperature=0.8, seed=1)))
+    assert seeded is not None
+    assert seeded != key(chat(sampling=SamplingParams(temperature=0.8, seed=2)))
+    assert not cacheable(chat(context=RequestContext(has_tools=True)))
+
+
+def test_digest_is_asked_only_when_cacheable() -> None:
+    def digest() -> str:
+        raise AssertionError("digest() was called for an uncacheable request")
+
+    assert cache_key(chat(sampling=SamplingParams()), digest, default_num_ctx=4096) is None
+    assert cache_key(chat(context=RequestContext(no_cache=True)), digest, default_num_ctx=4096) is None
+
+
+def test_every_answer_deciding_field_changes_the_key() -> None:
+    base = chat()
+    variants = [
+        chat("hello"), chat(model="m:2"), chat(max_tokens=9), chat(stop=("x",)),
+        TextRequest(model="m:1", prompt="hi", max_tokens=8, sampling=GREEDY),  # completion, not chat
+        chat(messages=[ChatMessage("system", "hi")]),
+    ]
+    for name, value in [("top_k", 1), ("top_p", 0.5), ("min_p", 0.1), ("typical_p", 0.9),
+                        ("repeat_penalty", 1.0), ("repeat_last_n", 8), ("presence_penalty", 0.5),
+                        ("frequency_penalty", 0.5), ("seed", 3), ("temperature", -1.0)]:
+        variants.append(chat(sampling=replace(GREEDY, **{name: value})))
+    keys = [key(base)] + [key(v) for v in variants]
+    assert None not in keys
+    assert len(set(keys)) == len(keys)
+    assert key(base, "sha256:other") != key(base)
+
+
+def test_normalization_equates_what_means_the_same() -> None:
+    # 0 (a JSON int) and 0.0, stop order and repeats, "developer" rendered as "system".
+    assert key(chat(sampling=SamplingParams(temperature=0))) == key(chat(sampling=SamplingParams(temperature=0.0)))
+    assert key(chat(stop=("b", "a", "b"))) == key(chat(stop=("a", "b")))
+    dev = chat(messages=[ChatMessage("developer", "be brief"), ChatMessage("user", "hi")])
+    sys = chat(messages=[ChatMessage("system", "be brief"), ChatMessage("user", "hi")])
+    assert key(dev) == key(sys)
+    # Load options other than the context size do not decide the answer.
+    assert key(chat(load_options=LoadOptions(num_thread=2))) == key(chat())
+
+
+def test_context_size_matters_only_without_max_tokens() -> None:
+    capped = normalized(chat(load_options=LoadOptions(num_ctx=512)), DIGEST, default_num_ctx=4096)
+    assert "num_ctx" not in capped
+    open_ended = chat(max_tokens=None)
+    assert key(open_ended) == key(chat(max_tokens=None, load_options=LoadOptions(num_ctx=4096)))
+    assert key(open_ended) != key(chat(max_tokens=None, load_options=LoadOptions(num_ctx=512)))
+
+
+# -- recording and replay -----------------------------------------------------------------------
+
+
+def live(events: list[GenerationEvent], fail: bool = False) -> Generation:
+    async def stream() -> AsyncIterator[GenerationEvent]:
+        for event in events:
+            yield event
+        if fail:
+            raise UpstreamError("boom")
+
+    gen = stream()
+    resources = AsyncExitStack()
+    resources.push_async_callback(gen.aclose)
+    return Generation(model="m:1", prompt_tokens=7, load_seconds=0.5, started=time.perf_counter(),
+                      _events=gen, _resources=resources, provider="local")
+
+
+ANSWER = [GenerationEvent("Hel"), GenerationEvent("lo"),
+          GenerationEvent("!", done=True, finish_reason="length", stats=STATS)]
+
+
+def memory_cache(**kw: int) -> ResponseCache:
+    return ResponseCache(MemoryBackend(max_entries=kw.pop("max_entries", 8), ttl=None), default_num_ctx=4096, **kw)
+
+
+async def test_a_recorded_answer_replays_the_same() -> None:
+    cache = memory_cache()
+    request = chat()
+    k = key(request)
+    assert k is not None and await cache.get(k, request) is None
+    text, final = await cache.record(k, live(ANSWER)).collect()
+    hit = await cache.get(k, request)
+    assert hit is not None
+    events = [event async for event in hit]
+    assert [e.text for e in events if not e.done] == ["Hel", "lo", "!"]  # pieces stay separate events
+    assert "".join(e.text for e in events) == text == "Hello!"
+    assert events[-1].done and events[-1].finish_reason == final.finish_reason == "length"
+    assert events[-1].stats == STATS
+    replayed = (hit.model, hit.provider, hit.attempts, hit.load_seconds, hit.prompt_tokens)
+    assert replayed == ("m:1", "local", 0, 0.0, 7)
+    assert cache.stats.hits == 1 and cache.stats.misses == 1 and cache.stats.stores == 1
+
+
+async def test_failed_cancelled_or_abandoned_streams_store_nothing() -> None:
+    cache = memory_cache()
+    request = chat()
+    k = key(request)
+    assert k is not None
+    with pytest.raises(UpstreamError):
+        await cache.record(k, live(ANSWER[:2], fail=True)).collect()
+    cut = [GenerationEvent("a"), GenerationEvent("", done=True, finish_reason="cancelled", stats=STATS)]
+    await cache.record(k, live(cut)).collect()
+    abandoned = cache.record(k, live(ANSWER))
+    async for _ in abandoned:
+        break  # the client went away after the first piece
+    await abandoned.aclose()
+    assert await cache.get(k, request) is None
+    assert cache.stats.stores == 0
+
+
+async def test_an_answer_over_the_entry_cap_is_served_but_not_stored() -> None:
+    cache = memory_cache(max_entry_bytes=64)
+    request = chat()
+    k = key(request)
+    assert k is not None
+    big = [GenerationEvent("x" * 40), GenerationEvent("y" * 40),
+           GenerationEvent("", done=True, finish_reason="stop", stats=STATS)]
+    text, _ = await cache.record(k, live(big)).collect()
+    assert len(text) == 80
+    assert await cache.get(k, request) is None
+    # Under the character cap, but over in bytes once encoded: skipped at encode time.
+    wide = [GenerationEvent("é" * 30), GenerationEvent("", done=True, finish_reason="stop", stats=STATS)]
+    await cache.record(k, live(wide)).collect()
+    assert await cache.get(k, request) is None
+    assert cache.stats.skipped_large == 1
+
+
+def test_entry_bytes_round_trip_and_reject_other_formats() -> None:
+    answer = CachedAnswer(model="m:1", provider="p", pieces=("a", "ü", "\n"), finish_reason="stop",
+                          stats=STATS, served_by="gpt")
+    assert CachedAnswer.decode(answer.encode()) == answer
+    assert CachedAnswer.decode(b'{"f": 99}') is None
+    assert CachedAnswer.decode(b"not json") is None
+
+
+# -- backends ---------------------------------------------------------------------------------
+
+
+def answer(text: str) -> tuple[CachedAnswer, bytes]:
+    a = CachedAnswer(model="m:1", provider="local", pieces=(text,), finish_reason="stop", stats=STATS)
+    return a, a.encode()
+
+
+async def test_memory_is_an_lru_with_a_ttl() -> None:
+    lru = MemoryBackend(max_entries=2, ttl=None)
+    for name in "abc":
+        if name == "c":
+            assert await lru.get("a") is not None  # a is now newer than b
+        await lru.put(name, *answer(name))
+    assert await lru.get("b") is None
+    assert [await lru.get(n) is not None for n in "ac"] == [True, True]
+    short = MemoryBackend(max_entries=2, ttl=0.05)
+    await short.put("a", *answer("a"))
+    assert await short.get("a") is not None
+    time.sleep(0.06)
+    assert await short.get("a") is None and len(short) == 0
+    by_bytes = MemoryBackend(max_entries=100, ttl=None, max_bytes=300)
+    for name in "abcdef":
+        await by_bytes.put(name, *answer(name * 60))
+    assert 0 < len(by_bytes) < 6
+
+
+async def test_sqlite_persists_expires_and_prunes(tmp_path: Path) -> None:
+    path = tmp_path / "cache.db"
+    first = SQLiteBackend(path, ttl=None, max_entries=3)
+    await first.put("k", *answer("kept"))
+    await first.aclose()
+    again = SQLiteBackend(path, ttl=0.05, max_entries=3)
+    got = await again.get("k")
+    assert got is not None and got.text == "kept"
+    await again.put("short", *answer("x"))
+    assert await again.get("short") is not None
+    time.sleep(0.06)
+    assert await again.get("short") is None
+    await again.aclose()
+    pruned = SQLiteBackend(path, ttl=None, max_entries=3)  # start-up prunes expired and surplus
+    for i in range(5):
+        await pruned.put(f"n{i}", *answer(str(i)))
+    pruned._prune()
+    count = pruned._reader.execute("SELECT count(*) FROM response_cache").fetchone()[0]
+    assert count == 3
+    assert await pruned.get("n4") is not None and await pruned.get("n0") is None
+    await pruned.aclose()
+
+
+async def test_redis_round_trip_ttl_and_outage(redis_server) -> None:
+    store = RedisBackend(redis_server.url, ttl=0.2, prefix="units:")
+    await store.put("k", *answer("shared"))
+    got = await store.get("k")
+    assert got is not None and got.text == "shared"
+    time.sleep(0.3)
+    assert await store.get("k") is None
+    await store.aclose()
+    # Nothing listens on port 1: every call is a quick miss, never an exception.
+    down = RedisBackend("redis://127.0.0.1:1/0", ttl=None)
+    started = time.perf_counter()
+    assert await down.get("k") is None
+    await down.put("k", *answer("x"))
+    assert await down.get("k") is None
+    assert time.perf_counter() - started < 2.0
+    await down.aclose()
+
+
+async def test_build_cache_follows_the_settings(tmp_path: Path) -> None:
+    assert build_cache(Settings(home=tmp_path, cache="off")) is None
+    assert build_cache(Settings(home=tmp_path, cache="memory", cache_ttl=0)) is None
+    memory = build_cache(Settings(home=tmp_path))
+    assert memory is not None and memory.backend.name == "memory"
+    sqlite = build_cache(Settings(home=tmp_path, cache="sqlite"))
+    assert sqlite is not None and (tmp_path / "state" / "cache.db").is_file()
+    await sqlite.aclose()
