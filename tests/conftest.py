@@ -55,7 +55,9 @@ def start_server(home: Path, log_dir: Path, **env_overrides: str) -> ServerHandl
     """Start `python -m ember serve` on a free loopback port and wait until /health answers."""
     port = free_port()
     host = f"127.0.0.1:{port}"
-    env = {**os.environ, "EMBER_HOME": str(home), "EMBER_HOST": host, **env_overrides}
+    # The response cache is off unless a test asks for it: a cached answer would hide the
+    # engine behaviour (concurrency, crashes, sampling) that most tests are about.
+    env = {**os.environ, "EMBER_CACHE": "off", "EMBER_HOME": str(home), "EMBER_HOST": host, **env_overrides}
     log_path = log_dir / f"server-{port}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen([sys.executable, "-m", "ember", "serve"], env=env,

@@ -76,6 +76,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             usage.close()
             audit.close()
             telemetry.close()
+            if cache is not None:
+                await cache.aclose()
 
     app = FastAPI(
         title="ember",

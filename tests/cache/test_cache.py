@@ -203,7 +203,7 @@ def test_redis_down_is_a_miss_never_an_error(fresh_home, server_factory) -> None
 
 @pytest.mark.slow
 def test_entries_expire_after_the_ttl(fresh_home, server_factory) -> None:
-    srv = server_factory(fresh_home, EMBER_CACHE_TTL="1")
+    srv = server_factory(fresh_home, EMBER_CACHE="memory", EMBER_CACHE_TTL="1")
     client = oai(srv.base_url)
     question = f"Name a river. ({nonce()})"
     assert ask_chat(client, question)[0] == "miss"

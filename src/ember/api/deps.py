@@ -36,7 +36,8 @@ class Services:
     cache: ResponseCache | None = None
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    # async: FastAPI runs a plain def dependency in its thread pool, a hop on every request.
     return request.app.state.services
 
 

@@ -1,13 +1,12 @@
 """One row per request in SQLite: who, which route, provider and model, tokens, cost, timings.
 
-Rows are queued and written by a background thread in batches, so the request path
-never waits on the disk; `flush()` makes everything queued visible (the totals call it).
+Rows are written in batches by a background thread (BatchWriter), so the request path
+never waits on the disk; `flush()` makes everything pending visible (the totals call it).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -15,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+
+from ember.background import BatchWriter
 
 log = logging.getLogger("ember.usage")
 
@@ -87,32 +88,10 @@ class UsageLog:
         self.path = path
         self._db = connect(path)
         self._lock = threading.Lock()
-        self._queue: queue.Queue[UsageRecord | None] = queue.Queue()
-        self._writer = threading.Thread(target=self._write_loop, name="ember-usage", daemon=True)
-        self._writer.start()
+        self._writer: BatchWriter[UsageRecord] = BatchWriter("usage", self._insert)
 
     def add(self, record: UsageRecord) -> None:
-        self._queue.put(record)
-
-    def _write_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            batch = [item]
-            while True:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            rows = [r for r in batch if r is not None]
-            if rows:
-                try:
-                    self._insert(rows)
-                except sqlite3.Error:
-                    log.exception("could not write %d usage rows", len(rows))
-            for _ in batch:
-                self._queue.task_done()
-            if None in batch:
-                return
+        self._writer.put(record)
 
     def _insert(self, rows: list[UsageRecord]) -> None:
         with self._lock, self._db:
@@ -125,7 +104,7 @@ class UsageLog:
                   r.attempts, r.cache) for r in rows])
 
     def flush(self) -> None:
-        self._queue.join()
+        self._writer.flush()
 
     def totals(self, by: GroupBy = "day", since: float | None = None,
                until: float | None = None) -> list[dict[str, Any]]:
@@ -151,8 +130,7 @@ class UsageLog:
                 for k, n, tin, tout, cost, errors, lat, ttft in rows]
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._writer.join(timeout=10)
+        self._writer.close()
         with self._lock:
             self._db.close()
 

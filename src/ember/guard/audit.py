@@ -17,9 +17,7 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ember.background import BatchWriter
 from ember.config import Settings
 from ember.errors import ConfigError, EmberError
 from ember.gateway.usage import UsageRecord
@@ -219,45 +218,26 @@ class AuditLog:
         self._cipher = check_settings(settings)
         self.path = audit_path(settings)
         self._db = connect(self.path)
-        self._queue: queue.Queue[Entry | None] = queue.Queue()
-        self._writer = threading.Thread(target=self._write_loop, name="ember-audit", daemon=True)
-        self._writer.start()
+        self._writer: BatchWriter[Entry] = BatchWriter("audit", self._append)
 
     def observe(self, record: UsageRecord) -> None:
         """Usage observer: one audit row per request."""
         # The text is read and encrypted on the writer thread, off the request's path.
-        self._queue.put(Entry(request_fields(record), record.request if self._cipher else None))
+        self._writer.put(Entry(request_fields(record), record.request if self._cipher else None))
 
     def admin(self, action: str, key_name: str | None, detail: dict[str, Any] | None = None,
               status: int = 200) -> None:
         """One audit row per admin action (pull, delete, copy, key management)."""
-        self._queue.put(Entry(admin_fields(action, key_name, detail, status)))
+        self._writer.put(Entry(admin_fields(action, key_name, detail, status)))
 
-    def _write_loop(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            while True:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            entries = [e for e in batch if e is not None]
-            if entries:
-                try:
-                    append(self._db, entries, self._cipher)
-                except sqlite3.Error:
-                    log.exception("could not write %d audit rows", len(entries))
-            for _ in batch:
-                self._queue.task_done()
-            if None in batch:
-                return
+    def _append(self, entries: list[Entry]) -> None:
+        append(self._db, entries, self._cipher)
 
     def flush(self) -> None:
-        self._queue.join()
+        self._writer.flush()
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._writer.join(timeout=10)
+        self._writer.close()
         self._db.close()
 
 

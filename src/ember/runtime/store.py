@@ -151,6 +151,7 @@ class ModelStore:
         for directory in (self._blobs, self._partial, self._manifests):
             directory.mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog.load(self.home)
+        self._records: dict[Path, tuple[tuple[int, int, int], ModelRecord]] = {}
 
     # ------------------------------------------------------------ reading
 
@@ -498,11 +499,19 @@ class ModelStore:
         fsync_dir(path.parent)
 
     def _read_manifest(self, path: Path) -> ModelRecord:
+        # Parsed once per version of the file: the gateway and the cache ask per request.
         try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            known = self._records.get(path)
+            if known is not None and known[0] == stamp:
+                return known[1]
             data = path.read_bytes()
         except OSError as exc:
             raise _CorruptManifest(str(exc)) from exc
-        return self._record_from_bytes(data, path)
+        record = self._record_from_bytes(data, path)
+        self._records[path] = (stamp, record)
+        return record
 
     def _record_from_bytes(self, data: bytes, path: Path) -> ModelRecord:
         try:
