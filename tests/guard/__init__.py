@@ -22,5 +22,5 @@ def make_key(home: Path, name: str, scopes: str = "chat,embed,models", **limits:
 
 
 def copy_home(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("state"))
     return target

@@ -64,7 +64,7 @@ def _tamper(home: Path, sql: str, *params: object) -> None:
 def audited(tmp_path_factory: pytest.TempPathFactory, model_home: Path) -> Path:
     """A home whose server served one chat, one completion and three admin actions, then stopped."""
     home = tmp_path_factory.mktemp("audited") / "home"
-    shutil.copytree(model_home, home)
+    shutil.copytree(model_home, home, ignore=shutil.ignore_patterns("state"))
     handle = start_server(home, home.parent)
     try:
         client = openai.OpenAI(base_url=handle.url("/v1"), api_key="unused")
