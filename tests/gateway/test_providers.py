@@ -376,8 +376,8 @@ async def test_aclose_mid_stream_closes_and_a_full_stream_reuses_the_connection(
             assert text == "tok0 tok1 tok2 " and final.finish_reason == "length"
             assert final.stats is not None and (final.stats.prompt_tokens, final.stats.completion_tokens) == (2, 3)
         # The three complete streams went back to the pool: one connection served them all.
-        pool = provider._remote.http._transport._pool
-        assert len(pool.connections) == 1
+        (client,) = provider._remote.pool.clients
+        assert len(client._transport._pool.connections) == 1
     finally:
         await provider.aclose()
 

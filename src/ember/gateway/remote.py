@@ -58,15 +58,21 @@ class StreamState:
 Parser = Callable[[httpx.Response, StreamState], AsyncIterator[GenerationEvent]]
 
 
-def build_client(config: ProviderConfig) -> httpx.AsyncClient:
-    """One pooled client per provider; connects are bounded here, reads by our own deadlines."""
+# httpcore's pool does work quadratic in its connections on every request it assigns (and a
+# poll() per idle connection): with 32 streams in flight one big pool cost ~1 ms a request.
+# So a provider holds several small clients and sends each request to the least busy one.
+CONNECTIONS_PER_CLIENT = 8
+
+
+def build_client(config: ProviderConfig, max_connections: int | None = None) -> httpx.AsyncClient:
+    """A pooled client for a provider; connects are bounded here, reads by our own deadlines."""
     assert config.base_url is not None, "remote providers have a base_url (checked by the config)"
     headers = {"User-Agent": "ember-gateway", **config.headers}
     key = os.environ.get(config.api_key_env) if config.api_key_env else None
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    limits = httpx.Limits(max_connections=config.max_connections,
-                          max_keepalive_connections=config.max_connections)
+    size = max_connections or config.max_connections
+    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
     # read=total_timeout is only a backstop: first-token and total deadlines are ours.
     timeout = httpx.Timeout(connect=config.connect_timeout, read=config.total_timeout,
                             write=config.total_timeout, pool=config.connect_timeout)
@@ -181,12 +187,49 @@ async def ndjson_lines(response: httpx.Response) -> AsyncIterator[str]:
 # -- the client -----------------------------------------------------------------------------------
 
 
+@dataclass
+class _Shard:
+    http: httpx.AsyncClient
+    in_flight: int = 0
+
+
+class ClientPool:
+    """Small httpx clients, made as load needs them, up to the provider's max_connections."""
+
+    def __init__(self, config: ProviderConfig, per_client: int = CONNECTIONS_PER_CLIENT) -> None:
+        self._config = config
+        self._per_client = min(per_client, config.max_connections)
+        self._most = max(1, -(-config.max_connections // self._per_client))
+        self._shards: list[_Shard] = []
+
+    @property
+    def clients(self) -> list[httpx.AsyncClient]:
+        return [shard.http for shard in self._shards]
+
+    def acquire(self) -> _Shard:
+        shard = min(self._shards, key=lambda s: s.in_flight, default=None)
+        if (shard is None or shard.in_flight >= self._per_client) and len(self._shards) < self._most:
+            shard = _Shard(build_client(self._config, self._per_client))
+            self._shards.append(shard)
+        assert shard is not None
+        shard.in_flight += 1
+        return shard
+
+    @staticmethod
+    def release(shard: _Shard) -> None:
+        shard.in_flight -= 1
+
+    async def aclose(self) -> None:
+        for shard in self._shards:
+            await shard.http.aclose()
+
+
 class RemoteClient:
-    """One provider's HTTP side: its pooled client, its timeouts and its error mapping."""
+    """One provider's HTTP side: its pooled clients, its timeouts and its error mapping."""
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
-        self.http = build_client(config)
+        self.pool = ClientPool(config)
 
     @property
     def name(self) -> str:
@@ -194,13 +237,16 @@ class RemoteClient:
 
     async def post_json(self, path: str, body: dict[str, Any]) -> Any:
         """A plain request/response call (embeddings), bounded by total_timeout."""
+        shard = self.pool.acquire()
         try:
             async with asyncio.timeout(self.config.total_timeout):
-                response = await self.http.post(path, json=body)
+                response = await shard.http.post(path, json=body)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"{self.name}: no answer within {self.config.total_timeout:g}s") from exc
         except httpx.HTTPError as exc:
             raise transport_error(self.name, exc) from exc
+        finally:
+            self.pool.release(shard)
         if response.is_error:
             raise status_error(self.name, response)
         try:
@@ -215,10 +261,12 @@ class RemoteClient:
         deadline = loop.time() + self.config.total_timeout
         first_deadline = min(deadline, loop.time() + self.config.first_token_timeout)
         resources = AsyncExitStack()
+        shard = self.pool.acquire()
+        resources.callback(self.pool.release, shard)
         try:
             try:
                 async with asyncio.timeout_at(first_deadline):
-                    response = await resources.enter_async_context(self.http.stream("POST", path, json=body))
+                    response = await resources.enter_async_context(shard.http.stream("POST", path, json=body))
                     if response.is_error:
                         await response.aread()
                         raise status_error(self.name, response)
@@ -263,4 +311,4 @@ class RemoteClient:
                 return
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        await self.pool.aclose()
