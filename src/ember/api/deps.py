@@ -43,7 +43,7 @@ async def services(request: Request) -> Services:
 
 def request_context(request: Request, *, has_tools: bool = False) -> RequestContext:
     """What the layers below need to know about the caller, from the HTTP request."""
-    path = request.url.path
+    path: str = request.scope["path"]  # not request.url: building it costs ~50 µs
     principal: Any = getattr(request.state, "principal", None)
     cache_control = request.headers.get("cache-control", "").lower()
     return RequestContext(

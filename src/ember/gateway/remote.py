@@ -230,6 +230,15 @@ class RemoteClient:
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         self.pool = ClientPool(config)
+        self._urls: dict[str, httpx.URL] = {}
+
+    def url(self, path: str) -> httpx.URL:
+        # Absolute and parsed once: httpx spends ~0.2 ms merging a relative URL per request.
+        url = self._urls.get(path)
+        if url is None:
+            assert self.config.base_url is not None
+            url = self._urls[path] = httpx.URL(self.config.base_url.rstrip("/") + "/" + path.lstrip("/"))
+        return url
 
     @property
     def name(self) -> str:
@@ -240,7 +249,7 @@ class RemoteClient:
         shard = self.pool.acquire()
         try:
             async with asyncio.timeout(self.config.total_timeout):
-                response = await shard.http.post(path, json=body)
+                response = await shard.http.post(self.url(path), json=body)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"{self.name}: no answer within {self.config.total_timeout:g}s") from exc
         except httpx.HTTPError as exc:
@@ -266,7 +275,7 @@ class RemoteClient:
         try:
             try:
                 async with asyncio.timeout_at(first_deadline):
-                    response = await resources.enter_async_context(shard.http.stream("POST", path, json=body))
+                    response = await resources.enter_async_context(shard.http.stream("POST", self.url(path), json=body))
                     if response.is_error:
                         await response.aread()
                         raise status_error(self.name, response)
