@@ -41,6 +41,8 @@ class Guard:
         # The latest record of each key seen at admission: observe() gets only the key's name.
         self._seen: dict[str, KeyRecord] = {}
         if self.enabled:
+            log.info("API keys are required (EMBER_AUTH=%s, bound to %s); make one with "
+                     "`ember keys create --name NAME --scopes chat,embed,models`", settings.auth, settings.host)
             try:
                 self.keys.list()  # open now, so a broken store shows in the log at start
             except Exception as exc:  # noqa: BLE001 - any failure: requests will get 503, not access
