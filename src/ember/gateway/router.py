@@ -169,10 +169,14 @@ class Router:
 
     def _exhausted(self, route: Route, errors: list[tuple[Target, EmberError]], attempts: int) -> EmberError:
         if not errors:
-            wait = min((t.breaker.retry_in() for t in route.targets), default=route.breaker.cooldown)
+            # Every target was skipped: its breaker is open, or it asked us to wait (Retry-After).
+            now = time.monotonic()
+            wait = min((max(t.breaker.retry_in(), t.retry_at - now) for t in route.targets),
+                       default=route.breaker.cooldown)
             return ServiceUnavailable(
-                f"no target of route '{route.name}' is available (circuit breakers open); "
-                f"retry in {wait:.0f}s", retry_after=max(1, int(wait + 0.999)), code="no_healthy_target")
+                f"no target of route '{route.name}' is available (circuit breakers open or "
+                f"rate limited upstream); retry in {wait:.0f}s", retry_after=max(1, int(wait + 0.999)),
+                code="no_healthy_target")
         target, last = errors[-1]
         summary = "; ".join(f"{t.label}: {e.message}" for t, e in errors[-4:])
         if isinstance(last, EmberError) and last.status_code in (429, 503, 504):
