@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -84,6 +85,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Local language models behind the OpenAI (/v1) and Ollama (/api) APIs.",
         lifespan=lifespan,
+        **_without_native_telemetry(),
     )
     app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(GuardMiddleware)  # added last: runs first
@@ -103,6 +105,16 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def _without_native_telemetry() -> dict[str, object]:
+    """Newer FastAPI traces requests itself once OpenTelemetry is installed; ember's spans and
+    metrics come from telemetry.py, so turn FastAPI's off (and skip its per-request checks)."""
+    from fastapi import FastAPI
+
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
 
 
 def _config_path() -> Path | None:
