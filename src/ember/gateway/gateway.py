@@ -68,6 +68,7 @@ class Gateway:
                 self.providers[provider.name] = make_provider(provider)
         self.targets: dict[str, Target] = {}
         self.routes: dict[str, Route] = {r.model: self._route(r) for r in config.routes}
+        self._direct_routes: dict[str, Route] = {}
         self.router = Router()
         self.observers: list[Observer] = []
         self.cache: ResponseCache | None = None
@@ -87,14 +88,20 @@ class Gateway:
                                          breaker=CircuitBreaker(breaker))
         return self.targets[label]
 
-    def _direct(self, name: str) -> Route | None:
-        """"backup/gpt-4o-mini": one remote provider's model, asked for by name."""
+    def _route_for(self, name: str) -> Route | None:
+        """The configured route of that name, or a one-target route for "provider/model" (a
+        remote provider's model asked for by name; built once); None for a local model."""
+        route = self.routes.get(name) or self._direct_routes.get(name)
+        if route is not None:
+            return route
         provider, sep, model = name.partition("/")
         if not sep or not model or provider not in self.providers or self.providers[provider] is self.local:
             return None
         config = RouteConfig(model=name, targets=[name])
-        return Route(config=config, targets=[self._target(name, None)], retry=self.config.retry,
-                     breaker=self.config.breaker)
+        route = Route(config=config, targets=[self._target(name, None)], retry=self.config.retry,
+                      breaker=self.config.breaker)
+        self._direct_routes[name] = route
+        return route
 
     # -- what clients see ---------------------------------------------------------------------
 
@@ -107,10 +114,9 @@ class Gateway:
                  "targets": [t.health() for t in r.targets]} for r in self.routes.values()]
 
     def _digest(self, name: str) -> str:
-        route = self.routes.get(name)
-        if route is not None:
-            return "route:" + hashlib.sha256(route.config.model_dump_json().encode()).hexdigest()
-        if self._direct(name) is not None:
+        if name in self.routes:
+            return "route:" + hashlib.sha256(self.routes[name].config.model_dump_json().encode()).hexdigest()
+        if self._route_for(name) is not None:
             return "direct:" + name
         return self._models.get(name).digest
 
@@ -126,7 +132,7 @@ class Gateway:
             try:
                 text, final = await generation.collect()
             except UpstreamError as exc:
-                route = self.routes.get(request.model) or self._direct(request.model)
+                route = self._route_for(request.model)
                 label = f"{generation.provider}/{generation.served_by}" if generation.served_by else None
                 if route is None or label is None or is_client_error(exc) or len(failed) + 1 >= len(route.targets):
                     raise
@@ -138,7 +144,7 @@ class Gateway:
     async def start(self, request: TextRequest, *, exclude: frozenset[str] = frozenset()) -> Generation:
         started = time.perf_counter()
         ts = time.time()
-        route = self.routes.get(request.model) or self._direct(request.model)
+        route = self._route_for(request.model)
         target: Target | None = None
         cache_key: str | None = None
         try:
@@ -240,7 +246,7 @@ class Gateway:
         ts = time.time()
         context = context or RequestContext()
         request = TextRequest(model=model, prompt="", context=context)
-        route = self.routes.get(model) or self._direct(model)
+        route = self._route_for(model)
         provider_name = LOCAL
         try:
             if route is None:
