@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from ember.engine.types import GenerationEvent
+from ember.engine.types import FinishReason, GenerationEvent
 from ember.errors import UpstreamError, UpstreamTimeout
 from ember.gateway.config import ProviderConfig
 from ember.services.generation import Generation
@@ -148,11 +148,25 @@ def broken(provider: str, what: str) -> UpstreamError:
     return UpstreamError(f"{provider}: {what}")
 
 
-def loads(provider: str, text: str) -> Any:
+def read_chunk(provider: str, text: str, state: StreamState) -> dict[str, Any]:
+    """One streamed JSON object (an SSE event's data or an NDJSON line), checked: malformed
+    chunks and in-band errors raise; the first chunks tell the upstream's model name."""
     try:
-        return json.loads(text)
+        chunk = json.loads(text)
     except ValueError as exc:
         raise broken(provider, f"malformed chunk from upstream: {text[:200]!r}") from exc
+    if not isinstance(chunk, dict):
+        raise broken(provider, f"malformed chunk from upstream: {text[:200]!r}")
+    if chunk.get("error"):
+        raise broken(provider, f"upstream error mid-stream: {error_message(chunk)}")
+    if chunk.get("model") and state.first_token_at is None:
+        state.model = chunk["model"]
+    return chunk
+
+
+def finish_reason(reason: Any) -> FinishReason:
+    # content_filter, tool_calls, function_call: the text is over all the same.
+    return "length" if reason == "length" else "stop"
 
 
 # -- wire framing -------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
-from ember.engine.types import FinishReason, GenerationEvent, GenerationStats
+from ember.engine.types import GenerationEvent, GenerationStats
 from ember.gateway.config import ProviderConfig
-from ember.gateway.remote import RemoteClient, StreamState, broken, error_message, loads, ndjson_lines
+from ember.gateway.remote import RemoteClient, StreamState, broken, finish_reason, ndjson_lines, read_chunk
 from ember.services.embeddings import EmbeddingOutcome, shorten
 from ember.services.generation import Generation, TextRequest
 
@@ -84,23 +84,13 @@ def request_body(request: TextRequest, model: str) -> dict[str, Any]:
     return body
 
 
-def _finish(reason: Any) -> FinishReason:
-    return "length" if reason == "length" else "stop"
-
-
 async def parse_stream(provider: str, response: httpx.Response,
                        state: StreamState) -> AsyncIterator[GenerationEvent]:
     """NDJSON lines -> text events, then one done event from the final line's counts."""
     final: dict[str, Any] | None = None
     async with aclosing(ndjson_lines(response)) as lines:
         async for line in lines:
-            item = loads(provider, line)
-            if not isinstance(item, dict):
-                raise broken(provider, f"malformed chunk from upstream: {line[:200]!r}")
-            if item.get("error"):
-                raise broken(provider, f"upstream error mid-stream: {error_message(item)}")
-            if item.get("model") and state.first_token_at is None:
-                state.model = item["model"]
+            item = read_chunk(provider, line, state)
             message = item.get("message")
             text = message.get("content") if isinstance(message, dict) else item.get("response")
             if text:
@@ -119,5 +109,5 @@ async def parse_stream(provider: str, response: httpx.Response,
         eval_seconds=float(final["eval_duration"]) / _NS if final.get("eval_duration") else eval_seconds,
     )
     state.prompt_tokens = stats.prompt_tokens
-    yield GenerationEvent(text="", done=True, finish_reason=_finish(final.get("done_reason")), stats=stats)
+    yield GenerationEvent(text="", done=True, finish_reason=finish_reason(final.get("done_reason")), stats=stats)
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
-from ember.engine.types import FinishReason, GenerationEvent, GenerationStats
+from ember.engine.types import GenerationEvent, GenerationStats
 from ember.gateway.config import ProviderConfig
-from ember.gateway.remote import RemoteClient, StreamState, broken, error_message, loads, sse_data
+from ember.gateway.remote import RemoteClient, StreamState, broken, finish_reason, read_chunk, sse_data
 from ember.services.embeddings import EmbeddingOutcome
 from ember.services.generation import Generation, TextRequest
 
@@ -75,11 +75,6 @@ def request_body(request: TextRequest, model: str) -> dict[str, Any]:
     return body
 
 
-def _finish(reason: Any) -> FinishReason:
-    # content_filter, tool_calls, function_call: the text is over all the same.
-    return "length" if reason == "length" else "stop"
-
-
 async def parse_stream(provider: str, response: httpx.Response,
                        state: StreamState) -> AsyncIterator[GenerationEvent]:
     """SSE chunks -> text events, then one done event once the stream has ended."""
@@ -93,13 +88,7 @@ async def parse_stream(provider: str, response: httpx.Response,
                 # Read on to the end of the body so the connection goes back to the pool.
                 done_seen = True
                 continue
-            chunk = loads(provider, data)
-            if not isinstance(chunk, dict):
-                raise broken(provider, f"malformed chunk from upstream: {data[:200]!r}")
-            if chunk.get("error"):
-                raise broken(provider, f"upstream error mid-stream: {error_message(chunk)}")
-            if chunk.get("model") and state.first_token_at is None:
-                state.model = chunk["model"]
+            chunk = read_chunk(provider, data, state)
             if chunk.get("usage"):
                 usage = chunk["usage"]
             for choice in chunk.get("choices") or ():
@@ -126,4 +115,4 @@ async def parse_stream(provider: str, response: httpx.Response,
         stats = GenerationStats(prompt_tokens=0, completion_tokens=chunks,
                                 prompt_eval_seconds=prompt_eval, eval_seconds=eval_seconds)
     state.prompt_tokens = stats.prompt_tokens
-    yield GenerationEvent(text="", done=True, finish_reason=_finish(finish), stats=stats)
+    yield GenerationEvent(text="", done=True, finish_reason=finish_reason(finish), stats=stats)
