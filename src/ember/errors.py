@@ -9,6 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 
+def retry_after_seconds(seconds: float) -> int:
+    """A Retry-After value: whole seconds, rounded up (a thousandth is forgiven), at least 1."""
+    return max(1, int(seconds + 0.999))
+
+
 class EmberError(Exception):
     """Base class: a failure with a message meant for the caller."""
 
@@ -153,7 +158,7 @@ class RateLimited(EmberError):
                  headers: dict[str, str] | None = None) -> None:
         merged = dict(headers or {})
         if retry_after is not None:
-            merged["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+            merged["Retry-After"] = str(retry_after_seconds(retry_after))
         super().__init__(message, code=code, headers=merged)
         self.retry_after = retry_after
 
@@ -176,7 +181,7 @@ class UpstreamError(EmberError):
             self.status_code = 429
             self.openai_type = "rate_limit_error"
         if retry_after is not None:
-            headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+            headers["Retry-After"] = str(retry_after_seconds(retry_after))
         super().__init__(message, code=code, headers=headers)
         self.upstream_status = upstream_status
         self.retry_after = retry_after

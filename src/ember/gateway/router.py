@@ -14,7 +14,14 @@ import random
 import time
 from dataclasses import dataclass
 
-from ember.errors import BadRequest, EmberError, PayloadTooLarge, ServiceUnavailable, UpstreamError
+from ember.errors import (
+    BadRequest,
+    EmberError,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UpstreamError,
+    retry_after_seconds,
+)
 from ember.gateway.config import BreakerConfig, RetryConfig, RouteConfig
 from ember.gateway.strategies import STRATEGIES
 from ember.gateway.target import Target
@@ -175,7 +182,7 @@ class Router:
                        default=route.breaker.cooldown)
             return ServiceUnavailable(
                 f"no target of route '{route.name}' is available (circuit breakers open or "
-                f"rate limited upstream); retry in {wait:.0f}s", retry_after=max(1, int(wait + 0.999)),
+                f"rate limited upstream); retry in {wait:.0f}s", retry_after=retry_after_seconds(wait),
                 code="no_healthy_target")
         target, last = errors[-1]
         summary = "; ".join(f"{t.label}: {e.message}" for t, e in errors[-4:])
