@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
@@ -40,7 +38,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
     settings = settings or Settings()
     # Read now, so a bad ember.toml stops `ember serve` before it binds, with file and line.
-    gateway_config = load_gateway_config(settings.config or _config_path())
+    gateway_config = load_gateway_config(settings.config)
     check_audit_settings(settings)
 
     @asynccontextmanager
@@ -62,9 +60,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         # Every request's usage record reaches each of these once, when it ends.
         gateway.observers += [usage.add, guard.observe, audit.observe, telemetry.observe]
         services = Services(
-            settings=settings, scheduler=scheduler, generation=generation, embeddings=embeddings,
-            models=models, gateway=gateway, usage=usage, guard=guard, audit=audit,
-            telemetry=telemetry, cache=cache,
+            settings=settings, scheduler=scheduler, models=models, gateway=gateway, usage=usage,
+            guard=guard, audit=audit, telemetry=telemetry, cache=cache,
         )
         telemetry.bind(services)
         app.state.services = services
@@ -115,11 +112,6 @@ def _without_native_telemetry() -> dict[str, object]:
     if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
         return {}
     return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
-
-
-def _config_path() -> Path | None:
-    value = os.environ.get("EMBER_CONFIG")
-    return Path(value) if value else None
 
 
 def _engine_loader(settings: Settings) -> EngineLoader:

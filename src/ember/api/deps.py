@@ -9,8 +9,7 @@ from fastapi import Request
 
 from ember.config import Settings
 from ember.runtime.scheduler import Scheduler
-from ember.services.embeddings import EmbeddingService
-from ember.services.generation import GenerationService, RequestContext
+from ember.services.generation import RequestContext
 from ember.services.models import ModelService
 
 if TYPE_CHECKING:
@@ -25,8 +24,6 @@ if TYPE_CHECKING:
 class Services:
     settings: Settings
     scheduler: Scheduler
-    generation: GenerationService
-    embeddings: EmbeddingService
     models: ModelService
     gateway: Gateway
     usage: UsageLog

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -27,7 +25,7 @@ def routes(
         live = True
     except ServerUnreachable:
         # No server: show what the config file says, without health.
-        config = load_gateway_config(_config_path(settings))
+        config = load_gateway_config(settings.config)
         described = [{"model": r.model, "strategy": r.strategy,
                       "targets": [{"target": t, "state": "unknown"} for t in r.targets]}
                      for r in config.routes]
@@ -98,11 +96,6 @@ def _usage_from_disk(settings: Settings, by: str, since: str | None, until: str 
         log.close()
     total = {k: sum(r[k] for r in rows) for k in ("requests", "tokens_in", "tokens_out", "cost", "errors")}
     return {"by": by, "rows": rows, "total": total}
-
-
-def _config_path(settings: Settings) -> Path | None:
-    value = os.environ.get("EMBER_CONFIG")
-    return Path(value) if value else settings.config
 
 
 def _number(value: Any) -> str:

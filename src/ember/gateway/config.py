@@ -127,12 +127,6 @@ class GatewayConfig(_Strict):
                     raise ValueError(f"routes[{i}].targets: {target!r} names no provider '{provider}'")
         return self
 
-    def provider(self, name: str) -> ProviderConfig:
-        for p in self.providers:
-            if p.name == name:
-                return p
-        return ProviderConfig(name=LOCAL, kind="local")
-
 
 # The keys of ember.toml that belong to Settings (config.py) rather than the gateway.
 def _gateway_part(data: dict[str, Any]) -> dict[str, Any]:

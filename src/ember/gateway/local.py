@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ember.gateway.config import ProviderConfig
 from ember.gateway.provider import peek_first
 from ember.services.embeddings import EmbeddingOutcome, EmbeddingService
@@ -35,6 +37,4 @@ class LocalProvider:
 
 
 def _with_model(request: TextRequest, model: str) -> TextRequest:
-    from dataclasses import replace
-
     return replace(request, model=model)

@@ -6,7 +6,7 @@ breaker and moving averages describe the target, not the route.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ember.gateway.breaker import CircuitBreaker
 from ember.gateway.provider import Provider
@@ -26,7 +26,6 @@ class Target:
     tokens_per_s: float | None = None  # moving average
     last_error: str | None = None
     retry_at: float = 0.0  # monotonic time before which a 429's Retry-After asks us to wait
-    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def label(self) -> str:

@@ -6,18 +6,14 @@ never waits on the disk; `flush()` makes everything pending visible (the totals 
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from ember.background import BatchWriter
-
-log = logging.getLogger("ember.usage")
 
 GroupBy = Literal["day", "model", "route", "key", "provider"]
 _COLUMNS = {"day": "date(ts, 'unixepoch')", "model": "model", "route": "coalesce(route, '')",
@@ -139,6 +135,3 @@ def day_start(text: str) -> float:
     """'2026-11-24' -> its midnight UTC as a Unix time."""
     return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
 
-
-def now() -> float:
-    return time.time()
