@@ -17,10 +17,10 @@ from ember.engine.protocol import EngineLoader
 def build_app(settings: Settings | None = None) -> FastAPI:
     # Imported here so `import ember` stays light for the CLI.
     from ember import __version__
+    from ember.api.admin import router as admin_router
     from ember.api.deps import Services
     from ember.api.errors import install_error_handlers
     from ember.api.json_body import JsonBodyMiddleware
-    from ember.api.admin import router as admin_router
     from ember.api.metrics import router as metrics_router
     from ember.api.ollama.routes import router as ollama_router
     from ember.api.openai.routes import router as openai_router

@@ -12,7 +12,7 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ember import __version__
@@ -148,7 +148,7 @@ def to_document(run: BenchRun) -> dict[str, Any]:
         "label": config.label,
         "url": config.url,
         "model": config.model,
-        "started_at": datetime.fromtimestamp(run.started_at, timezone.utc).isoformat(timespec="seconds"),
+        "started_at": datetime.fromtimestamp(run.started_at, UTC).isoformat(timespec="seconds"),
         "client": {"ember": __version__, "python": platform.python_version()},
         "machine": {"cpus": os.cpu_count(), "loadavg_1m_start": run.loadavg_start, "loadavg_1m_end": run.loadavg_end},
         "settings": {

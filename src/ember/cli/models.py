@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -50,7 +50,7 @@ def _processor(model: dict[str, Any]) -> str:
 
 def _until(value: Any) -> str:
     moment = parse_time(value)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if moment is None or abs((moment - now).days) > 365 * _FOREVER_AFTER_YEARS:
         return "Forever"
     if moment < now:

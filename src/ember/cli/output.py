@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol, TextIO
 
@@ -71,7 +71,7 @@ def parse_time(value: Any) -> datetime | None:
         moment = datetime.fromisoformat(text)
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _plural(count: int, unit: str) -> str:
@@ -82,7 +82,7 @@ def relative_time(moment: datetime | None, now: datetime | None = None) -> str:
     """'3 minutes ago', 'About an hour from now', as Ollama words it."""
     if moment is None:
         return "-"
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     seconds = (now - moment).total_seconds()
     suffix = "ago" if seconds >= 0 else "from now"
     seconds = abs(seconds)

@@ -71,7 +71,7 @@ class LlamaEngine:
         self._memory = path.stat().st_size + _kv_cache_bytes(llama)
 
     @classmethod
-    def open(cls, path: Path, options: LoadOptions) -> "LlamaEngine":
+    def open(cls, path: Path, options: LoadOptions) -> LlamaEngine:
         return cls(path, options, _open_llama(path, options, embedding=False, n_ctx=options.num_ctx))
 
     @property

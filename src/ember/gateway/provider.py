@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from ember.engine.types import GenerationEvent
-
 from ember.gateway.config import ProviderConfig
 from ember.services.embeddings import EmbeddingOutcome
 from ember.services.generation import Generation, TextRequest

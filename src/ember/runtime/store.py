@@ -21,7 +21,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from ember.runtime.sources import (
 )
 
 # PullProgress is defined in sources.py (the fetchers report it) and re-exported here, where callers look.
-__all__ = ["ModelRef", "ModelRecord", "ModelStore", "PullProgress", "MEDIA_TYPE_GGUF"]
+__all__ = ["MEDIA_TYPE_GGUF", "ModelRecord", "ModelRef", "ModelStore", "PullProgress"]
 
 log = logging.getLogger(__name__)
 
@@ -473,7 +473,7 @@ class ModelStore:
             "format": "gguf",
             "layers": [{"mediaType": MEDIA_TYPE_GGUF, "digest": digest, "size": size}],
             "metadata": metadata.to_dict(),
-            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": datetime.now(UTC).isoformat(),
         }
         data = json.dumps(manifest, indent=2).encode()
         self._write_atomically(path, data, ref)
