@@ -55,7 +55,7 @@ def parse_duration(value: str | int | float | None) -> float | None:
                 seconds += float(match.group(1)) * _UNITS[match.group(2)]
                 pos = match.end()
             if pos != len(body) or pos == 0:
-                raise ValueError(f"invalid duration {value!r}: use e.g. 30s, 5m, 1h or a number of seconds")
+                raise ValueError(f"invalid duration {value!r}: use e.g. 30s, 5m, 1h or a number of seconds") from None
             if negative:
                 seconds = -seconds
     return -1.0 if seconds < 0 else seconds

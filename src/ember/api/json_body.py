@@ -20,5 +20,5 @@ class JsonBodyMiddleware:
             claimed = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
             if not claimed.startswith(_JSON):
                 headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-                scope = {**scope, "headers": headers + [(b"content-type", _JSON)]}
+                scope = {**scope, "headers": [*headers, (b"content-type", _JSON)]}
         await self.app(scope, receive, send)

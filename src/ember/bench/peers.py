@@ -201,7 +201,9 @@ def prefix_table(results: Results) -> list[str]:
     levels = sorted({int(c) for s in summaries.values() for c in (s.get("warm_ttft_p50_s") or {})})
     rows: list[list[str]] = []
 
-    def add(name: str, values: dict[str, float | None], show: Callable[[float | None], str], ratio: bool = True) -> None:
+    def add(
+        name: str, values: dict[str, float | None], show: Callable[[float | None], str], ratio: bool = True
+    ) -> None:
         row = [name, *(show(values.get(peer.label)) for peer in peers)]
         if with_ratio:
             row.append(_ratio(values.get(SUBJECT), values.get(BASELINE)) if ratio else "")
@@ -209,11 +211,18 @@ def prefix_table(results: Results) -> list[str]:
 
     add("cold TTFT (first request, alone), ms", {k: s.get("cold_ttft_s") for k, s in summaries.items()}, _ms)
     for concurrency in levels:
-        add(f"warm TTFT p50, {concurrency} stream{'s' if concurrency > 1 else ''}, ms",
-            {k: (s.get("warm_ttft_p50_s") or {}).get(str(concurrency)) for k, s in summaries.items()}, _ms)
+        add(
+            f"warm TTFT p50, {concurrency} stream{'s' if concurrency > 1 else ''}, ms",
+            {k: (s.get("warm_ttft_p50_s") or {}).get(str(concurrency)) for k, s in summaries.items()},
+            _ms,
+        )
     add("cold / warm (1st level)", {k: s.get("cold_over_warm") for k, s in summaries.items()}, _fmt, ratio=False)
-    add("prompt tokens (cold request)", {k: s.get("cold_prompt_tokens") for k, s in summaries.items()},
-        lambda v: _fmt(v, 0), ratio=False)
+    add(
+        "prompt tokens (cold request)",
+        {k: s.get("cold_prompt_tokens") for k, s in summaries.items()},
+        lambda v: _fmt(v, 0),
+        ratio=False,
+    )
     failed = {peer.label: float(peer.prefix["errors"]) for peer in peers}  # type: ignore[index]
     add("failed requests", failed, lambda v: _fmt(v, 0), ratio=False)
     return _table(header, rows)
@@ -229,8 +238,9 @@ def failure_lines(results: Results) -> list[str]:
                 kinds = "; ".join(f"{count} x {kind}" for kind, count in level["error_kinds"].items())
                 if kinds:
                     title = titles.get(peer.label, peer.label)
-                    lines.append(f"- {title}{mode}, {level['concurrency']} streams: {kinds} "
-                                 f"(of {level['requests']} requests)")
+                    lines.append(
+                        f"- {title}{mode}, {level['concurrency']} streams: {kinds} (of {level['requests']} requests)"
+                    )
     return lines
 
 
@@ -248,13 +258,17 @@ def engine_line(results: Results) -> str:
     return f"{engine}, {slots} sequence slot(s) per model as `GET /api/ps` reported" if slots else engine
 
 
+def _rate(record: dict[str, Any]) -> str:
+    return f"{record['avg_ts']:.0f} ± {record.get('stddev_ts', 0):.0f} tok/s"
+
+
 def llama_bench_line(records: Sequence[dict[str, Any]]) -> str | None:
     parts = []
     for record in records:
         if record.get("n_prompt") and not record.get("n_gen"):
-            parts.append(f"prompt processing (pp{record['n_prompt']}) {record['avg_ts']:.0f} ± {record.get('stddev_ts', 0):.0f} tok/s")
+            parts.append(f"prompt processing (pp{record['n_prompt']}) {_rate(record)}")
         elif record.get("n_gen") and not record.get("n_prompt"):
-            parts.append(f"generation (tg{record['n_gen']}) {record['avg_ts']:.0f} ± {record.get('stddev_ts', 0):.0f} tok/s")
+            parts.append(f"generation (tg{record['n_gen']}) {_rate(record)}")
     return ", ".join(parts) if parts else None
 
 
@@ -283,19 +297,32 @@ def render(results: Results) -> str:
     table = prefix_table(results)
     if table:
         prefix_tokens = next((p.prefix["settings"]["shared_prefix"] for p in results.ordered() if p.prefix), "?")  # type: ignore[index]
-        lines += [f"**Shared prefix**: a ~{prefix_tokens}-token system prompt common to every request, a different "
-                  "short user message each; the first request alone (cold), then the others (warm):", "", *table, ""]
+        lines += [
+            f"**Shared prefix**: a ~{prefix_tokens}-token system prompt common to every request, a different "
+            "short user message each; the first request alone (cold), then the others (warm):",
+            "",
+            *table,
+            "",
+        ]
     failures = failure_lines(results)
     if failures:
         lines += ["Failed requests (a timeout is `--timeout`, waiting in a queue included):", "", *failures, ""]
     durations = results.load.get("load_duration_s") or []
     if durations:
         shown = ", then ".join(f"{value:.2f} s" for value in durations)
-        how = ("its `load_duration`" if results.load.get("measured_by") == "load_duration"
-               else "the request's wall time; the server reports no `load_duration` for a load")
-        lines += [f"**ember model load** (unload, then `POST /api/generate` with an empty prompt; {how}): "
-                  f"{shown} (the model file in the page cache both times).", ""]
-    lines.append("Ratios are ember over llama-server: above 1 is better for tok/s, below 1 is better for TTFT and memory.")
+        how = (
+            "its `load_duration`"
+            if results.load.get("measured_by") == "load_duration"
+            else "the request's wall time; the server reports no `load_duration` for a load"
+        )
+        lines += [
+            f"**ember model load** (unload, then `POST /api/generate` with an empty prompt; {how}): "
+            f"{shown} (the model file in the page cache both times).",
+            "",
+        ]
+    lines.append(
+        "Ratios are ember over llama-server: above 1 is better for tok/s, below 1 is better for TTFT and memory."
+    )
     return "\n".join(lines)
 
 
@@ -305,7 +332,7 @@ def replace_section(document: str, body: str) -> str:
     start, end = document.find(START_MARK), document.find(END_MARK)
     if start == -1 or end == -1 or end < start:
         return document.rstrip() + "\n\n" + block + "\n"
-    return document[:start] + block + document[end + len(END_MARK):]
+    return document[:start] + block + document[end + len(END_MARK) :]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -120,7 +120,9 @@ def summarize_level(level: LevelRun, max_tokens: int) -> LevelSummary:
     )
 
 
-def summarize_prefix(cold: RequestResult | None, levels: Sequence[LevelSummary], prefix_tokens: int) -> SharedPrefixSummary | None:
+def summarize_prefix(
+    cold: RequestResult | None, levels: Sequence[LevelSummary], prefix_tokens: int
+) -> SharedPrefixSummary | None:
     if cold is None:
         return None
     warm = {str(level.concurrency): level.ttft_p50_s for level in levels}
@@ -164,8 +166,12 @@ def to_document(run: BenchRun) -> dict[str, Any]:
         "warmup_s": run.warmup_s,
         "levels": [asdict(level) for level in levels],
         "shared_prefix": asdict(prefix) if prefix else None,
-        "memory": None if config.memory_pid is None else {
-            "pid": config.memory_pid, "start_rss_mib": run.start_rss_mib, "peak_rss_mib": run.peak_rss_mib,
+        "memory": None
+        if config.memory_pid is None
+        else {
+            "pid": config.memory_pid,
+            "start_rss_mib": run.start_rss_mib,
+            "peak_rss_mib": run.peak_rss_mib,
         },
         "errors": errors,
         "ok": errors == 0,
@@ -183,8 +189,18 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.0f}"
 
 
-LEVEL_HEADERS = ("CONC", "REQS", "ERRORS", "TTFT p50 ms", "TTFT p95 ms", "TOK/S STREAM", "TOK/S TOTAL",
-                 "FULL LENGTH", "PROMPT TOK", "WALL S")
+LEVEL_HEADERS = (
+    "CONC",
+    "REQS",
+    "ERRORS",
+    "TTFT p50 ms",
+    "TTFT p95 ms",
+    "TOK/S STREAM",
+    "TOK/S TOTAL",
+    "FULL LENGTH",
+    "PROMPT TOK",
+    "WALL S",
+)
 
 
 def level_rows(document: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -199,10 +215,16 @@ def level_rows(document: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         if level["short_length"]:
             full += f" ({level['short_length']} short)"
         row = [
-            str(level["concurrency"]), str(level["requests"]), str(level["errors"]),
-            _ms(level["ttft_p50_s"]), _ms(level["ttft_p95_s"]),
-            _num(level["stream_tps_median"]), _num(level["aggregate_tps"]),
-            full, _num(level["prompt_tokens_mean"], 0), _num(level["wall_s"]),
+            str(level["concurrency"]),
+            str(level["requests"]),
+            str(level["errors"]),
+            _ms(level["ttft_p50_s"]),
+            _ms(level["ttft_p95_s"]),
+            _num(level["stream_tps_median"]),
+            _num(level["aggregate_tps"]),
+            full,
+            _num(level["prompt_tokens_mean"], 0),
+            _num(level["wall_s"]),
         ]
         if with_memory:
             row.append(_num(level["peak_rss_mib"], 0))
@@ -223,8 +245,10 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
         )
     memory = document.get("memory")
     if memory:
-        lines.append(f"memory of pid {memory['pid']} and children: {_num(memory['start_rss_mib'], 0)} MiB at start, "
-                     f"peak {_num(memory['peak_rss_mib'], 0)} MiB")
+        lines.append(
+            f"memory of pid {memory['pid']} and children: {_num(memory['start_rss_mib'], 0)} MiB at start, "
+            f"peak {_num(memory['peak_rss_mib'], 0)} MiB"
+        )
     for level in document["levels"]:
         for kind, count in level["error_kinds"].items():
             lines.append(f"c={level['concurrency']}: {count} x {kind}")

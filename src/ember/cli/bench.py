@@ -87,21 +87,63 @@ class _PlainProgress:
 
 
 def bench(
-    url: Annotated[str | None, typer.Option("--url", help="OpenAI-compatible base URL, ending in /v1. Default: the ember server at EMBER_HOST.")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url", help="OpenAI-compatible base URL, ending in /v1. Default: the ember server at EMBER_HOST."
+        ),
+    ] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="Model name sent in each request.")] = "smollm2:135m",
-    concurrency: Annotated[str, typer.Option("--concurrency", "-c", help="Concurrency levels, comma-separated.")] = "1,8,16",
-    requests: Annotated[int | None, typer.Option("--requests", "-n", help="Requests per level. Default: twice the concurrency.")] = None,
-    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", help="Approximate prompt size of each request.")] = 64,
+    concurrency: Annotated[
+        str, typer.Option("--concurrency", "-c", help="Concurrency levels, comma-separated.")
+    ] = "1,8,16",
+    requests: Annotated[
+        int | None, typer.Option("--requests", "-n", help="Requests per level. Default: twice the concurrency.")
+    ] = None,
+    prompt_tokens: Annotated[
+        int, typer.Option("--prompt-tokens", help="Approximate prompt size of each request.")
+    ] = 64,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="max_tokens of each request.")] = 128,
-    shared_prefix: Annotated[int, typer.Option("--shared-prefix", help="Put a common system prompt of about this many tokens before every request; time one cold request first.")] = 0,
+    shared_prefix: Annotated[
+        int,
+        typer.Option(
+            "--shared-prefix",
+            help="Put a common system prompt of about this many tokens before every request; "
+            "time one cold request first.",
+        ),
+    ] = 0,
     temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.")] = 0.0,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds one request may take, stream included.")] = 120.0,
-    warmup: Annotated[bool, typer.Option("--warmup/--no-warmup", help="Send one short untimed request first (loads the model).")] = True,
-    memory_pid: Annotated[int | None, typer.Option("--memory-pid", help="Sample the RSS of this process and its children; report the peak.")] = None,
-    api_key: Annotated[str | None, typer.Option("--api-key", help="Bearer token, for servers that want one.")] = None,
-    label: Annotated[str | None, typer.Option("--label", help="Name of this run in the report (e.g. the server's).")] = None,
-    seed: Annotated[str | None, typer.Option("--seed", help="Make the prompts those of any other run with this seed (to give several servers the same requests). Default: new prompts every run.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document with every number instead of a table.")] = False,
+    warmup: Annotated[
+        bool, typer.Option("--warmup/--no-warmup", help="Send one short untimed request first (loads the model).")
+    ] = True,
+    memory_pid: Annotated[
+        int | None,
+        typer.Option("--memory-pid", help="Sample the RSS of this process and its children; report the peak."),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="EMBER_API_KEY",
+            show_envvar=False,
+            help="Bearer token sent to the server. Default: EMBER_API_KEY.",
+        ),
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", help="Name of this run in the report (e.g. the server's).")
+    ] = None,
+    seed: Annotated[
+        str | None,
+        typer.Option(
+            "--seed",
+            help="Make the prompts those of any other run with this seed (to give several servers "
+            "the same requests). Default: new prompts every run.",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document with every number instead of a table.")
+    ] = False,
 ) -> None:
     """Benchmark a server: streaming chat completions at several concurrency levels."""
     config = BenchConfig(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TextIO
 
@@ -126,10 +127,8 @@ def _read_message() -> str:
 
 
 def interactive(client: EmberClient, session: ChatSession, *, verbose: bool) -> None:
-    try:
-        import readline  # noqa: F401  (imported for its side effect: line editing and history in input())
-    except ImportError:
-        pass
+    with suppress(ImportError):
+        importlib.import_module("readline")  # for its side effect: line editing and history in input()
     while True:
         try:
             prompt = _read_message()
@@ -168,12 +167,16 @@ def interactive(client: EmberClient, session: ChatSession, *, verbose: bool) -> 
 
 def run(
     model: Annotated[str, typer.Argument(help="Model name, e.g. smollm2:135m; pulled first if missing.")],
-    prompt: Annotated[str | None, typer.Argument(help="Ask this and exit. Without it: chat, or read stdin if piped.")] = None,
+    prompt: Annotated[
+        str | None, typer.Argument(help="Ask this and exit. Without it: chat, or read stdin if piped.")
+    ] = None,
     system: Annotated[str | None, typer.Option("--system", help="System message.")] = None,
     temperature: Annotated[float | None, typer.Option("--temperature", help="Sampling temperature.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed, for repeatable answers.")] = None,
     num_predict: Annotated[int | None, typer.Option("--num-predict", help="Most tokens to generate.")] = None,
-    keep_alive: Annotated[str | None, typer.Option("--keep-alive", help="How long the model stays loaded after, e.g. 5m, 0, -1.")] = None,
+    keep_alive: Annotated[
+        str | None, typer.Option("--keep-alive", help="How long the model stays loaded after, e.g. 5m, 0, -1.")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Print timings after each answer (to stderr).")] = False,
 ) -> None:
     """Answer a prompt with a model, or chat with it interactively."""

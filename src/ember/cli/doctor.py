@@ -118,7 +118,9 @@ def check_port(settings: Settings) -> Check:
         if _port_is_free(addr, port):
             return Check(name, True, f"{addr}:{port} is free for `ember serve`")
     except OSError as exc:
-        return Check(name, False, f"cannot bind {addr}:{port} ({exc.strerror})", "set EMBER_HOST to an address of this machine")
+        return Check(
+            name, False, f"cannot bind {addr}:{port} ({exc.strerror})", "set EMBER_HOST to an address of this machine"
+        )
     try:
         with EmberClient.from_settings(settings) as client:
             if "ember is running" in client.root():
@@ -126,7 +128,9 @@ def check_port(settings: Settings) -> Check:
     except EmberError:
         pass
     return Check(
-        name, False, f"{addr}:{port} is in use by another program",
+        name,
+        False,
+        f"{addr}:{port} is in use by another program",
         f"stop that program, or use another port: EMBER_HOST=127.0.0.1:{port + 1}",
     )
 

@@ -64,7 +64,9 @@ def pull_locally(settings: Settings, source: str, *, destination: str | None, st
 
 
 def pull(
-    source: Annotated[str, typer.Argument(help="Catalog name (smollm2:135m), hf://org/repo/file.gguf or an https:// URL.")],
+    source: Annotated[
+        str, typer.Argument(help="Catalog name (smollm2:135m), hf://org/repo/file.gguf or an https:// URL.")
+    ],
     name: Annotated[str | None, typer.Option("--name", help="Store the model under this name.")] = None,
 ) -> None:
     """Download a model into the local store."""

@@ -29,10 +29,18 @@ def _check_bindable(addr: str, port: int) -> None:
 
 
 def serve(
-    host: Annotated[str | None, typer.Option("--host", help="Address to listen on, e.g. 127.0.0.1:11434 or 0.0.0.0:8080.")] = None,
-    keep_alive: Annotated[str | None, typer.Option("--keep-alive", help="How long an idle model stays loaded, e.g. 5m, 1h, -1 (forever).")] = None,
-    max_loaded_models: Annotated[int | None, typer.Option("--max-loaded-models", help="Most models in memory at once; 0: no limit.")] = None,
-    num_parallel: Annotated[int | None, typer.Option("--num-parallel", help="Requests served at once per model.")] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to listen on, e.g. 127.0.0.1:11434 or 0.0.0.0:8080.")
+    ] = None,
+    keep_alive: Annotated[
+        str | None, typer.Option("--keep-alive", help="How long an idle model stays loaded, e.g. 5m, 1h, -1 (forever).")
+    ] = None,
+    max_loaded_models: Annotated[
+        int | None, typer.Option("--max-loaded-models", help="Most models in memory at once; 0: no limit.")
+    ] = None,
+    num_parallel: Annotated[
+        int | None, typer.Option("--num-parallel", help="Requests served at once per model.")
+    ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help="debug, info, warning or error.")] = None,
 ) -> None:
     """Start the server: the OpenAI API on /v1 and the Ollama API on /api."""

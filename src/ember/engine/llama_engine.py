@@ -36,14 +36,14 @@ _EMBED_CTX = 2048  # embedding inputs past this are truncated, as Ollama's trunc
 
 def _open_llama(path: Path, options: LoadOptions, *, embedding: bool, n_ctx: int) -> llama_cpp.Llama:
     threads = options.num_thread or os.cpu_count() or 1
-    kwargs: dict[str, Any] = dict(
-        model_path=str(path),
-        n_ctx=n_ctx,
-        n_threads=threads,
-        n_threads_batch=threads,
-        n_gpu_layers=options.num_gpu,
-        verbose=False,
-    )
+    kwargs: dict[str, Any] = {
+        "model_path": str(path),
+        "n_ctx": n_ctx,
+        "n_threads": threads,
+        "n_threads_batch": threads,
+        "n_gpu_layers": options.num_gpu,
+        "verbose": False,
+    }
     if embedding:
         # Mean pooling gives one vector for causal LMs whose GGUF names no pooling.
         kwargs.update(embedding=True, n_batch=n_ctx, n_ubatch=n_ctx,

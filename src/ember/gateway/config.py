@@ -182,7 +182,9 @@ def _line_of(text: str, loc: list[Any]) -> int | None:
     end = next((i for i in range(start + 1, len(lines)) if re.match(r"^\s*\[", lines[i])
                 and not re.match(rf"^\s*\[\s*{re.escape(table)}\.", lines[i])), len(lines))
     for key in reversed(rest):
+        assignment = re.compile(rf"^\s*{re.escape(key)}\s*=")
+        subtable = re.compile(rf"^\s*\[\s*{re.escape(table)}\.{re.escape(key)}\s*\]")
         for i in range(start, end):
-            if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i]) or re.match(rf"^\s*\[\s*{re.escape(table)}\.{re.escape(key)}\s*\]", lines[i]):
+            if assignment.match(lines[i]) or subtable.match(lines[i]):
                 return i + 1
     return start + 1

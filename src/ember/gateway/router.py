@@ -184,7 +184,7 @@ class Router:
                 f"no target of route '{route.name}' is available (circuit breakers open or "
                 f"rate limited upstream); retry in {wait:.0f}s", retry_after=retry_after_seconds(wait),
                 code="no_healthy_target")
-        target, last = errors[-1]
+        _, last = errors[-1]
         summary = "; ".join(f"{t.label}: {e.message}" for t, e in errors[-4:])
         if isinstance(last, EmberError) and last.status_code in (429, 503, 504):
             last.message = f"route '{route.name}' failed after {attempts} attempts: {summary}"

@@ -45,7 +45,7 @@ class Guard:
                      "`ember keys create --name NAME --scopes chat,embed,models`", settings.auth, settings.host)
             try:
                 self.keys.list()  # open now, so a broken store shows in the log at start
-            except Exception as exc:  # noqa: BLE001 - any failure: requests will get 503, not access
+            except Exception as exc:  # any failure: requests will get 503, not access
                 log.error("the API key store %s cannot be read: %s; requests needing a key get 503",
                           self.keys.path, exc)
 
@@ -65,7 +65,7 @@ class Guard:
         if self.redis is not None and self.redis.up:
             try:
                 return await self.redis.admit(key, time.time())
-            except Exception as exc:  # noqa: BLE001 - RedisError, or a reply we cannot read
+            except Exception as exc:  # RedisError, or a reply we cannot read
                 self.redis.mark_down(exc)
         return self.memory.admit(key)
 
@@ -102,7 +102,7 @@ class Guard:
         if count is not None:
             try:
                 count(reason)
-            except Exception:  # noqa: BLE001 - metrics must not break serving
+            except Exception:  # metrics must not break serving
                 log.exception("count_rejection failed")
         services = getattr(getattr(scope.get("app"), "state", None), "services", None)
         gateway = getattr(services, "gateway", None)
@@ -120,7 +120,7 @@ class Guard:
         if report is not None:
             try:
                 report(up)
-            except Exception:  # noqa: BLE001
+            except Exception:  # metrics must not break serving
                 log.exception("set_redis_up failed")
 
     async def aclose(self) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from contextlib import suppress
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -155,10 +156,8 @@ class RedisLimiter:
         self._spawn(self._release(key, lease))
 
     async def _release(self, key: KeyRecord, lease: str) -> None:
-        try:
+        with suppress(RedisError):  # the lease expires by itself
             await self.client.zrem(_keys(key, "")[2], lease)
-        except RedisError:
-            pass  # the lease expires by itself
 
     def record(self, key: KeyRecord, tokens: int, cost: float, wall: float,
                fallback: Callable[[], None]) -> None:
@@ -177,8 +176,8 @@ class RedisLimiter:
 
         self._spawn(run())
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

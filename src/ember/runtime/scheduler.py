@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 
 from ember.config import Settings
@@ -71,6 +71,7 @@ class Scheduler:
         self._runners: dict[str, Runner] = {}
         self._loading: dict[str, asyncio.Future[Runner]] = {}
         self._changed = asyncio.Condition()
+        self._expiring: set[asyncio.Task[None]] = set()  # held so the loop does not drop them mid-unload
 
     def default_options(self) -> LoadOptions:
         s = self._settings
@@ -221,10 +222,8 @@ class Scheduler:
                 continue
             async with self._changed:
                 # Time-boxed so a wake-up that raced the check cannot strand us.
-                try:
+                with suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=1.0)
-                except TimeoutError:
-                    pass
 
     def _arm_expiry(self, runner: Runner) -> None:
         if runner.keep_alive < 0:
@@ -235,7 +234,9 @@ class Scheduler:
 
         def expire() -> None:
             if runner.idle and self._runners.get(runner.key) is runner:
-                loop.create_task(self._unload(runner))
+                task = loop.create_task(self._unload(runner))
+                self._expiring.add(task)
+                task.add_done_callback(self._expiring.discard)
 
         runner._timer = loop.call_later(runner.keep_alive, expire)
 

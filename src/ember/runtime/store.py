@@ -518,7 +518,7 @@ class ModelStore:
             manifest = json.loads(data)
             if manifest.get("schemaVersion") != MANIFEST_SCHEMA_VERSION:
                 raise ValueError(f"unknown schemaVersion {manifest.get('schemaVersion')!r}")
-            layer = next(l for l in manifest["layers"] if l["mediaType"] == MEDIA_TYPE_GGUF)
+            layer = next(entry for entry in manifest["layers"] if entry["mediaType"] == MEDIA_TYPE_GGUF)
             digest = str(layer["digest"])
             if not digest.startswith("sha256:"):
                 raise ValueError(f"bad digest {digest!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -34,6 +34,7 @@ from ember.services.generation import ChatMessage, Generation, TextRequest, vali
 router = APIRouter(prefix="/api", tags=["Ollama"])
 
 _NEVER = datetime(9999, 1, 1, tzinfo=UTC)
+_T = TypeVar("_T")
 
 
 def _now() -> str:
@@ -48,19 +49,22 @@ def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
+def _or(value: _T | None, default: _T) -> _T:
+    return default if value is None else value
+
+
 def _sampling(options: Options) -> SamplingParams:
     d = SamplingParams()
-    pick = lambda value, default: default if value is None else value  # noqa: E731
     return SamplingParams(
-        temperature=pick(options.temperature, d.temperature),
-        top_k=pick(options.top_k, d.top_k),
-        top_p=pick(options.top_p, d.top_p),
-        min_p=pick(options.min_p, d.min_p),
-        typical_p=pick(options.typical_p, d.typical_p),
-        repeat_penalty=pick(options.repeat_penalty, d.repeat_penalty),
-        repeat_last_n=pick(options.repeat_last_n, d.repeat_last_n),
-        presence_penalty=pick(options.presence_penalty, d.presence_penalty),
-        frequency_penalty=pick(options.frequency_penalty, d.frequency_penalty),
+        temperature=_or(options.temperature, d.temperature),
+        top_k=_or(options.top_k, d.top_k),
+        top_p=_or(options.top_p, d.top_p),
+        min_p=_or(options.min_p, d.min_p),
+        typical_p=_or(options.typical_p, d.typical_p),
+        repeat_penalty=_or(options.repeat_penalty, d.repeat_penalty),
+        repeat_last_n=_or(options.repeat_last_n, d.repeat_last_n),
+        presence_penalty=_or(options.presence_penalty, d.presence_penalty),
+        frequency_penalty=_or(options.frequency_penalty, d.frequency_penalty),
         seed=options.seed,
     )
 
@@ -169,7 +173,7 @@ async def generate(body: GenerateRequest, http: Request, svc: Services = Depends
     else:
         # Ollama applies the model's template to generate prompts: a system + user turn.
         turns = [ChatMessage("system", body.system)] if body.system else []
-        prompt, messages = None, turns + [ChatMessage("user", body.prompt)]
+        prompt, messages = None, [*turns, ChatMessage("user", body.prompt)]
     request = TextRequest(
         model=body.model, messages=messages, prompt=prompt,
         max_tokens=_max_tokens(body.options), stop=tuple(body.options.stop or ()),
