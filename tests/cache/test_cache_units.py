@@ -5,6 +5,7 @@ The real server tests (test_cache.py) cover the feature end to end; these pin th
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -35,6 +36,16 @@ def chat(content: str = "hi", **kw: object) -> TextRequest:
                                  "max_tokens": 8, "sampling": GREEDY}
     fields.update(kw)
     return TextRequest(**fields)  # type: ignore[arg-type]
+
+
+class Clock:
+    """A clock the test moves by hand: TTLs are checked without waiting for them."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def key(request: TextRequest, digest: str = DIGEST) -> str | None:
@@ -204,10 +215,12 @@ async def test_memory_is_an_lru_with_a_ttl() -> None:
         await lru.put(name, *answer(name))
     assert await lru.get("b") is None
     assert [await lru.get(n) is not None for n in "ac"] == [True, True]
-    short = MemoryBackend(max_entries=2, ttl=0.05)
+    clock = Clock()
+    short = MemoryBackend(max_entries=2, ttl=5, clock=clock)
     await short.put("a", *answer("a"))
+    clock.now += 4
     assert await short.get("a") is not None
-    time.sleep(0.06)
+    clock.now += 1  # the TTL is up
     assert await short.get("a") is None and len(short) == 0
     by_bytes = MemoryBackend(max_entries=100, ttl=None, max_bytes=300)
     for name in "abcdef":
@@ -220,13 +233,18 @@ async def test_sqlite_persists_expires_and_prunes(tmp_path: Path) -> None:
     first = SQLiteBackend(path, ttl=None, max_entries=3)
     await first.put("k", *answer("kept"))
     await first.aclose()
-    again = SQLiteBackend(path, ttl=0.05, max_entries=3)
+    clock = Clock()
+    again = SQLiteBackend(path, ttl=5, max_entries=3, clock=clock)
     got = await again.get("k")
     assert got is not None and got.text == "kept"
     await again.put("short", *answer("x"))
+    clock.now += 4
     assert await again.get("short") is not None
-    time.sleep(0.06)
+    clock.now += 1
     assert await again.get("short") is None
+    assert await again.get("k") is not None  # stored without a TTL: never expires
+    again._prune()  # an expired row is deleted, not only hidden
+    assert again._reader.execute("SELECT key FROM response_cache").fetchall() == [("k",)]
     await again.aclose()
     pruned = SQLiteBackend(path, ttl=None, max_entries=3)  # start-up prunes expired and surplus
     for i in range(5):
@@ -239,13 +257,21 @@ async def test_sqlite_persists_expires_and_prunes(tmp_path: Path) -> None:
 
 
 async def test_redis_round_trip_ttl_and_outage(redis_server) -> None:
-    store = RedisBackend(redis_server.url, ttl=0.2, prefix="units:")
+    # Redis expires keys on its own clock: check the TTL it was given, then wait for a short one
+    # to lapse (a deadline, not a sleep that a loaded machine could outrun).
+    store = RedisBackend(redis_server.url, ttl=30, prefix="units:")
     await store.put("k", *answer("shared"))
     got = await store.get("k")
     assert got is not None and got.text == "shared"
-    time.sleep(0.3)
-    assert await store.get("k") is None
+    assert 20_000 < await store._client.pttl("units:k") <= 30_000
     await store.aclose()
+    brief = RedisBackend(redis_server.url, ttl=0.001, prefix="units:")  # 1 ms, the least Redis takes
+    await brief.put("gone", *answer("x"))
+    deadline = time.monotonic() + 5
+    while await brief.get("gone") is not None and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert await brief.get("gone") is None
+    await brief.aclose()
     # Nothing listens on port 1: every call is a quick miss, never an exception.
     down = RedisBackend("redis://127.0.0.1:1/0", ttl=None)
     started = time.perf_counter()

@@ -12,6 +12,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ember.cache.entry import CachedAnswer
@@ -33,7 +34,9 @@ _PRUNE_EVERY = 64
 class SQLiteBackend:
     name = "sqlite"
 
-    def __init__(self, path: Path, *, ttl: float | None, max_entries: int) -> None:
+    def __init__(self, path: Path, *, ttl: float | None, max_entries: int,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock  # unix seconds (the rows outlive the process); tests pass their own
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._ttl = ttl
@@ -66,12 +69,12 @@ class SQLiteBackend:
         if row is None:
             return None
         value, expires = row
-        if expires is not None and expires <= time.time():
+        if expires is not None and expires <= self._clock():
             return None  # pruned later by a writer
         return CachedAnswer.decode(value)
 
     async def put(self, key: str, answer: CachedAnswer, blob: bytes) -> None:
-        now = time.time()
+        now = self._clock()
         expires = None if self._ttl is None else now + self._ttl
         await asyncio.to_thread(self._put, key, blob, expires, now)
 
@@ -87,7 +90,7 @@ class SQLiteBackend:
     def _prune(self) -> None:
         """Drop expired rows, then the oldest beyond max_entries. Caller holds the write lock."""
         self._writer.execute("DELETE FROM response_cache WHERE expires IS NOT NULL AND expires <= ?",
-                             (time.time(),))
+                             (self._clock(),))
         self._writer.execute(
             "DELETE FROM response_cache WHERE key IN "
             "(SELECT key FROM response_cache ORDER BY created DESC LIMIT -1 OFFSET ?)",
