@@ -114,7 +114,10 @@ def test_scopes(locked: ServerHandle) -> None:
     # /metrics: admin only when keys are on; the basics stay open.
     assert httpx.get(locked.url("/metrics")).status_code == 401
     assert httpx.get(locked.url("/metrics"), headers={"x-api-key": models}).status_code == 403
-    assert httpx.get(locked.url("/metrics"), headers={"x-api-key": admin}).status_code not in (401, 403)
+    scraped = httpx.get(locked.url("/metrics"), headers={"x-api-key": admin})
+    assert scraped.status_code == 200, scraped.text
+    assert scraped.headers["content-type"].startswith("text/plain")
+    assert "# TYPE ember_requests_total counter" in scraped.text
     for path in ("/", "/health", "/openapi.json", "/docs"):
         assert httpx.get(locked.url(path)).status_code == 200, path
     assert httpx.get(locked.url("/v1/nothing")).status_code == 401
@@ -141,29 +144,33 @@ def test_fail_closed_when_the_store_is_unreadable(tmp_path: Path) -> None:
         handle.stop()
 
 
-async def test_guard_overhead(tmp_path: Path) -> None:
-    """The guard's own cost per request (GET /v1/models in process): auth off vs a limited key."""
-    import statistics
+async def test_guard_in_process_admits_a_limited_key(tmp_path: Path) -> None:
+    """The guard in front of the app (ASGI transport): a limited key passes and is counted.
 
+    What it costs per request is measured by bench/guard_overhead.py, not asserted here.
+    """
     from ember.app import build_app
 
     home = tmp_path / "home"
-    key = make_key(home, "bench", scopes="models", rpm=10**6, tpm=10**6, max_concurrent=100)
-    medians = {}
+    # 10 a minute: one more every 6 s, so the count below holds however slow the machine is.
+    key = make_key(home, "bench", scopes="models", rpm=10, tpm=10**6, max_concurrent=100)
     for auth in ("off", "required"):
         app = build_app(Settings(home=home, auth=auth))  # type: ignore[arg-type]
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t",
-                                         headers={"x-api-key": key}) as client:
-                times = []
-                for _ in range(1500):
-                    started = time.perf_counter()
-                    response = await client.get("/v1/models")
-                    times.append(time.perf_counter() - started)
-                    assert response.status_code == 200
-        medians[auth] = statistics.median(times[300:]) * 1000
-    cost = medians["required"] - medians["off"]
-    print(f"\nGET /v1/models p50: auth off {medians['off']:.3f} ms, key + limits {medians['required']:.3f} ms,"
-          f" guard cost {cost:.3f} ms")
-    assert cost < 1.0
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                remaining = []
+                for _ in range(10):
+                    response = await client.get("/v1/models", headers={"x-api-key": key})
+                    assert response.status_code == 200, response.text
+                    assert response.json()["object"] == "list"
+                    remaining.append(response.headers.get("x-ratelimit-remaining-requests"))
+                over = await client.get("/v1/models", headers={"x-api-key": key})
+                anonymous = await client.get("/v1/models")
+        if auth == "off":
+            assert remaining == [None] * 10  # no guard work: no limit headers
+            assert over.status_code == anonymous.status_code == 200
+        else:
+            assert remaining == [str(n) for n in range(9, -1, -1)]  # each request counted once
+            assert over.status_code == 429
+            assert anonymous.status_code == 401
