@@ -114,6 +114,6 @@ def build_cache(settings: Settings, telemetry: Any = None) -> ResponseCache | No
             raise ConfigError('cache = "redis" needs redis_url (EMBER_REDIS_URL)')
         from ember.cache.redis import RedisBackend
 
-        backend = RedisBackend(settings.redis_url, ttl=ttl)
+        backend = RedisBackend(settings.redis_url, ttl=ttl, max_entries=settings.cache_max_entries)
     log.debug("response cache: %s, ttl %s", backend.name, ttl)
     return ResponseCache(backend, default_num_ctx=settings.num_ctx)
