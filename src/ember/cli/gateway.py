@@ -60,7 +60,7 @@ def usage(
 ) -> None:
     """Requests, tokens and cost, totalled by day, model, route, key or provider."""
     if by not in ("day", "model", "route", "key", "provider"):
-        raise typer.BadParameter("--by must be day, model, route, key or provider")
+        raise typer.BadParameter(f"{by!r} is not day, model, route, key or provider", param_hint="'--by'")
     settings = Settings()
     params = {k: v for k, v in (("by", by), ("since", since), ("until", until)) if v}
     try:

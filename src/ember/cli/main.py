@@ -1,7 +1,8 @@
 """The typer app: every command registered in one place, and the one place errors become a line.
 
 Commands raise; only `main` turns an exception into `Error: ...` and an exit status, so no
-command can leak a traceback and none repeats the mapping.
+command can leak a traceback and none repeats the mapping. That includes click's usage errors
+(an unknown option, a bad value, a missing argument): one line and exit 2, not a usage box.
 """
 
 from __future__ import annotations
@@ -60,10 +61,51 @@ def _validation_message(exc: pydantic.ValidationError) -> str:
     return f"invalid {field} (--{field.replace('_', '-')} or EMBER_{field.upper()}): {message}"
 
 
+def _command_line_errors() -> tuple[type[Exception], ...]:
+    """What typer raises for a bad command line when not standalone: its own copy of click's
+    exceptions (typer 0.2x, all TyperException), or click's own (older typer)."""
+    kinds: list[type[Exception]] = [typer.TyperException]
+    try:
+        import click
+    except ImportError:
+        return tuple(kinds)
+    return (*kinds, click.ClickException)
+
+
+_COMMAND_LINE_ERRORS = _command_line_errors()
+
+
+def _command_line_message(exc: Exception) -> str:
+    """One line: click's message, and for a usage error (exit 2) where to read the usage."""
+    format_message = getattr(exc, "format_message", None)
+    message = " ".join((format_message() if callable(format_message) else str(exc)).split())
+    ctx = getattr(exc, "ctx", None)
+    if getattr(exc, "exit_code", 1) == 2 and ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    return message
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `ember` script and `python -m ember`."""
     try:
-        app(args=argv, prog_name="ember")
+        # Not standalone: click's errors come here as exceptions instead of being printed.
+        code = app(args=argv, prog_name="ember", standalone_mode=False)
+    except _COMMAND_LINE_ERRORS as exc:
+        exit_code = int(getattr(exc, "exit_code", 2))
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # A group given nothing to do: its help, which typer's rich formatting has printed already.
+            help_text = getattr(exc, "format_message", lambda: "")()
+            if help_text.strip():
+                print(help_text, file=sys.stderr)
+            sys.exit(exit_code)
+        error_line(_command_line_message(exc))
+        sys.exit(exit_code)
+    except typer.Abort as exc:
+        # Ctrl-C (older typer) or end of input at a prompt.
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            sys.exit(EXIT_INTERRUPTED)
+        error_line("aborted")
+        sys.exit(1)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
@@ -89,3 +131,5 @@ def main(argv: list[str] | None = None) -> None:
             raise
         error_line(f"unexpected {type(exc).__name__}: {exc} (set EMBER_LOG_LEVEL=debug for a traceback)")
         sys.exit(1)
+    if isinstance(code, int) and code:  # typer.Exit(code) comes back as a return value
+        sys.exit(code)
