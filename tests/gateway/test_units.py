@@ -58,6 +58,8 @@ def test_the_issue_example_loads(tmp_path: Path) -> None:
     ('\n[[routes]]\nmodel = "chat"\ntargets = ["local/a"]\n', None, "defined twice"),
     ('\n[[providers]]\nname = "p"\nkind = "openai"\n', 17, "needs base_url"),
     ('\n[[routes]]\nmodel = "x"\ntargets = ["local/a"]\ncolour = "red"\n', 20, "colour"),
+    ('\n[[providers]]\nname = "l1"\nkind = "local"\n\n[[providers]]\nname = "l2"\nkind = "local"\n', 23,
+     "only one provider may be of kind local"),
 ])
 def test_a_bad_config_names_file_line_and_problem(tmp_path: Path, tail: str, line: int | None,
                                                   words: str) -> None:

@@ -116,6 +116,11 @@ class GatewayConfig(_Strict):
         for name in names:
             if names.count(name) > 1:
                 raise ValueError(f"provider name '{name}' is used twice")
+        # One node has one set of local models: a second local entry would be a provider
+        # that routes name but that the gateway never builds.
+        locals_ = [i for i, p in enumerate(self.providers) if p.kind == "local"]
+        if len(locals_) > 1:
+            raise ValueError(f"providers[{locals_[1]}].kind: only one provider may be of kind local")
         known = set(names) | {LOCAL}
         models = [r.model for r in self.routes]
         for i, route in enumerate(self.routes):
