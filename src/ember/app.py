@@ -6,6 +6,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
@@ -104,9 +105,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _without_native_telemetry() -> dict[str, object]:
+def _without_native_telemetry() -> dict[str, Any]:
     """Newer FastAPI traces requests itself once OpenTelemetry is installed; ember's spans and
-    metrics come from telemetry.py, so turn FastAPI's off (and skip its per-request checks)."""
+    metrics come from telemetry.py, so turn FastAPI's off (and skip its per-request checks).
+
+    Keyword arguments for FastAPI(): Any, because which ones it takes depends on its version."""
     from fastapi import FastAPI
 
     if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,7 +137,7 @@ def throughput_table(results: Results) -> list[str]:
     if not peers:
         return []
     with_ratio = any(p.label == BASELINE for p in peers) and any(p.label == SUBJECT for p in peers)
-    levels = sorted({level["concurrency"] for peer in peers for level in peer.plain["levels"]})  # type: ignore[index]
+    levels = sorted({level["concurrency"] for peer in peers for level in (peer.plain or {})["levels"]})
     titles = results.meta.get("titles") or {}
     header = ["", *(str(titles.get(peer.label, peer.label)) for peer in peers)]
     header += [f"{SUBJECT} / {BASELINE}"] if with_ratio else []
@@ -172,7 +172,7 @@ def throughput_table(results: Results) -> list[str]:
                 concurrency)
     # Requests per level, so "16" above reads as "16 of 32".
     requests_row = ["requests per level", *(
-        ", ".join(str(level["requests"]) for level in peer.plain["levels"]) for peer in peers  # type: ignore[index]
+        ", ".join(str(level["requests"]) for level in (peer.plain or {})["levels"]) for peer in peers
     )] + ([""] if with_ratio else [])
     rows.append(requests_row)
     loads = ["load average (1 min) before / after", *(
@@ -197,12 +197,12 @@ def prefix_table(results: Results) -> list[str]:
         return []
     with_ratio = any(p.label == BASELINE for p in peers) and any(p.label == SUBJECT for p in peers)
     header = ["", *(peer.label for peer in peers)] + ([f"{SUBJECT} / {BASELINE}"] if with_ratio else [])
-    summaries = {peer.label: peer.prefix["shared_prefix"] or {} for peer in peers}  # type: ignore[index]
+    summaries = {peer.label: (peer.prefix or {})["shared_prefix"] or {} for peer in peers}
     levels = sorted({int(c) for s in summaries.values() for c in (s.get("warm_ttft_p50_s") or {})})
     rows: list[list[str]] = []
 
     def add(
-        name: str, values: dict[str, float | None], show: Callable[[float | None], str], ratio: bool = True
+        name: str, values: Mapping[str, float | None], show: Callable[[float | None], str], ratio: bool = True
     ) -> None:
         row = [name, *(show(values.get(peer.label)) for peer in peers)]
         if with_ratio:
@@ -223,7 +223,7 @@ def prefix_table(results: Results) -> list[str]:
         lambda v: _fmt(v, 0),
         ratio=False,
     )
-    failed = {peer.label: float(peer.prefix["errors"]) for peer in peers}  # type: ignore[index]
+    failed = {peer.label: float((peer.prefix or {})["errors"]) for peer in peers}
     add("failed requests", failed, lambda v: _fmt(v, 0), ratio=False)
     return _table(header, rows)
 
@@ -296,7 +296,7 @@ def render(results: Results) -> str:
         lines += ["**Streaming chat completions** (`ember bench`, the same client for every server):", "", *table, ""]
     table = prefix_table(results)
     if table:
-        prefix_tokens = next((p.prefix["settings"]["shared_prefix"] for p in results.ordered() if p.prefix), "?")  # type: ignore[index]
+        prefix_tokens = next((p.prefix["settings"]["shared_prefix"] for p in results.ordered() if p.prefix), "?")
         lines += [
             f"**Shared prefix**: a ~{prefix_tokens}-token system prompt common to every request, a different "
             "short user message each; the first request alone (cold), then the others (warm):",

@@ -82,11 +82,12 @@ class Upstream:
     def take_fault(self) -> Fault:
         """The fault for the request arriving now, counting down `times`."""
         fault = self.fault
-        if fault.times is not None:
-            if fault.times <= 0:
+        times = fault.times
+        if times is not None:
+            if times <= 0:
                 fault = self.fault = Fault()
             else:
-                self.fault = Fault() if fault.times == 1 else replace(fault, times=fault.times - 1)
+                self.fault = Fault() if times == 1 else replace(fault, times=times - 1)
         if fault.token_delay is None:
             fault = replace(fault, token_delay=self.token_delay)
         return fault
@@ -391,8 +392,9 @@ def _ollama_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
     up.seen(model)
     options = body.get("options") or {}
     limit = options.get("num_predict")
-    capped = isinstance(limit, int) and limit >= 0  # Ollama: -1 and -2 mean no cap
-    count = limit if capped else DEFAULT_TOKENS
+    count, capped = DEFAULT_TOKENS, False
+    if isinstance(limit, int) and limit >= 0:  # Ollama: -1 and -2 mean no cap
+        count, capped = limit, True
     finish = "length" if capped else "stop"
     prompt_tokens = _words(body.get("messages") if chat else body.get("prompt"))
 

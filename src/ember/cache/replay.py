@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AsyncExitStack
 
 from ember.cache.entry import CachedAnswer
@@ -19,7 +19,7 @@ Store = Callable[[CachedAnswer], Awaitable[None]]
 def replay(answer: CachedAnswer) -> Generation:
     """A generation that streams the stored pieces, then the stored end, with no model behind it."""
 
-    async def events() -> AsyncIterator[GenerationEvent]:
+    async def events() -> AsyncGenerator[GenerationEvent, None]:
         for piece in answer.pieces:
             yield GenerationEvent(text=piece)
         yield GenerationEvent(text="", done=True, finish_reason=answer.finish_reason, stats=answer.stats)
@@ -44,7 +44,7 @@ def recording(generation: Generation, store: Store, *, max_chars: int) -> Genera
     """
     inner = generation._events
 
-    async def events() -> AsyncIterator[GenerationEvent]:
+    async def events() -> AsyncGenerator[GenerationEvent, None]:
         pieces: list[str] = []
         size = 0
         too_big = False

@@ -12,7 +12,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -93,7 +93,7 @@ class LlamaEngine:
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return await asyncio.to_thread(self._llama.tokenize, text.encode("utf-8"), add_special, True)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
         cancel = threading.Event()

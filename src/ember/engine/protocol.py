@@ -7,7 +7,7 @@ is invisible to the API layer.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Protocol
 
@@ -34,8 +34,8 @@ class Engine(Protocol):
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         """Tokens of text, parsing special tokens (chat templates contain them)."""
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        """Stream text; closing the iterator early cancels the generation."""
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        """Stream text; closing the generator early (aclose) cancels the generation."""
 
     async def embed(self, texts: list[str]) -> EmbeddingResult:
         """One L2-normalised vector per text."""

@@ -65,7 +65,7 @@ class SamplerChain:
     def free(self) -> None:
         if self.handle:
             llama_cpp.llama_sampler_free(self.handle)
-            self.handle = None  # type: ignore[assignment]
+            self.handle = None  # type: ignore[assignment]  # None once freed, so a second free() does nothing
 
 
 class Detokenizer:

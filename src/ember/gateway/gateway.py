@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 
 from ember.engine.types import GenerationEvent, LoadOptions
@@ -176,10 +176,11 @@ class Gateway:
         """Wrap the events so the end of the stream, however it ends, writes the usage record."""
         inner = generation._events
 
-        async def events() -> AsyncIterator[GenerationEvent]:
+        async def events() -> AsyncGenerator[GenerationEvent, None]:
             first_at: float | None = None
             final: GenerationEvent | None = None
-            status, error = 499, "the client went away"  # unless the stream ends otherwise
+            status: int = 499  # unless the stream ends otherwise
+            error: str | None = "the client went away"
             try:
                 async for event in inner:
                     if first_at is None and (event.text or event.done):

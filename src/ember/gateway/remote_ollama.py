@@ -6,7 +6,7 @@ base_url is the node's root (http://127.0.0.1:11434).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from functools import partial
 from typing import Any
@@ -85,7 +85,7 @@ def request_body(request: TextRequest, model: str) -> dict[str, Any]:
 
 
 async def parse_stream(provider: str, response: httpx.Response,
-                       state: StreamState) -> AsyncIterator[GenerationEvent]:
+                       state: StreamState) -> AsyncGenerator[GenerationEvent, None]:
     """NDJSON lines -> text events, then one done event from the final line's counts."""
     final: dict[str, Any] | None = None
     async with aclosing(ndjson_lines(response)) as lines:

@@ -6,7 +6,7 @@ base_url is the /v1 base (https://api.openai.com/v1, http://127.0.0.1:8001/v1, a
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from functools import partial
 from typing import Any
@@ -76,7 +76,7 @@ def request_body(request: TextRequest, model: str) -> dict[str, Any]:
 
 
 async def parse_stream(provider: str, response: httpx.Response,
-                       state: StreamState) -> AsyncIterator[GenerationEvent]:
+                       state: StreamState) -> AsyncGenerator[GenerationEvent, None]:
     """SSE chunks -> text events, then one done event once the stream has ended."""
     chunks = 0
     finish: Any = None

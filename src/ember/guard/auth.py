@@ -206,8 +206,8 @@ class GuardMiddleware:
                 check_caps(guard.settings, path, body)
                 receive = replay(body, receive)
         except EmberError as exc:
-            refused = admission is not None and not admission.ok
-            guard.reject(scope, exc, key, body, started, admission.reason if refused else None)
+            refusal = admission.reason if admission is not None and not admission.ok else None
+            guard.reject(scope, exc, key, body, started, refusal)
             if admission is not None and admission.ok and key is not None:
                 guard.release(key, admission)  # admitted, then refused for its body
             await send_error(send, path, exc, admission.headers if admission else None)

@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS keys (
 """
 _COLUMNS = ("name, prefix, hash, scopes, rpm, tpm, max_concurrent, budget_usd, budget_tokens,"
             " budget_period, created, expires, revoked")
+# One row of _COLUMNS as sqlite3 reads it (budget_period is only ever written from a Period).
+_Row = tuple[str, str, str, str, int | None, int | None, int | None, float | None, int | None, Period,
+             float, float | None, float | None]
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ def parse_expires(text: str, now: float | None = None) -> float:
     return moment.timestamp()
 
 
-def _record(row: tuple) -> KeyRecord:  # type: ignore[type-arg]
+def _record(row: _Row) -> KeyRecord:
     (name, prefix, digest, scopes, rpm, tpm, conc, usd, tokens, period, created, expires, revoked) = row
     return KeyRecord(name=name, prefix=prefix, hash=digest, scopes=frozenset(scopes.split(",")), rpm=rpm,
                      tpm=tpm, max_concurrent=conc, budget_usd=usd, budget_tokens=tokens,

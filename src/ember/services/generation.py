@@ -127,7 +127,7 @@ class GenerationService:
                 prompt_tokens=tokens, max_tokens=request.max_tokens,
                 stop=request.stop, sampling=request.sampling,
             ))
-            resources.push_async_callback(events.aclose)  # type: ignore[attr-defined]
+            resources.push_async_callback(events.aclose)
         except BaseException:
             await resources.aclose()
             raise

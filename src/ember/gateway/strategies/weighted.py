@@ -11,7 +11,7 @@ from ember.services.generation import TextRequest
 
 def weighted(targets: list[Target], route: RouteConfig, request: TextRequest,
              rng: random.Random | None = None) -> list[Target]:
-    rng = rng or random
+    uniform = rng.uniform if rng is not None else random.uniform  # the module's shared generator by default
     weights = dict(zip(route.targets, route.weights or [1.0] * len(route.targets), strict=True))
     pool = [(t, weights.get(t.label, 1.0)) for t in targets]
     order: list[Target] = []
@@ -20,7 +20,7 @@ def weighted(targets: list[Target], route: RouteConfig, request: TextRequest,
         if total <= 0:
             order.extend(t for t, _ in pool)
             break
-        pick = rng.uniform(0, total)
+        pick = uniform(0, total)
         for i, (target, weight) in enumerate(pool):
             pick -= weight
             if pick <= 0 or i == len(pool) - 1:
