@@ -18,7 +18,7 @@ from ember.guard.keys import KeyRecord
 from ember.guard.limits import MemoryLimiter, format_reset
 from tests.conftest import DEFAULT_MODEL, ServerHandle, start_server
 
-from . import copy_home, make_key
+from . import copy_home, eventually_ok, make_key, read_head
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -67,16 +67,17 @@ def test_concurrency_slots(limited: ServerHandle) -> None:
     host, port = limited.host.split(":")
     body = b'{"model": "nothing:here"}'
     with socket.create_connection((host, int(port)), timeout=10) as slow:
-        # A request whose body is still on its way holds the key's only slot.
-        slow.sendall(b"POST /api/show HTTP/1.1\r\nhost: x\r\nx-api-key: " + key.encode() +
-                     b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:5])
-        time.sleep(0.5)
+        # A request whose body is still on its way holds the key's only slot. The server says
+        # "100 Continue" when it first reads the body, which is after admission: the slot is held.
+        slow.sendall(b"POST /api/show HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\nx-api-key: " +
+                     key.encode() + b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n")
+        assert read_head(slow).startswith(b"HTTP/1.1 100 ")
         busy = httpx.get(limited.url("/api/tags"), headers={"x-api-key": key})
         assert busy.status_code == 429 and "1 concurrent requests" in busy.json()["error"]
-        slow.sendall(body[5:])
-        assert slow.recv(100).startswith(b"HTTP/1.1 404")
-    time.sleep(0.2)
-    assert httpx.get(limited.url("/api/tags"), headers={"x-api-key": key}).status_code == 200
+        slow.sendall(body)
+        assert read_head(slow).startswith(b"HTTP/1.1 404")
+    # The slot is given back once the request has ended (just after its answer was sent).
+    assert eventually_ok(limited.url("/api/tags"), key)
 
 
 def test_tokens_per_minute(limited: ServerHandle) -> None:
