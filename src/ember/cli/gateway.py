@@ -11,7 +11,7 @@ from ember.cli.client import EmberClient, ServerUnreachable
 from ember.cli.output import print_table
 from ember.config import Settings
 from ember.gateway.config import load_gateway_config
-from ember.gateway.usage import UsageLog, day_start
+from ember.gateway.usage import GROUPS, GroupBy, UsageLog, day_start
 
 
 def routes(
@@ -59,7 +59,8 @@ def usage(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Requests, tokens and cost, totalled by day, model, route, key or provider."""
-    if by not in ("day", "model", "route", "key", "provider"):
+    group = next((g for g in GROUPS if g == by), None)
+    if group is None:
         raise typer.BadParameter(f"{by!r} is not day, model, route, key or provider", param_hint="'--by'")
     settings = Settings()
     params = {k: v for k, v in (("by", by), ("since", since), ("until", until)) if v}
@@ -67,7 +68,7 @@ def usage(
         with EmberClient.from_settings(settings) as client:
             result = client.admin("usage", params)
     except ServerUnreachable:
-        result = _usage_from_disk(settings, by, since, until)
+        result = _usage_from_disk(settings, group, since, until)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -79,7 +80,7 @@ def usage(
     print_table([by.upper(), "REQUESTS", "TOKENS IN", "TOKENS OUT", "COST", "ERRORS", "AVG LATENCY"], rows)
 
 
-def _usage_from_disk(settings: Settings, by: str, since: str | None, until: str | None) -> dict[str, Any]:
+def _usage_from_disk(settings: Settings, by: GroupBy, since: str | None, until: str | None) -> dict[str, Any]:
     path = settings.state_dir / "usage.db"
     if not path.exists():
         return {"by": by, "rows": [], "total": {"requests": 0, "tokens_in": 0, "tokens_out": 0,
@@ -91,7 +92,7 @@ def _usage_from_disk(settings: Settings, by: str, since: str | None, until: str 
             end = day_start(until) + 86400 if until else None
         except ValueError:
             raise typer.BadParameter("--since and --until take days written YYYY-MM-DD") from None
-        rows = log.totals(by, since=start, until=end)  # type: ignore[arg-type]
+        rows = log.totals(by, since=start, until=end)
     finally:
         log.close()
     total = {k: sum(r[k] for r in rows) for k in ("requests", "tokens_in", "tokens_out", "cost", "errors")}

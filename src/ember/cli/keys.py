@@ -11,9 +11,8 @@ from typing import Annotated
 import typer
 
 from ember.config import Settings
-from ember.errors import BadRequest
 from ember.guard.audit import append_admin
-from ember.guard.keys import KeyRecord, KeyStore, parse_expires, parse_scopes
+from ember.guard.keys import KeyRecord, KeyStore, parse_expires, parse_period, parse_scopes
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 
@@ -36,13 +35,12 @@ def create(
     expires: Annotated[str | None, typer.Option("--expires", help="e.g. 30d, 12h or 2026-12-31.")] = None,
 ) -> None:
     """Create a key and print it. It is shown this once: only its hash is kept."""
-    if budget_period not in ("day", "month", "total"):
-        raise BadRequest(f"invalid --budget-period {budget_period!r}: use day, month or total")
+    period = parse_period(budget_period)
     store = _store()
     try:
         secret, _ = store.create(
             name, parse_scopes(scopes), rpm=rpm, tpm=tpm, max_concurrent=max_concurrent,
-            budget_usd=budget_usd, budget_tokens=budget_tokens, budget_period=budget_period,  # type: ignore[arg-type]
+            budget_usd=budget_usd, budget_tokens=budget_tokens, budget_period=period,
             expires=parse_expires(expires) if expires else None)
     finally:
         store.close()

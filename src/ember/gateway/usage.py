@@ -11,11 +11,12 @@ import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ember.background import BatchWriter
 
 GroupBy = Literal["day", "model", "route", "key", "provider"]
+GROUPS: tuple[GroupBy, ...] = get_args(GroupBy)
 _COLUMNS = {"day": "date(ts, 'unixepoch')", "model": "model", "route": "coalesce(route, '')",
             "key": "coalesce(key, '')", "provider": "provider"}
 

@@ -17,11 +17,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from ember.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 
 Period = Literal["day", "month", "total"]
+PERIODS: tuple[Period, ...] = get_args(Period)
 SCOPES = ("chat", "embed", "models", "admin")
 KEY_PREFIX = "ember-"
 _CACHE_MAX = 10_000  # random wrong keys are cached too; bound the memory they can take
@@ -85,6 +86,13 @@ def parse_scopes(text: str) -> frozenset[str]:
     if unknown or not scopes:
         raise BadRequest(f"unknown scope(s) {', '.join(unknown) or '(none)'}: use some of {', '.join(SCOPES)}")
     return scopes
+
+
+def parse_period(text: str) -> Period:
+    period = next((p for p in PERIODS if p == text), None)
+    if period is None:
+        raise BadRequest(f"invalid --budget-period {text!r}: use day, month or total")
+    return period
 
 
 _REL = re.compile(r"^(\d+)([hdw])$")
