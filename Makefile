@@ -1,8 +1,10 @@
 # The two commands a fresh machine needs:
 #   make run    set up (venv, dependencies, default model) and serve on 127.0.0.1:11434
-#   make test   set up and run the whole test suite
+#   make test   set up, run the lint checks, then the whole test suite
 # Both reuse what is there: the venv is rebuilt only when pyproject.toml changes,
 # and pip keeps the llama-cpp-python wheel it built (about 8 minutes the first time).
+# The lint checks alone: make lint (ruff check, ruff format --check and mypy over src/,
+# configured in pyproject.toml).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +12,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ember-installed
 MODEL ?= smollm2:135m
 
-.PHONY: run test setup bench clean
+.PHONY: run test lint setup bench clean
 
 setup: $(STAMP)
 
@@ -25,8 +27,13 @@ run: $(STAMP)
 	$(BIN)/ember pull $(MODEL)
 	exec $(BIN)/ember serve
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check src
+	$(BIN)/ruff format --check src
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build src/*.egg-info
