@@ -95,15 +95,18 @@ def test_no_healthy_target_is_a_clear_error_in_each_protocol(
     client = openai.OpenAI(base_url=server.url("/v1"), api_key="unused", max_retries=0)
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
-    assert caught.value.status_code in (502, 503)
+    # Every target answered a 5xx: a bad gateway, not "unavailable" (no target was skipped).
+    assert caught.value.status_code == 502
     error = caught.value.body
     assert isinstance(error, dict) and "route 'chat' failed after 4 attempts" in error["message"]
+    assert error["code"] == "all_targets_failed" and error["type"] == "server_error"
     assert a.stats()["requests"] == 2 and b.stats()["requests"] == 2  # two passes over the chain
 
     response = httpx.post(server.url("/api/chat"), timeout=30, json={
         "model": "chat", "messages": [{"role": "user", "content": "hi"}], "stream": False})
-    assert response.status_code in (502, 503)
+    assert response.status_code == 502
     assert set(response.json()) == {"error"}
+    assert "route 'chat' failed after 4 attempts" in response.json()["error"]
 
 
 def test_breaker_opens_then_half_opens_and_closes(
