@@ -164,6 +164,13 @@ def read_chunk(provider: str, text: str, state: StreamState) -> dict[str, Any]:
     return chunk
 
 
+def upstream_role(role: str) -> str:
+    """A message's role as upstreams know it: "developer" (OpenAI's newer name for the system
+    role, which ember accepts) goes as "system"; llama.cpp's and most servers refuse it, and
+    OpenAI takes "system" for it."""
+    return "system" if role == "developer" else role
+
+
 def finish_reason(reason: Any) -> FinishReason:
     # content_filter, tool_calls, function_call: the text is over all the same.
     return "length" if reason == "length" else "stop"

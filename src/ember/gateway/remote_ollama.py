@@ -15,7 +15,15 @@ import httpx
 
 from ember.engine.types import GenerationEvent, GenerationStats
 from ember.gateway.config import ProviderConfig
-from ember.gateway.remote import RemoteClient, StreamState, broken, finish_reason, ndjson_lines, read_chunk
+from ember.gateway.remote import (
+    RemoteClient,
+    StreamState,
+    broken,
+    finish_reason,
+    ndjson_lines,
+    read_chunk,
+    upstream_role,
+)
 from ember.services.embeddings import EmbeddingOutcome, shorten
 from ember.services.generation import Generation, TextRequest
 
@@ -74,7 +82,7 @@ def request_body(request: TextRequest, model: str) -> dict[str, Any]:
         options["num_ctx"] = request.load_options.num_ctx
     body: dict[str, Any] = {"model": model, "stream": True, "options": options}
     if request.messages is not None:
-        body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        body["messages"] = [{"role": upstream_role(m.role), "content": m.content} for m in request.messages]
     else:
         # raw: the prompt is already what the model should see (no template on top).
         body["prompt"] = request.prompt or ""

@@ -15,7 +15,7 @@ import httpx
 
 from ember.engine.types import GenerationEvent, GenerationStats
 from ember.gateway.config import ProviderConfig
-from ember.gateway.remote import RemoteClient, StreamState, broken, finish_reason, read_chunk, sse_data
+from ember.gateway.remote import RemoteClient, StreamState, broken, finish_reason, read_chunk, sse_data, upstream_role
 from ember.services.embeddings import EmbeddingOutcome
 from ember.services.generation import Generation, TextRequest
 
@@ -63,7 +63,7 @@ def request_body(request: TextRequest, model: str) -> dict[str, Any]:
         "presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
     }
     if request.messages is not None:
-        body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        body["messages"] = [{"role": upstream_role(m.role), "content": m.content} for m in request.messages]
     else:
         body["prompt"] = request.prompt or ""
     if request.max_tokens is not None:
