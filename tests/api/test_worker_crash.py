@@ -30,6 +30,21 @@ def _worker_pid(server_pid: int) -> int:
     return workers[0]
 
 
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie waiting for its parent to reap it: either way it runs no more."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _wait_until_dead(pid: int, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not _exited(pid):
+        assert time.monotonic() < deadline, f"process {pid} still runs"
+        time.sleep(0.02)
+
+
 def test_server_keeps_one_spare_worker_and_stops_it(fresh_home, server_factory) -> None:
     srv = server_factory(fresh_home)
     httpx.post(srv.url("/api/generate"), json={"model": MODEL, "prompt": ""}, timeout=60)
@@ -40,11 +55,7 @@ def test_server_keeps_one_spare_worker_and_stops_it(fresh_home, server_factory) 
     assert len(children) == 2  # the model's worker and the spare for the next load
     srv.stop()
     for pid in children:
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}").exists() else "gone"
-        assert state in ("gone", "Z"), f"worker {pid} outlived the server"
+        _wait_until_dead(pid)  # else: the worker outlived the server
 
 
 def test_worker_killed_mid_stream(fresh_home, server_factory) -> None:
@@ -84,9 +95,12 @@ def test_worker_killed_while_streaming_openai_ends_with_error_event(fresh_home, 
 def test_idle_worker_killed_reloads_on_next_request(fresh_home, server_factory) -> None:
     srv = server_factory(fresh_home)
     httpx.post(srv.url("/api/generate"), json={"model": MODEL, "prompt": ""}, timeout=60)
-    os.kill(_worker_pid(srv.process.pid), signal.SIGKILL)
-    time.sleep(0.5)
+    worker = _worker_pid(srv.process.pid)
+    os.kill(worker, signal.SIGKILL)
+    _wait_until_dead(worker)  # what the server can see: its worker has exited
     reply = httpx.post(srv.url("/api/generate"), timeout=60,
                        json={"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_predict": 3}})
     assert reply.status_code == 200, reply.text
     assert reply.json()["load_duration"] > 0
+    assert srv.log().count("loaded smollm2:135m") == 2  # loaded afresh, in a new worker
+    assert _worker_pid(srv.process.pid) != worker
