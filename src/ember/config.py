@@ -108,6 +108,28 @@ def _default_home() -> Path:
     return Path.home() / ".ember"
 
 
+class _Overridden(PydanticBaseSettingsSource):
+    """A source without the keys a higher one sets.
+
+    pydantic-settings merges tables from different sources key by key; a setting given in the
+    environment must replace the file's whole value instead (EMBER_MODEL_PARALLEL='{}' clears
+    ember.toml's [model_parallel]), as every other setting does.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource,
+                 above: tuple[PydanticBaseSettingsSource, ...]) -> None:
+        super().__init__(settings_cls)
+        self._source = source
+        self._above = above
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._source.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        taken = {key for source in self._above for key in source()}
+        return {key: value for key, value in self._source().items() if key not in taken}
+
+
 class Settings(BaseSettings):
     """Every knob of ember. Each field reads EMBER_<NAME> from the environment."""
 
@@ -183,7 +205,8 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         toml_path = os.environ.get("EMBER_CONFIG")
         if toml_path:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
+            toml = TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path))
+            sources.append(_Overridden(settings_cls, toml, above=(init_settings, env_settings)))
         return tuple(sources)
 
     @property
