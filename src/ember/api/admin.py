@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query
 
 from ember.api.deps import Services, services
 from ember.errors import BadRequest
-from ember.gateway.usage import day_start
+from ember.gateway.usage import day_start, summary
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -31,11 +31,7 @@ async def usage(
 ) -> dict[str, Any]:
     start = _day(since, "since")
     end = _day(until, "until")
-    rows = svc.usage.totals(by, since=start, until=end + 86400 if end is not None else None)
-    total = {"requests": sum(r["requests"] for r in rows), "tokens_in": sum(r["tokens_in"] for r in rows),
-             "tokens_out": sum(r["tokens_out"] for r in rows),
-             "cost": round(sum(r["cost"] for r in rows), 10), "errors": sum(r["errors"] for r in rows)}
-    return {"by": by, "rows": rows, "total": total}
+    return summary(by, svc.usage.totals(by, since=start, until=end + 86400 if end is not None else None))
 
 
 @router.get("/routes")

@@ -11,7 +11,7 @@ from ember.cli.client import EmberClient, ServerUnreachable
 from ember.cli.output import print_table
 from ember.config import Settings
 from ember.gateway.config import load_gateway_config
-from ember.gateway.usage import GROUPS, GroupBy, UsageLog, day_start
+from ember.gateway.usage import GROUPS, GroupBy, UsageLog, day_start, summary
 
 
 def routes(
@@ -83,8 +83,7 @@ def usage(
 def _usage_from_disk(settings: Settings, by: GroupBy, since: str | None, until: str | None) -> dict[str, Any]:
     path = settings.state_dir / "usage.db"
     if not path.exists():
-        return {"by": by, "rows": [], "total": {"requests": 0, "tokens_in": 0, "tokens_out": 0,
-                                                "cost": 0.0, "errors": 0}}
+        return summary(by, [])
     log = UsageLog(path)
     try:
         try:
@@ -95,8 +94,7 @@ def _usage_from_disk(settings: Settings, by: GroupBy, since: str | None, until: 
         rows = log.totals(by, since=start, until=end)
     finally:
         log.close()
-    total = {k: sum(r[k] for r in rows) for k in ("requests", "tokens_in", "tokens_out", "cost", "errors")}
-    return {"by": by, "rows": rows, "total": total}
+    return summary(by, rows)
 
 
 def _number(value: Any) -> str:

@@ -132,6 +132,13 @@ class UsageLog:
             self._db.close()
 
 
+def summary(by: GroupBy, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The answer of /admin/usage and `ember usage --json`: the rows of `totals` and their sum."""
+    total = {key: sum(r[key] for r in rows) for key in ("requests", "tokens_in", "tokens_out", "cost", "errors")}
+    total["cost"] = round(total["cost"], 10)  # as each row's: float sums must not show 0.7000000000000001
+    return {"by": by, "rows": rows, "total": total}
+
+
 def day_start(text: str) -> float:
     """'2026-11-24' -> its midnight UTC as a Unix time."""
     return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
