@@ -15,6 +15,8 @@ import openai
 import pytest
 from tests.conftest import DEFAULT_MODEL, ServerHandle, start_server
 
+pytestmark = pytest.mark.slow  # a server of its own, a dozen generations
+
 MODEL = DEFAULT_MODEL
 GREEDY = {"temperature": 0, "num_predict": 8}
 MESSAGES = [{"role": "user", "content": "Name a colour."}]

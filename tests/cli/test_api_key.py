@@ -26,6 +26,7 @@ def locked(fresh_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         handle.stop()
 
 
+@pytest.mark.slow
 def test_cli_needs_ember_api_key(ember: Ember, locked: ServerHandle) -> None:
     made = ember("keys", "create", "--name", "cli", "--scopes", "chat,models", env=locked.env)
     assert made.returncode == 0, made.stderr
