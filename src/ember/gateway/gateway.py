@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 
 from ember.engine.types import GenerationEvent, LoadOptions
-from ember.errors import EmberError, ModelNotFound, UpstreamError
+from ember.errors import EmberError, InvalidModelName, ModelNotFound, UpstreamError
 from ember.gateway.breaker import CircuitBreaker
 from ember.gateway.config import LOCAL, GatewayConfig, ProviderConfig, RouteConfig
 from ember.gateway.local import LocalProvider
@@ -90,7 +90,8 @@ class Gateway:
 
     def _route_for(self, name: str) -> Route | None:
         """The configured route of that name, or a one-target route for "provider/model" (a
-        remote provider's model asked for by name; built once); None for a local model."""
+        remote provider's model asked for by name; built once); None for a local model
+        ("local/NAME" included: see local_model)."""
         route = self.routes.get(name) or self._direct_routes.get(name)
         if route is not None:
             return route
@@ -102,6 +103,19 @@ class Gateway:
                       breaker=self.config.breaker)
         self._direct_routes[name] = route
         return route
+
+    def local_model(self, name: str) -> str:
+        """The name in this node's store that a name with no route means: "local/NAME" (or the
+        local provider's configured name) is NAME, unless a model is stored under the whole
+        name (a catalog name such as "local/tiny:1b"); any other name is itself."""
+        provider, sep, model = name.partition("/")
+        if not sep or not model or self.providers.get(provider) is not self.local:
+            return name
+        try:
+            self._models.get(name)
+        except (ModelNotFound, InvalidModelName):  # not stored under the whole name
+            return model
+        return name
 
     # -- what clients see ---------------------------------------------------------------------
 
@@ -118,7 +132,7 @@ class Gateway:
             return "route:" + hashlib.sha256(self.routes[name].config.model_dump_json().encode()).hexdigest()
         if self._route_for(name) is not None:
             return "direct:" + name
-        return self._models.get(name).digest
+        return self._models.get(self.local_model(name)).digest
 
     async def complete(self, request: TextRequest) -> tuple[Generation, str, GenerationEvent]:
         """Generate the whole answer (a client that did not ask to stream).
@@ -161,7 +175,7 @@ class Gateway:
                 generation.route = route.name
                 generation.served_by = target.model
             else:
-                generation = await self.local.start(request, request.model)
+                generation = await self.local.start(request, self.local_model(request.model))
         except EmberError as exc:
             self.emit(_record(request, ts, started, route=route, provider=None,
                                status=exc.status_code, error=exc.message))
@@ -251,7 +265,7 @@ class Gateway:
         provider_name = LOCAL
         try:
             if route is None:
-                outcome = await self._embeddings.embed(model, inputs, keep_alive=keep_alive,
+                outcome = await self._embeddings.embed(self.local_model(model), inputs, keep_alive=keep_alive,
                                                        load_options=load_options, dimensions=dimensions)
             else:
                 outcome, provider_name = await self._embed_route(route, inputs, dimensions)

@@ -149,7 +149,7 @@ async def _respond(svc: Services, request: TextRequest, stream: bool, piece: Any
 async def chat(body: ChatRequest, http: Request, svc: Services = Depends(services)) -> Response:
     if not body.messages:
         return JSONResponse(await _load_or_unload(
-            svc, body.model, body, {"message": {"role": "assistant", "content": ""}}))
+            svc, svc.gateway.local_model(body.model), body, {"message": {"role": "assistant", "content": ""}}))
     messages = [ChatMessage(role=m.role, content=m.content) for m in body.messages]
     validate_messages(messages)
     request = TextRequest(
@@ -167,7 +167,7 @@ async def generate(body: GenerateRequest, http: Request, svc: Services = Depends
     if body.suffix:
         raise BadRequest("suffix (fill-in-the-middle) is not supported yet")
     if not body.prompt and not body.system:
-        return JSONResponse(await _load_or_unload(svc, body.model, body, {"response": ""}))
+        return JSONResponse(await _load_or_unload(svc, svc.gateway.local_model(body.model), body, {"response": ""}))
     if body.raw:
         prompt, messages = body.prompt, None
     else:
