@@ -19,6 +19,19 @@ EMBED_CONTEXT = 2048  # inputs past this many tokens are truncated, as Ollama's 
 EMBED_SEQUENCES = 16  # inputs decoded together at most
 
 
+class InputTooLong(ValueError):
+    """An input is longer than the embedding context, and the request asked not to cut it."""
+
+
+def check_lengths(lengths: list[int], n_ctx: int) -> None:
+    """Raise InputTooLong for the first input past n_ctx tokens (truncate=False)."""
+    for i, n in enumerate(lengths):
+        if n > n_ctx:
+            which = "the input" if len(lengths) == 1 else f"input[{i}]"
+            raise InputTooLong(f"{which} is {n} tokens, but the embedding context is {n_ctx} tokens; "
+                               "shorten it, or send truncate: true to cut it to fit")
+
+
 @dataclass
 class _Packed:
     tokens: list[list[int]]
@@ -49,9 +62,12 @@ class Embedder:
         self._memory = llama_cpp.llama_get_memory(ctx)
         self._batch = llama_cpp.llama_batch_init(self._n_ctx, 0, 1)
 
-    def embed(self, texts: list[str]) -> EmbeddingResult:
-        inputs = [tokenize(self._vocab, text, add_special=True, parse_special=False)[:self._n_ctx]
-                  for text in texts]
+    def embed(self, texts: list[str], *, truncate: bool = True) -> EmbeddingResult:
+        """truncate: cut each input to the embedding context; False: raise InputTooLong instead."""
+        tokens = [tokenize(self._vocab, text, add_special=True, parse_special=False) for text in texts]
+        if not truncate:
+            check_lengths([len(t) for t in tokens], self._n_ctx)
+        inputs = [t[:self._n_ctx] for t in tokens]
         vectors: list[list[float]] = [[0.0] * self._n_embd for _ in inputs]
         order = [i for i, tokens in enumerate(inputs) if tokens]  # an empty input has no vector to pool
         for group in self._pack(order, inputs):

@@ -50,6 +50,7 @@ class Cancel:
 class Embed:
     rid: int
     texts: list[str]
+    truncate: bool = True  # False: an input past the embedding context fails the request
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,7 @@ class RequestFailed:
 
     rid: int
     message: str
+    too_long: bool = False  # an input past the embedding context (the client's fault, a 400)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 import llama_cpp
 
+from ember.engine.embedding import InputTooLong, check_lengths
 from ember.engine.text import StopMatcher, Utf8Stream
 from ember.engine.types import (
     EmbeddingResult,
@@ -28,7 +29,7 @@ from ember.engine.types import (
     GenerationStats,
     LoadOptions,
 )
-from ember.errors import ModelLoadFailed
+from ember.errors import ContextLengthExceeded, ModelLoadFailed
 from ember.runtime.formats import kv_bytes_per_token
 
 _EMBED_CTX = 2048  # embedding inputs past this are truncated, as Ollama's truncate=true does
@@ -206,14 +207,20 @@ class LlamaEngine:
             ),
         )
 
-    async def embed(self, texts: list[str]) -> EmbeddingResult:
+    async def embed(self, texts: list[str], *, truncate: bool = True) -> EmbeddingResult:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._embed_thread, self._embed_blocking, texts)
+        try:
+            return await loop.run_in_executor(self._embed_thread, self._embed_blocking, texts, truncate)
+        except InputTooLong as exc:
+            raise ContextLengthExceeded(str(exc), param="input") from exc
 
-    def _embed_blocking(self, texts: list[str]) -> EmbeddingResult:
+    def _embed_blocking(self, texts: list[str], truncate: bool) -> EmbeddingResult:
         if self._embedder is None:
             n_ctx = min(_EMBED_CTX, self._llama._model.n_ctx_train())
             self._embedder = _open_llama(self._path, self._options, embedding=True, n_ctx=n_ctx)
+        if not truncate:  # counted as Llama.embed counts them, before any input is decoded
+            check_lengths([len(self._embedder.tokenize(text.encode("utf-8"))) for text in texts],
+                          self._embedder.n_ctx())
         vectors: list[list[float]] = []
         total = 0
         # One input at a time: the batch size bounds a single input, and mean

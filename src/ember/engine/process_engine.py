@@ -52,7 +52,7 @@ from ember.engine.ipc import (
 )
 from ember.engine.sampling import tokenize
 from ember.engine.types import EmbeddingResult, GenerationEvent, GenerationRequest, LoadOptions
-from ember.errors import BadRequest, EmberError, ModelLoadFailed, ServiceUnavailable
+from ember.errors import BadRequest, ContextLengthExceeded, EmberError, ModelLoadFailed, ServiceUnavailable
 
 STOP_TIMEOUT = 5.0  # seconds a worker gets to exit after Shutdown before it is terminated
 _INLINE_TOKENIZE_CHARS = 2048  # longer texts are tokenized on a thread, off the event loop
@@ -348,11 +348,11 @@ class ProcessEngine:
                 # The consumer closed the stream early: free the slot at the next step.
                 channel.send(Cancel(rid=rid))
 
-    async def embed(self, texts: list[str]) -> EmbeddingResult:
+    async def embed(self, texts: list[str], *, truncate: bool = True) -> EmbeddingResult:
         self._check_open()
         channel = self._channel
         rid, sink = channel.open_request()
-        channel.send(Embed(rid=rid, texts=list(texts)))
+        channel.send(Embed(rid=rid, texts=list(texts), truncate=truncate))
         try:
             item = await sink.queue.get()
         finally:
@@ -360,6 +360,8 @@ class ProcessEngine:
         if isinstance(item, BaseException):
             raise item
         if isinstance(item, RequestFailed):
+            if item.too_long:
+                raise ContextLengthExceeded(item.message, param="input")
             raise EmberError(item.message)
         assert isinstance(item, Embedded)
         return item.result

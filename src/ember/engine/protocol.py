@@ -37,8 +37,9 @@ class Engine(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         """Stream text; closing the generator early (aclose) cancels the generation."""
 
-    async def embed(self, texts: list[str]) -> EmbeddingResult:
-        """One L2-normalised vector per text."""
+    async def embed(self, texts: list[str], *, truncate: bool = True) -> EmbeddingResult:
+        """One L2-normalised vector per text. A text past the embedding context is cut to fit;
+        with truncate=False it raises ContextLengthExceeded instead, before any decoding."""
 
     async def close(self) -> None:
         """Free the model. Safe to call twice."""

@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 import llama_cpp
 
 from ember.engine.batching import BatchConfig, BatchScheduler
-from ember.engine.embedding import Embedder
+from ember.engine.embedding import Embedder, InputTooLong
 from ember.engine.ipc import (
     Cancel,
     Embed,
@@ -233,7 +233,10 @@ class Worker:
         try:
             if self._embedder is None:
                 self._embedder = Embedder(self._model.model, self._model.threads)
-            result = self._embedder.embed(message.texts)
+            result = self._embedder.embed(message.texts, truncate=message.truncate)
+        except InputTooLong as exc:
+            self._conn.send(RequestFailed(rid=message.rid, message=str(exc), too_long=True))
+            return
         except Exception as exc:  # reported to the one request; the worker carries on
             self._conn.send(RequestFailed(rid=message.rid, message=f"embedding failed: {exc}"))
             return

@@ -256,7 +256,7 @@ class Gateway:
 
     async def embed(self, model: str, inputs: list[str], *, context: RequestContext | None = None,
                     keep_alive: float | None = None, load_options: LoadOptions | None = None,
-                    dimensions: int | None = None) -> EmbeddingOutcome:
+                    dimensions: int | None = None, truncate: bool = True) -> EmbeddingOutcome:
         started = time.perf_counter()
         ts = time.time()
         context = context or RequestContext()
@@ -266,9 +266,10 @@ class Gateway:
         try:
             if route is None:
                 outcome = await self._embeddings.embed(self.local_model(model), inputs, keep_alive=keep_alive,
-                                                       load_options=load_options, dimensions=dimensions)
+                                                       load_options=load_options, dimensions=dimensions,
+                                                       truncate=truncate)
             else:
-                outcome, provider_name = await self._embed_route(route, inputs, dimensions)
+                outcome, provider_name = await self._embed_route(route, inputs, dimensions, truncate)
         except EmberError as exc:
             self.emit(_record(request, ts, started, route=route, provider=None,
                                status=exc.status_code, error=exc.message))
@@ -282,14 +283,15 @@ class Gateway:
         self.emit(record)
         return outcome
 
-    async def _embed_route(self, route: Route, inputs: list[str],
-                           dimensions: int | None) -> tuple[EmbeddingOutcome, str]:
+    async def _embed_route(self, route: Route, inputs: list[str], dimensions: int | None,
+                           truncate: bool) -> tuple[EmbeddingOutcome, str]:
         last: EmberError | None = None
         for target in route.targets:
             if not target.breaker.allow():
                 continue
             try:
-                outcome = await target.provider.embed(target.model, inputs, dimensions=dimensions)
+                outcome = await target.provider.embed(target.model, inputs, dimensions=dimensions,
+                                                      truncate=truncate)
             except EmberError as exc:
                 if is_client_error(exc):
                     target.breaker.release()

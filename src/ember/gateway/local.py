@@ -29,8 +29,9 @@ class LocalProvider:
         # Until the first token the gateway may still fail over (a worker that died, say).
         return await peek_first(generation)
 
-    async def embed(self, model: str, inputs: list[str], *, dimensions: int | None = None) -> EmbeddingOutcome:
-        return await self._embeddings.embed(model, inputs, dimensions=dimensions)
+    async def embed(self, model: str, inputs: list[str], *, dimensions: int | None = None,
+                    truncate: bool = True) -> EmbeddingOutcome:
+        return await self._embeddings.embed(model, inputs, dimensions=dimensions, truncate=truncate)
 
     async def aclose(self) -> None:
         return None

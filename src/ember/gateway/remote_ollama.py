@@ -44,11 +44,14 @@ class OllamaProvider:
         return await self._remote.stream(path, request_body(request, model),
                                          partial(parse_stream, self.name), model)
 
-    async def embed(self, model: str, inputs: list[str], *, dimensions: int | None = None) -> EmbeddingOutcome:
+    async def embed(self, model: str, inputs: list[str], *, dimensions: int | None = None,
+                    truncate: bool = True) -> EmbeddingOutcome:
         started = time.perf_counter()
         body: dict[str, Any] = {"model": model, "input": inputs}
         if dimensions is not None:
             body["dimensions"] = dimensions
+        if not truncate:
+            body["truncate"] = False
         answer = await self._remote.post_json("api/embed", body)
         try:
             vectors = [[float(x) for x in row] for row in answer["embeddings"]]

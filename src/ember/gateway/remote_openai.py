@@ -35,7 +35,10 @@ class OpenAIProvider:
         return await self._remote.stream(path, request_body(request, model),
                                          partial(parse_stream, self.name), model)
 
-    async def embed(self, model: str, inputs: list[str], *, dimensions: int | None = None) -> EmbeddingOutcome:
+    async def embed(self, model: str, inputs: list[str], *, dimensions: int | None = None,
+                    truncate: bool = True) -> EmbeddingOutcome:
+        # OpenAI's API has no truncate: its servers refuse an input over the model's limit, as
+        # truncate=False asks; one that cuts inputs (some do) cannot be told not to.
         started = time.perf_counter()
         body: dict[str, Any] = {"model": model, "input": inputs, "encoding_format": "float"}
         if dimensions is not None:

@@ -31,12 +31,15 @@ class EmbeddingService:
         keep_alive: float | None = None,
         load_options: LoadOptions | None = None,
         dimensions: int | None = None,
+        truncate: bool = True,
     ) -> EmbeddingOutcome:
+        """One vector per input; an input past the embedding context is cut to fit, or, with
+        truncate=False, a ContextLengthExceeded (Ollama's /api/embed `truncate`)."""
         started = time.perf_counter()
         if dimensions is not None and dimensions < 1:
             raise BadRequest("dimensions must be a positive integer", param="dimensions")
         async with self._scheduler.lease(model, options=load_options, keep_alive=keep_alive) as lease:
-            result = await lease.runner.engine.embed(inputs) if inputs else None
+            result = await lease.runner.engine.embed(inputs, truncate=truncate) if inputs else None
         vectors = result.vectors if result else []
         if dimensions is not None and vectors:
             if dimensions > len(vectors[0]):

@@ -87,7 +87,7 @@ class GenerateRequest(_Run):
 
 class EmbedRequest(_ModelNamed):
     input: str | list[str] = Field(default_factory=list)
-    truncate: bool = True
+    truncate: bool = True  # cut each input to the embedding context; False: an over-long one is a 400
     options: Options = Field(default_factory=Options)
     keep_alive: KeepAlive = None
     dimensions: int | None = Field(None, ge=1)

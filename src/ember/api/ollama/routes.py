@@ -188,7 +188,8 @@ async def embed(body: EmbedRequest, http: Request, svc: Services = Depends(servi
     inputs = [body.input] if isinstance(body.input, str) else body.input
     outcome = await svc.gateway.embed(body.model, inputs, keep_alive=body.keep_alive,
                                       load_options=_load_options(svc, body.options),
-                                      dimensions=body.dimensions, context=request_context(http))
+                                      dimensions=body.dimensions, truncate=body.truncate,
+                                      context=request_context(http))
     return {"model": outcome.model, "embeddings": outcome.vectors,
             "total_duration": _ns(outcome.total_seconds), "load_duration": _ns(outcome.load_seconds),
             "prompt_eval_count": outcome.prompt_tokens}
