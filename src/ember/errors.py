@@ -62,6 +62,12 @@ class ContextLengthExceeded(BadRequest):
     default_code = "context_length_exceeded"
 
 
+class UnsupportedParameter(BadRequest):
+    """A request field ember knows but cannot honour: refused, never silently ignored."""
+
+    default_code = "unsupported_parameter"
+
+
 class UnsupportedModelFormat(BadRequest):
     """A model file we recognise but cannot serve yet (safetensors, ONNX)."""
 

@@ -1,4 +1,5 @@
-"""Ollama wire models for /api/*. Unknown fields are ignored, as Ollama does."""
+"""Ollama wire models for /api/*. Unknown fields are ignored, as Ollama does; the routes refuse
+known ones ember cannot honour (images, template, context, think) rather than ignore them."""
 
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ class _Run(_ModelNamed):
     options: Options = Field(default_factory=Options)
     keep_alive: KeepAlive = None
     format: Any = None
+    think: bool | str | None = None  # refused when asked for: no model ember serves thinks
+    truncate: bool | None = None  # ember never truncates a prompt (an over-long one is a 400)
 
 
 class Message(_Wire):
@@ -83,6 +86,8 @@ class GenerateRequest(_Run):
     raw: bool = False
     suffix: str | None = None
     template: str | None = None
+    context: list[int] | None = None
+    images: list[str] | None = None
 
 
 class EmbedRequest(_ModelNamed):

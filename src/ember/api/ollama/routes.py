@@ -25,7 +25,7 @@ from ember.api.ollama.protocol import (
 )
 from ember.api.streaming import ndjson_response
 from ember.engine.types import GenerationEvent, LoadOptions, SamplingParams
-from ember.errors import BadRequest
+from ember.errors import ContextLengthExceeded, UnsupportedParameter
 from ember.runtime.chat_template import template_for
 from ember.runtime.scheduler import Runner
 from ember.runtime.store import ModelRecord
@@ -126,8 +126,48 @@ async def _load_or_unload(svc: Services, model: str, body: ChatRequest | Generat
     return {"model": model, "created_at": _now(), **shape, "done": True, "done_reason": reason, **timings}
 
 
-async def _respond(svc: Services, request: TextRequest, stream: bool, piece: Any) -> Response:
+def _refuse_unsupported(body: ChatRequest | GenerateRequest) -> None:
+    """A field that would change the answer but that ember cannot act on is a 400 naming it,
+    never a quiet answer to another question (an empty one is as good as none)."""
+    if body.think not in (None, False):
+        raise UnsupportedParameter(f"'think' is not supported: model '{body.model}' does not support thinking",
+                                   param="think")
+    if isinstance(body, ChatRequest):
+        for i, message in enumerate(body.messages):
+            if message.images:
+                raise _no_images(body.model, f"messages[{i}].images")
+        return
+    if body.images:
+        raise _no_images(body.model, "images")
+    if body.template:
+        raise UnsupportedParameter("'template' is not supported: ember applies the model's own chat template "
+                                   "(Jinja, from the GGUF) and cannot run an Ollama Go template; apply yours "
+                                   "to the prompt and send it with raw: true", param="template")
+    if body.context:
+        raise UnsupportedParameter("'context' is not supported: ember's /api/generate answers carry no context "
+                                   "to send back; keep a conversation as messages on /api/chat", param="context")
+    if body.suffix:
+        raise UnsupportedParameter("'suffix' (fill-in-the-middle) is not supported", param="suffix")
+
+
+def _no_images(model: str, field: str) -> UnsupportedParameter:
+    return UnsupportedParameter(f"'{field}' is not supported: model '{model}' does not support images "
+                                "(ember serves text-only models)", param=field)
+
+
+async def _respond(svc: Services, request: TextRequest, body: ChatRequest | GenerateRequest,
+                   piece: Any) -> Response:
     """piece(text) -> the fields of one chunk; shared by chat and generate."""
+    try:
+        return await _start_response(svc, request, body.stream, piece)
+    except ContextLengthExceeded as exc:
+        if not body.truncate:  # false, or unset: the 400 is what was asked for, or ember's default
+            raise
+        raise ContextLengthExceeded(f"{exc.message} ('truncate': ember does not cut prompts to fit)",
+                                    param="truncate") from exc
+
+
+async def _start_response(svc: Services, request: TextRequest, stream: bool, piece: Any) -> Response:
     if not stream:
         done, text, final = await svc.gateway.complete(request)
         return JSONResponse({"model": done.model, "created_at": _now(), **piece(text),
@@ -147,6 +187,7 @@ async def _respond(svc: Services, request: TextRequest, stream: bool, piece: Any
 
 @router.post("/chat", response_model=None)
 async def chat(body: ChatRequest, http: Request, svc: Services = Depends(services)) -> Response:
+    _refuse_unsupported(body)
     if not body.messages:
         return JSONResponse(await _load_or_unload(
             svc, svc.gateway.local_model(body.model), body, {"message": {"role": "assistant", "content": ""}}))
@@ -158,14 +199,12 @@ async def chat(body: ChatRequest, http: Request, svc: Services = Depends(service
         load_options=_load_options(svc, body.options), keep_alive=body.keep_alive,
         context=request_context(http, has_tools=bool(body.tools)),
     )
-    return await _respond(svc, request, body.stream,
-                          lambda text: {"message": {"role": "assistant", "content": text}})
+    return await _respond(svc, request, body, lambda text: {"message": {"role": "assistant", "content": text}})
 
 
 @router.post("/generate", response_model=None)
 async def generate(body: GenerateRequest, http: Request, svc: Services = Depends(services)) -> Response:
-    if body.suffix:
-        raise BadRequest("suffix (fill-in-the-middle) is not supported yet")
+    _refuse_unsupported(body)
     if not body.prompt and not body.system:
         return JSONResponse(await _load_or_unload(svc, svc.gateway.local_model(body.model), body, {"response": ""}))
     if body.raw:
@@ -180,7 +219,7 @@ async def generate(body: GenerateRequest, http: Request, svc: Services = Depends
         sampling=_sampling(body.options), load_options=_load_options(svc, body.options),
         keep_alive=body.keep_alive, context=request_context(http),
     )
-    return await _respond(svc, request, body.stream, lambda text: {"response": text})
+    return await _respond(svc, request, body, lambda text: {"response": text})
 
 
 @router.post("/embed")

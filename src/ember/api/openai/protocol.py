@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Wire(BaseModel):
-    # Clients send fields we don't use (user, logit_bias, ...): accept and ignore them.
+    # Clients send fields that change nothing here (user, metadata, store, ...): accept and
+    # ignore them. Fields that would change the answer are declared, and refused by the routes.
     model_config = ConfigDict(extra="ignore")
 
 
@@ -46,6 +47,7 @@ class _Sampling(_Wire):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     seed: int | None = None
+    logit_bias: dict[str, float] | None = None  # refused unless empty
 
     @field_validator("stop")
     @classmethod
@@ -66,6 +68,10 @@ class ChatCompletionRequest(_Sampling):
     # Not acted on yet; their presence makes a request "demanding" for the auto strategy.
     tools: list[Any] | None = None
     functions: list[Any] | None = None
+    # Refused when asked for: no model ember serves speaks or reasons.
+    modalities: list[str] | None = None
+    audio: Any = None
+    reasoning_effort: str | None = None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -76,6 +82,7 @@ class CompletionRequest(_Sampling):
     max_tokens: int | None = Field(16, ge=0)  # OpenAI's legacy default
     echo: bool = False
     suffix: str | None = None
+    best_of: int | None = Field(None, ge=1)  # refused past n: ember does not rank candidates
 
 
 class EmbeddingRequest(_Wire):

@@ -21,7 +21,7 @@ from ember.api.openai.protocol import (
 )
 from ember.api.streaming import sse_response
 from ember.engine.types import GenerationStats, SamplingParams
-from ember.errors import BadRequest
+from ember.errors import BadRequest, UnsupportedParameter
 from ember.runtime.store import ModelRecord
 from ember.services.generation import ChatMessage, Generation, TextRequest, validate_messages
 
@@ -73,9 +73,31 @@ async def get_model(model_id: str, svc: Services = Depends(services)) -> dict[st
     return _model_card(svc.models.get(model_id))
 
 
+def _refuse_unsupported(body: _Sampling) -> None:
+    """A field that would change the answer but that ember cannot act on is a 400 naming it
+    (OpenAI's unsupported_parameter), never a quiet answer to another question."""
+    if body.logit_bias:
+        raise UnsupportedParameter("'logit_bias' is not supported", param="logit_bias")
+    if isinstance(body, ChatCompletionRequest):
+        if body.audio is not None or any(m != "text" for m in body.modalities or ()):
+            field = "audio" if body.audio is not None else "modalities"
+            raise UnsupportedParameter(f"'{field}' is not supported: model '{body.model}' answers in text only",
+                                       param=field)
+        if body.reasoning_effort not in (None, "none"):
+            raise UnsupportedParameter(f"'reasoning_effort' is not supported: model '{body.model}' does not "
+                                       "reason", param="reasoning_effort")
+    if isinstance(body, CompletionRequest):
+        if body.suffix:
+            raise UnsupportedParameter("'suffix' (fill-in-the-middle) is not supported", param="suffix")
+        if body.best_of is not None and body.best_of > body.n:
+            raise UnsupportedParameter("'best_of' larger than 'n' is not supported: ember does not rank "
+                                       "candidate answers", param="best_of")
+
+
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, http: Request,
                            svc: Services = Depends(services)) -> Response:
+    _refuse_unsupported(body)
     messages = [ChatMessage(role=m.role, content=m.text()) for m in body.messages]
     validate_messages(messages)
     context = request_context(http, has_tools=bool(body.tools or body.functions))
@@ -86,8 +108,7 @@ async def chat_completions(body: ChatCompletionRequest, http: Request,
 
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, http: Request, svc: Services = Depends(services)) -> Response:
-    if body.suffix:
-        raise BadRequest("suffix (fill-in-the-middle) is not supported", param="suffix")
+    _refuse_unsupported(body)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not prompts:
         raise BadRequest("prompt must not be empty", param="prompt")
