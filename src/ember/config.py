@@ -166,7 +166,8 @@ class Settings(BaseSettings):
     cache: Literal["off", "memory", "sqlite", "redis"] = Field(
         "memory", description="Response cache for deterministic requests (temperature 0 or a seed).")
     cache_ttl: float = Field(3600.0, description="How long a cached response is served (duration).")
-    cache_max_entries: int = Field(1024, ge=1, description="Entries the response cache keeps (least recently used go first; SQLite: oldest stored).")
+    cache_max_entries: int = Field(
+        1024, ge=1, description="Entries the response cache keeps (least recently used go first; SQLite: oldest).")
     max_body_bytes: int = Field(4 * 1024**2, description="Largest request body (bytes or e.g. 4MiB); 413 above.")
     max_messages: int = Field(1024, ge=1, description="Most messages in one chat request; 400 above.")
     max_tokens_limit: int | None = Field(None, ge=1, description="Largest max_tokens a request may ask; 400 above.")
