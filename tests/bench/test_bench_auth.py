@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tests.cli.helpers import assert_one_line_error
 from tests.guard import make_key
 
@@ -22,6 +23,7 @@ def ember_bench(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[
                           text=True, timeout=120, stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.slow  # a server of its own
 def test_bench_sends_ember_api_key(fresh_home: Path, server_factory) -> None:
     key = make_key(fresh_home, "bench", scopes="chat")
     srv = server_factory(fresh_home, EMBER_AUTH="required")

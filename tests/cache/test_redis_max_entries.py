@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import openai
+import pytest
 import redis.asyncio as aioredis
 
 from ember.cache.entry import CachedAnswer
@@ -63,6 +64,7 @@ async def test_replicas_writing_at_once_never_leave_more_than_the_limit(redis_se
         await store.aclose()
 
 
+@pytest.mark.slow  # a server of its own
 def test_the_server_honours_the_limit(fresh_home, server_factory, redis_server) -> None:
     # A database of its own: a limit of 2 must not evict other tests' entries.
     url = redis_server.url.rsplit("/", 1)[0] + "/3"
