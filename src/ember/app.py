@@ -25,6 +25,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from ember.api.metrics import router as metrics_router
     from ember.api.ollama.routes import router as ollama_router
     from ember.api.openai.routes import router as openai_router
+    from ember.api.protocols import ProtocolMiddleware, error_body_for, protocol_name
     from ember.cache import build_cache
     from ember.gateway import Gateway, UsageLog, load_gateway_config
     from ember.guard import GuardMiddleware, build_guard
@@ -86,7 +87,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         **_without_native_telemetry(),
     )
     app.add_middleware(JsonBodyMiddleware)
-    app.add_middleware(GuardMiddleware)  # added last: runs first
+    app.add_middleware(GuardMiddleware, error_body=error_body_for, protocol_name=protocol_name)
+    app.add_middleware(ProtocolMiddleware)  # added last: runs first, so everything after knows the protocol
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(ollama_router)

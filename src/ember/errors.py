@@ -1,12 +1,11 @@
 """One exception hierarchy for everything ember reports to a client.
 
-Each error knows its HTTP status and renders itself in either wire format, so
-routes never build error bodies by hand.
+Each error says what went wrong (message, the offending parameter, a machine-readable code)
+and the HTTP status it answers with; how a protocol spells it is the API layer's business
+(api/<protocol>/render.py).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 
 def retry_after_seconds(seconds: float) -> int:
@@ -18,7 +17,6 @@ class EmberError(Exception):
     """Base class: a failure with a message meant for the caller."""
 
     status_code: int = 500
-    openai_type: str = "server_error"
     default_code: str | None = None
 
     def __init__(
@@ -35,23 +33,9 @@ class EmberError(Exception):
         self.code = code or self.default_code
         self.headers = headers or {}
 
-    def to_openai(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.openai_type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-
-    def to_ollama(self) -> dict[str, Any]:
-        return {"error": self.message}
-
 
 class BadRequest(EmberError):
     status_code = 400
-    openai_type = "invalid_request_error"
 
 
 class InvalidModelName(BadRequest):
@@ -80,7 +64,6 @@ class NotAModelFile(BadRequest):
 
 class NotFound(EmberError):
     status_code = 404
-    openai_type = "invalid_request_error"
     default_code = "not_found"
 
 
@@ -103,7 +86,6 @@ class UnknownCatalogName(NotFound):
 
 class Conflict(EmberError):
     status_code = 409
-    openai_type = "invalid_request_error"
     default_code = "conflict"
 
 
@@ -111,13 +93,11 @@ class PullFailed(EmberError):
     """The source of a pull could not be read (network, checksum, package)."""
 
     status_code = 502
-    openai_type = "server_error"
     default_code = "pull_failed"
 
 
 class ServiceUnavailable(EmberError):
     status_code = 503
-    openai_type = "server_error"
     default_code = "service_unavailable"
 
     def __init__(self, message: str, *, retry_after: int | None = None, code: str | None = None) -> None:
@@ -135,7 +115,6 @@ class Unauthorized(EmberError):
     """No key, or a key that is wrong, expired or revoked: 401 (never says which)."""
 
     status_code = 401
-    openai_type = "invalid_request_error"
     default_code = "invalid_api_key"
 
 
@@ -143,13 +122,11 @@ class Forbidden(EmberError):
     """A valid key without the scope this endpoint needs: 403."""
 
     status_code = 403
-    openai_type = "invalid_request_error"
     default_code = "insufficient_scope"
 
 
 class PayloadTooLarge(EmberError):
     status_code = 413
-    openai_type = "invalid_request_error"
     default_code = "request_too_large"
 
 
@@ -157,7 +134,6 @@ class RateLimited(EmberError):
     """429 with Retry-After: a rate limit (code rate_limit_exceeded) or a spent budget (insufficient_quota)."""
 
     status_code = 429
-    openai_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
 
     def __init__(self, message: str, *, retry_after: float | None = None, code: str | None = None,
@@ -177,7 +153,6 @@ class UpstreamError(EmberError):
     """
 
     status_code = 502
-    openai_type = "server_error"
     default_code = "upstream_error"
 
     def __init__(self, message: str, *, upstream_status: int | None = None,
@@ -185,7 +160,6 @@ class UpstreamError(EmberError):
         headers = {}
         if upstream_status == 429:
             self.status_code = 429
-            self.openai_type = "rate_limit_error"
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after_seconds(retry_after))
         super().__init__(message, code=code, headers=headers)

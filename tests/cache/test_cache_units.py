@@ -21,9 +21,19 @@ from ember.cache.memory import MemoryBackend
 from ember.cache.redis import RedisBackend
 from ember.cache.sqlite import SQLiteBackend
 from ember.config import Settings
-from ember.engine.types import GenerationEvent, GenerationStats, LoadOptions, SamplingParams
+from ember.engine.types import GenerationStats, LoadOptions, SamplingParams, TokenLogprob
 from ember.errors import UpstreamError
-from ember.services.generation import ChatMessage, Generation, RequestContext, TextRequest
+from ember.services.generation import Generation
+from ember.services.types import (
+    ChatMessage,
+    GenerationEvent,
+    LogprobOptions,
+    RequestContext,
+    ResponseFormat,
+    TextRequest,
+    Tool,
+    ToolCallDelta,
+)
 
 GREEDY = SamplingParams(temperature=0.0)
 DIGEST = "sha256:abc"
@@ -67,7 +77,18 @@ def test_only_deterministic_requests_are_cacheable() -> None:
     seeded = key(chat(sampling=SamplingParams(temperature=0.8, seed=1)))
     assert seeded is not None
     assert seeded != key(chat(sampling=SamplingParams(temperature=0.8, seed=2)))
-    assert not cacheable(chat(context=RequestContext(has_tools=True)))
+    # What an entry does not keep (tool calls, logprobs) is never cached.
+    assert not cacheable(chat(tools=(Tool(name="lookup"),)))
+    assert not cacheable(chat(logprobs=LogprobOptions(top=2)))
+
+
+def test_the_response_format_is_part_of_the_key() -> None:
+    plain = key(chat())
+    json_mode = key(chat(response_format=ResponseFormat(type="json_object")))
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    schema_a = key(chat(response_format=ResponseFormat(type="json_schema", schema=schema)))
+    schema_b = key(chat(response_format=ResponseFormat(type="json_schema", schema={**schema, "required": ["a"]})))
+    assert len({plain, json_mode, schema_a, schema_b}) == 4
 
 
 def test_digest_is_asked_only_when_cacheable() -> None:
@@ -144,13 +165,13 @@ async def test_a_recorded_answer_replays_the_same() -> None:
     request = chat()
     k = key(request)
     assert k is not None and await cache.get(k, request) is None
-    text, final = await cache.record(k, live(ANSWER)).collect()
+    answer = await cache.record(k, live(ANSWER)).collect()
     hit = await cache.get(k, request)
     assert hit is not None
     events = [event async for event in hit]
     assert [e.text for e in events if not e.done] == ["Hel", "lo", "!"]  # pieces stay separate events
-    assert "".join(e.text for e in events) == text == "Hello!"
-    assert events[-1].done and events[-1].finish_reason == final.finish_reason == "length"
+    assert "".join(e.text for e in events) == answer.text == "Hello!"
+    assert events[-1].done and events[-1].finish_reason == answer.finish_reason == "length"
     assert events[-1].stats == STATS
     replayed = (hit.model, hit.provider, hit.attempts, hit.load_seconds, hit.prompt_tokens)
     assert replayed == ("m:1", "local", 0, 0.0, 7)
@@ -170,6 +191,13 @@ async def test_failed_cancelled_or_abandoned_streams_store_nothing() -> None:
     async for _ in abandoned:
         break  # the client went away after the first piece
     await abandoned.aclose()
+    # An answer with a tool call or logprobs is served but not stored.
+    call = [GenerationEvent(tool_calls=(ToolCallDelta(index=0, id="c", name="f", arguments="{}"),)),
+            GenerationEvent(done=True, finish_reason="tool_calls", stats=STATS)]
+    assert (await cache.record(k, live(call)).collect()).tool_calls[0].name == "f"
+    scored = [GenerationEvent("a", logprobs=(TokenLogprob(token="a", logprob=-0.1, bytes=(97,)),)),
+              GenerationEvent(done=True, finish_reason="stop", stats=STATS)]
+    await cache.record(k, live(scored)).collect()
     assert await cache.get(k, request) is None
     assert cache.stats.stores == 0
 
@@ -181,8 +209,8 @@ async def test_an_answer_over_the_entry_cap_is_served_but_not_stored() -> None:
     assert k is not None
     big = [GenerationEvent("x" * 40), GenerationEvent("y" * 40),
            GenerationEvent("", done=True, finish_reason="stop", stats=STATS)]
-    text, _ = await cache.record(k, live(big)).collect()
-    assert len(text) == 80
+    answer = await cache.record(k, live(big)).collect()
+    assert len(answer.text) == 80
     assert await cache.get(k, request) is None
     # Under the character cap, but over in bytes once encoded: skipped at encode time.
     wide = [GenerationEvent("é" * 30), GenerationEvent("", done=True, finish_reason="stop", stats=STATS)]

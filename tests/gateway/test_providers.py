@@ -321,7 +321,7 @@ def _provider(kind: str, base_url: str, **fields: Any) -> Any:
 
 
 def _request(max_tokens: int = 4) -> Any:
-    from ember.services.generation import ChatMessage, TextRequest
+    from ember.services.types import ChatMessage, TextRequest
 
     return TextRequest(model="m", messages=[ChatMessage("user", "hello there")], max_tokens=max_tokens)
 
@@ -372,9 +372,9 @@ async def test_aclose_mid_stream_closes_and_a_full_stream_reuses_the_connection(
 
         fake.control(mode="ok")
         for _ in range(3):
-            text, final = await (await provider.start(_request(max_tokens=3), "m")).collect()
-            assert text == "tok0 tok1 tok2 " and final.finish_reason == "length"
-            assert final.stats is not None and (final.stats.prompt_tokens, final.stats.completion_tokens) == (2, 3)
+            answer = await (await provider.start(_request(max_tokens=3), "m")).collect()
+            assert answer.text == "tok0 tok1 tok2 " and answer.finish_reason == "length"
+            assert (answer.stats.prompt_tokens, answer.stats.completion_tokens) == (2, 3)
         # The three complete streams went back to the pool: one connection served them all.
         (client,) = provider._remote.pool.clients
         assert len(client._transport._pool.connections) == 1

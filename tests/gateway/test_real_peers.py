@@ -241,7 +241,7 @@ def test_a_developer_message_reaches_llama_cpp_server_as_a_system_message(
 
     # The Ollama kind sends it the same way (Ollama's templates know "system", not "developer").
     from ember.gateway.remote_ollama import request_body
-    from ember.services.generation import ChatMessage, TextRequest
+    from ember.services.types import ChatMessage, TextRequest
 
     body = request_body(TextRequest(model="m", messages=[ChatMessage("developer", "be brief")]), "m")
     assert body["messages"] == [{"role": "system", "content": "be brief"}]

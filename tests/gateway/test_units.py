@@ -17,7 +17,7 @@ from ember.gateway.strategies import STRATEGIES
 from ember.gateway.strategies.auto import is_demanding
 from ember.gateway.strategies.weighted import weighted
 from ember.gateway.target import Target
-from ember.services.generation import ChatMessage, RequestContext, TextRequest
+from ember.services.types import ChatMessage, RequestContext, TextRequest, Tool
 
 GOOD = """
 log_level = "info"
@@ -151,8 +151,9 @@ def targets(*specs: tuple[str, float, float]) -> list[Target]:
     return out
 
 
-def request(text: str = "hi", max_tokens: int | None = 16, **context: object) -> TextRequest:
+def request(text: str = "hi", max_tokens: int | None = 16, *, tools: bool = False, **context: object) -> TextRequest:
     return TextRequest(model="r", messages=[ChatMessage("user", text)], max_tokens=max_tokens,
+                       tools=(Tool(name="lookup"),) if tools else (),
                        context=RequestContext(**context))  # type: ignore[arg-type]
 
 
@@ -203,7 +204,7 @@ def test_auto_sends_short_requests_to_small_and_demanding_ones_to_strong() -> No
     assert labels(order(ts, config, request("x" * 101, 16))) == ["cloud/big", "local/small"]
     assert labels(order(ts, config, request("hello", 65))) == ["cloud/big", "local/small"]
     assert labels(order(ts, config, request("hello", None))) == ["cloud/big", "local/small"]
-    assert labels(order(ts, config, request("hello", 16, has_tools=True))) == ["cloud/big", "local/small"]
+    assert labels(order(ts, config, request("hello", 16, tools=True))) == ["cloud/big", "local/small"]
     assert labels(order(ts, config, request("hello", 16, priority="HIGH"))) == ["cloud/big", "local/small"]
     assert config.auto is not None and not is_demanding(config.auto, request("hello", 16, priority="low"))
 

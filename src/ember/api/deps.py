@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
+from ember.api.protocols import protocol_name
 from ember.config import Settings
 from ember.runtime.scheduler import Scheduler
-from ember.services.generation import RequestContext
 from ember.services.models import ModelService
+from ember.services.types import RequestContext
 
 if TYPE_CHECKING:
     from ember.cache import ResponseCache
@@ -38,16 +39,15 @@ async def services(request: Request) -> Services:
     return request.app.state.services
 
 
-def request_context(request: Request, *, has_tools: bool = False) -> RequestContext:
+def request_context(request: Request) -> RequestContext:
     """What the layers below need to know about the caller, from the HTTP request."""
     path: str = request.scope["path"]  # not request.url: building it costs ~50 µs
     principal: Any = getattr(request.state, "principal", None)
     cache_control = request.headers.get("cache-control", "").lower()
     return RequestContext(
-        protocol="openai" if path.startswith("/v1") else "ollama",
+        protocol=protocol_name(request.scope),
         endpoint=path,
         key_name=getattr(principal, "name", None),
         priority=request.headers.get("x-ember-priority"),
-        has_tools=has_tools,
         no_cache="no-cache" in cache_control or "no-store" in cache_control,
     )

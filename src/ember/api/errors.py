@@ -10,18 +10,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ember.api.protocols import error_body_for
 from ember.errors import BadRequest, EmberError, NotFound
 
 log = logging.getLogger("ember.api")
 
 
-def _speaks_openai(request: Request) -> bool:
-    return request.url.path.startswith("/v1")
-
-
 def render_error(request: Request, error: EmberError) -> JSONResponse:
-    body = error.to_openai() if _speaks_openai(request) else error.to_ollama()
-    return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+    """The error in the format of the protocol the request speaks (chosen once, api/protocols.py)."""
+    return JSONResponse(error_body_for(request.scope, error), status_code=error.status_code, headers=error.headers)
 
 
 def _describe_validation(errors: list[Any]) -> tuple[str, str | None]:
@@ -56,7 +53,6 @@ def install_error_handlers(app: FastAPI) -> None:
         else:
             error = EmberError(str(exc.detail))
             error.status_code = exc.status_code
-            error.openai_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return render_error(request, error)
 
     @app.exception_handler(Exception)

@@ -1,50 +1,34 @@
-"""Response bodies for streams: Server-Sent Events (OpenAI) and NDJSON (Ollama)."""
+"""Streamed response bodies in the request's protocol: its framing, its in-band errors, its end."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi.responses import StreamingResponse
 
+from ember.api.protocols import WireProtocol
 from ember.errors import EmberError
 
 log = logging.getLogger("ember.api")
 
 
-def dumps(payload: Any) -> str:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-
-
-def sse_response(events: AsyncIterator[dict[str, Any]],
-                 headers: dict[str, str] | None = None) -> StreamingResponse:
+def stream_response(
+    protocol: WireProtocol, events: AsyncIterator[dict[str, Any]], headers: dict[str, str] | None = None
+) -> StreamingResponse:
     async def body() -> AsyncIterator[str]:
         try:
             async for event in events:
-                yield f"data: {dumps(event)}\n\n"
+                yield protocol.frame(event)
         except EmberError as exc:
-            yield f"data: {dumps(exc.to_openai())}\n\n"
+            yield protocol.stream_error(exc)
         except Exception:  # the stream has begun: the status is sent, so report in-band
             log.exception("stream failed")
-            yield f"data: {dumps(EmberError('internal error while streaming').to_openai())}\n\n"
-        yield "data: [DONE]\n\n"
+            yield protocol.stream_error(EmberError("internal error while streaming"))
+        if protocol.stream_end:
+            yield protocol.stream_end
 
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
-
-
-def ndjson_response(events: AsyncIterator[dict[str, Any]],
-                    headers: dict[str, str] | None = None) -> StreamingResponse:
-    async def body() -> AsyncIterator[str]:
-        try:
-            async for event in events:
-                yield dumps(event) + "\n"
-        except EmberError as exc:
-            yield dumps(exc.to_ollama()) + "\n"
-        except Exception:
-            log.exception("stream failed")
-            yield dumps({"error": "internal error while streaming"}) + "\n"
-
-    return StreamingResponse(body(), media_type="application/x-ndjson", headers=headers)
+    if protocol.media_type == "text/event-stream":
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})}
+    return StreamingResponse(body(), media_type=protocol.media_type, headers=headers)

@@ -19,7 +19,8 @@ from ember.cache.keys import cache_key
 from ember.cache.replay import recording, replay
 from ember.config import Settings
 from ember.errors import ConfigError
-from ember.services.generation import Generation, TextRequest
+from ember.services.generation import Generation
+from ember.services.types import TextRequest
 
 __all__ = ["CacheStats", "CachedAnswer", "ResponseCache", "build_cache"]
 

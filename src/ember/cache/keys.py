@@ -16,7 +16,7 @@ from dataclasses import fields
 from typing import Any
 
 from ember.engine.types import SamplingParams
-from ember.services.generation import TextRequest
+from ember.services.types import TextRequest
 
 # Bump when the normalized shape or the stored value changes: old entries stop matching.
 KEY_VERSION = 1
@@ -31,10 +31,9 @@ def is_deterministic(sampling: SamplingParams) -> bool:
 
 
 def cacheable(request: TextRequest) -> bool:
-    ctx = request.context
-    # Tools are not part of TextRequest's text, so two requests with different tools would
-    # look alike here: never cache them rather than risk a wrong answer.
-    return not ctx.no_cache and not ctx.has_tools and is_deterministic(request.sampling)
+    # Answers with tool calls or logprobs are not what an entry keeps (entry.py): not cached.
+    return (not request.context.no_cache and not request.has_tools and request.logprobs is None
+            and is_deterministic(request.sampling))
 
 
 def normalized(request: TextRequest, digest: str, *, default_num_ctx: int) -> dict[str, Any]:
@@ -58,6 +57,8 @@ def normalized(request: TextRequest, digest: str, *, default_num_ctx: int) -> di
         "stop": sorted(set(request.stop)),
         "sampling": sampling,
     }
+    if request.response_format.type != "text":
+        shape["format"] = [request.response_format.type, request.response_format.schema]
     if request.messages is not None:
         # "developer" is rendered as "system" by the chat template: the same prompt.
         shape["messages"] = [["system" if m.role == "developer" else m.role, m.content]

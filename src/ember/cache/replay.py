@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 
 from ember.cache.entry import CachedAnswer
-from ember.engine.types import GenerationEvent
 from ember.services.generation import Generation
-
-# Only answers that ended on their own are worth replaying; "cancelled" is a cut-off answer.
-_STORABLE = frozenset({"stop", "length"})
+from ember.services.types import GenerationEvent
 
 Store = Callable[[CachedAnswer], Awaitable[None]]
 
@@ -39,31 +36,31 @@ def recording(generation: Generation, store: Store, *, max_chars: int) -> Genera
     """Wrap the generation's events so a whole, normal answer is handed to `store`.
 
     The store runs when the done event arrives, before it is passed on, so the answer is
-    stored by the time the client has it. A stream that errors, is cancelled, or grows past
-    max_chars stores nothing.
+    stored by the time the client has it. A stream that errors, is cancelled, grows past
+    max_chars, or carries what an entry does not keep (tool calls, logprobs) stores nothing.
     """
-    inner = generation._events
 
-    async def events() -> AsyncGenerator[GenerationEvent, None]:
+    async def record(inner: AsyncIterator[GenerationEvent]) -> AsyncGenerator[GenerationEvent, None]:
         pieces: list[str] = []
         size = 0
-        too_big = False
+        storable = True
         async for event in inner:
-            if event.text and not too_big:
+            if event.tool_calls or event.logprobs:
+                storable = False
+            if event.text and storable:
                 size += len(event.text)
                 if size > max_chars:  # a char is at least a byte: over in chars is over in bytes
-                    too_big = True
+                    storable = False
                     pieces.clear()
                 else:
                     pieces.append(event.text)
-            if event.done and not too_big and event.finish_reason in _STORABLE and event.stats:
+            # Only answers that ended on their own are worth replaying: "cancelled" is cut off.
+            if (event.done and storable and event.stats
+                    and (event.finish_reason == "stop" or event.finish_reason == "length")):
                 await store(CachedAnswer(model=generation.model, provider=generation.provider,
                                          pieces=tuple(pieces), finish_reason=event.finish_reason,
                                          stats=event.stats, served_by=generation.served_by))
             yield event
 
-    wrapped = events()
-    generation._events = wrapped
-    # Closing the generation closes this wrapper first (LIFO), then the stream it wraps.
-    generation._resources.push_async_callback(wrapped.aclose)
+    generation.wrap(record)
     return generation

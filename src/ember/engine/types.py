@@ -54,6 +54,24 @@ class GenerationStats:
 
 
 @dataclass(frozen=True)
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One sampled token: its text, log probability (<= 0), UTF-8 bytes and the likeliest
+    alternatives, most likely first."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
 class GenerationEvent:
     """A piece of generated text; the last event has done=True, a finish reason and stats."""
 
@@ -61,6 +79,7 @@ class GenerationEvent:
     done: bool = False
     finish_reason: FinishReason | None = None
     stats: GenerationStats | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token in `text`, when they were asked for
 
 
 @dataclass(frozen=True)

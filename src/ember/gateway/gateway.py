@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Protocol
 
-from ember.engine.types import GenerationEvent, LoadOptions
+from ember.engine.types import LoadOptions
 from ember.errors import EmberError, InvalidModelName, ModelNotFound, UpstreamError
 from ember.gateway.breaker import CircuitBreaker
 from ember.gateway.config import LOCAL, GatewayConfig, ProviderConfig, RouteConfig
@@ -23,8 +23,9 @@ from ember.gateway.router import Route, Router, is_client_error
 from ember.gateway.target import Target
 from ember.gateway.usage import UsageRecord
 from ember.services.embeddings import EmbeddingOutcome, EmbeddingService
-from ember.services.generation import Generation, GenerationService, RequestContext, TextRequest
+from ember.services.generation import Generation, GenerationService
 from ember.services.models import ModelService
+from ember.services.types import Answer, GenerationEvent, RequestContext, TextRequest
 
 log = logging.getLogger("ember.gateway")
 
@@ -134,7 +135,7 @@ class Gateway:
             return "direct:" + name
         return self._models.get(self.local_model(name)).digest
 
-    async def complete(self, request: TextRequest) -> tuple[Generation, str, GenerationEvent]:
+    async def complete(self, request: TextRequest) -> tuple[Generation, Answer]:
         """Generate the whole answer (a client that did not ask to stream).
 
         Nothing has reached the client until the answer is whole, so a target that breaks
@@ -144,7 +145,7 @@ class Gateway:
         while True:
             generation = await self.start(request, exclude=frozenset(failed))
             try:
-                text, final = await generation.collect()
+                answer = await generation.collect()
             except UpstreamError as exc:
                 route = self._route_for(request.model)
                 label = f"{generation.provider}/{generation.served_by}" if generation.served_by else None
@@ -153,7 +154,7 @@ class Gateway:
                 failed.add(label)
                 log.warning("target %s broke mid-answer (%s); trying the route's next target", label, exc.message)
                 continue
-            return generation, text, final
+            return generation, answer
 
     async def start(self, request: TextRequest, *, exclude: frozenset[str] = frozenset()) -> Generation:
         started = time.perf_counter()
@@ -187,17 +188,16 @@ class Gateway:
 
     def _observed(self, generation: Generation, request: TextRequest, route: Route | None,
                   target: Target | None, started: float, ts: float) -> Generation:
-        """Wrap the events so the end of the stream, however it ends, writes the usage record."""
-        inner = generation._events
+        """The outermost layer: the end of the stream, however it ends, writes the usage record."""
 
-        async def events() -> AsyncGenerator[GenerationEvent, None]:
+        async def observe(inner: AsyncIterator[GenerationEvent]) -> AsyncGenerator[GenerationEvent, None]:
             first_at: float | None = None
             final: GenerationEvent | None = None
             status: int = 499  # unless the stream ends otherwise
             error: str | None = "the client went away"
             try:
                 async for event in inner:
-                    if first_at is None and (event.text or event.done):
+                    if first_at is None:
                         first_at = time.perf_counter()
                     if event.done:
                         final = event
@@ -209,9 +209,7 @@ class Gateway:
             finally:
                 self._finish(generation, request, route, target, started, ts, first_at, final, status, error)
 
-        wrapped = events()
-        generation._events = wrapped
-        generation._resources.push_async_callback(wrapped.aclose)
+        generation.wrap(observe)
         return generation
 
     def _finish(self, generation: Generation, request: TextRequest, route: Route | None,

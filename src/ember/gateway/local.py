@@ -7,7 +7,8 @@ from dataclasses import replace
 from ember.gateway.config import ProviderConfig
 from ember.gateway.provider import peek_first
 from ember.services.embeddings import EmbeddingOutcome, EmbeddingService
-from ember.services.generation import Generation, GenerationService, TextRequest
+from ember.services.generation import Generation, GenerationService
+from ember.services.types import TextRequest
 
 
 class LocalProvider:

@@ -8,13 +8,12 @@ that the Generation streams, and a failure mid-stream ends the stream with an er
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Protocol
 
-from ember.engine.types import GenerationEvent
 from ember.gateway.config import ProviderConfig
 from ember.services.embeddings import EmbeddingOutcome
-from ember.services.generation import Generation, TextRequest
+from ember.services.generation import Generation
+from ember.services.types import TextRequest
 
 
 class Provider(Protocol):
@@ -36,23 +35,7 @@ class Provider(Protocol):
 
 
 async def peek_first(generation: Generation) -> Generation:
-    """Wait for the first event, so a failure before the first token is raised here.
-
-    The event is put back in front of the stream. On failure the generation is closed.
-    """
-    events = generation._events.__aiter__()
-    try:
-        first = await events.__anext__()
-    except StopAsyncIteration:
-        return generation
-    except BaseException:
-        await generation.aclose()
-        raise
-
-    async def chained() -> AsyncIterator[GenerationEvent]:
-        yield first
-        async for event in events:
-            yield event
-
-    generation._events = chained()
+    """Wait for the first event, so a failure before the first token is raised here (and the
+    generation closed); the event stays at the front of the stream."""
+    await generation.prefetch()
     return generation

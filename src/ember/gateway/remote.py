@@ -24,12 +24,12 @@ from typing import Any
 
 import httpx
 
-from ember.engine.types import FinishReason, GenerationEvent
 from ember.errors import UpstreamError, UpstreamTimeout
 from ember.gateway.config import ProviderConfig
 from ember.services.generation import Generation
+from ember.services.types import FinishReason, GenerationEvent
 
-_CLIENT_ERRORS = {400: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error"}
+_CLIENT_ERRORS = frozenset({400, 413, 422})
 _MAX_MESSAGE = 500  # characters of an upstream's error body we pass on
 
 
@@ -126,7 +126,6 @@ def status_error(provider: str, response: httpx.Response) -> UpstreamError:
     if status in _CLIENT_ERRORS:
         # The request itself is wrong (the router answers at once): say so with its own status.
         error.status_code = status
-        error.openai_type = _CLIENT_ERRORS[status]
     return error
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from ember.engine.types import GenerationEvent, GenerationStats
+from ember.engine.types import GenerationStats
 from ember.gateway.config import ProviderConfig
 from ember.gateway.remote import (
     RemoteClient,
@@ -25,7 +25,8 @@ from ember.gateway.remote import (
     upstream_role,
 )
 from ember.services.embeddings import EmbeddingOutcome, shorten
-from ember.services.generation import Generation, TextRequest
+from ember.services.generation import Generation
+from ember.services.types import GenerationEvent, TextRequest
 
 _NS = 1e9  # Ollama reports durations in nanoseconds
 

@@ -13,11 +13,12 @@ from typing import Any
 
 import httpx
 
-from ember.engine.types import GenerationEvent, GenerationStats
+from ember.engine.types import GenerationStats
 from ember.gateway.config import ProviderConfig
 from ember.gateway.remote import RemoteClient, StreamState, broken, finish_reason, read_chunk, sse_data, upstream_role
 from ember.services.embeddings import EmbeddingOutcome
-from ember.services.generation import Generation, TextRequest
+from ember.services.generation import Generation
+from ember.services.types import GenerationEvent, TextRequest
 
 
 class OpenAIProvider:

@@ -25,7 +25,8 @@ from ember.errors import (
 from ember.gateway.config import BreakerConfig, RetryConfig, RouteConfig
 from ember.gateway.strategies import STRATEGIES
 from ember.gateway.target import Target
-from ember.services.generation import Generation, TextRequest
+from ember.services.generation import Generation
+from ember.services.types import TextRequest
 
 log = logging.getLogger("ember.gateway")
 

@@ -93,7 +93,7 @@ class Guard:
         self.memory.record(key, tokens, record.cost)
 
     def reject(self, scope: Any, error: EmberError, key: KeyRecord | None, body: bytes | None,
-               started: float, reason: str | None) -> None:
+               started: float, reason: str | None, *, protocol: str) -> None:
         """Count a refused request in telemetry and report it as a usage record."""
         if reason is None:
             reason = {Unauthorized: "auth", Forbidden: "scope", PayloadTooLarge: "size",
@@ -110,7 +110,7 @@ class Guard:
             return
         path = scope["path"]
         gateway.emit(UsageRecord(
-            ts=time.time(), endpoint=path, protocol="openai" if path.startswith("/v1") else "ollama",
+            ts=time.time(), endpoint=path, protocol=protocol,
             model=_model_of(body), provider="", key=key.name if key else None,
             latency_ms=(time.perf_counter() - started) * 1000, status=error.status_code,
             error=f"{reason}: {error.message}"))

@@ -2,7 +2,8 @@
 
 Pure ASGI (not BaseHTTPMiddleware) so streaming responses pass through untouched and the cost per
 request stays a few microseconds. It runs before the JSON-body middleware and the routes, so a
-rejection never reaches a route; it renders errors itself, in the protocol's format.
+rejection never reaches a route; it sends errors itself, in the body the API layer renders for the
+request's protocol (passed in as `error_body`).
 """
 
 from __future__ import annotations
@@ -153,8 +154,13 @@ def replay(body: bytes, receive: Receive) -> Receive:
     return again
 
 
-async def send_error(send: Send, path: str, error: EmberError, extra: dict[str, str] | None = None) -> None:
-    body = json.dumps(error.to_openai() if path.startswith("/v1") else error.to_ollama()).encode()
+# The API layer's renderer: an error as the body the request's protocol answers with.
+ErrorBody = Callable[[Scope, EmberError], dict[str, Any]]
+
+
+async def send_error(send: Send, body_of: dict[str, Any], error: EmberError,
+                     extra: dict[str, str] | None = None) -> None:
+    body = json.dumps(body_of).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in {**(extra or {}), **error.headers}.items()]
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
@@ -174,8 +180,10 @@ def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
 class GuardMiddleware:
     """Authenticate, authorise, cap and limit; sets scope["state"]["principal"]."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, error_body: ErrorBody, protocol_name: Callable[[Scope], str]) -> None:
         self.app = app
+        self._error_body = error_body
+        self._protocol_name = protocol_name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services = getattr(getattr(scope.get("app"), "state", None), "services", None) \
@@ -207,10 +215,10 @@ class GuardMiddleware:
                 receive = replay(body, receive)
         except EmberError as exc:
             refusal = admission.reason if admission is not None and not admission.ok else None
-            guard.reject(scope, exc, key, body, started, refusal)
+            guard.reject(scope, exc, key, body, started, refusal, protocol=self._protocol_name(scope))
             if admission is not None and admission.ok and key is not None:
                 guard.release(key, admission)  # admitted, then refused for its body
-            await send_error(send, path, exc, admission.headers if admission else None)
+            await send_error(send, self._error_body(scope, exc), exc, admission.headers if admission else None)
             return
         if key is not None:
             scope.setdefault("state", {})["principal"] = Principal(key.name, key.scopes, key)

@@ -8,55 +8,33 @@ the API layer can still answer with a proper error status.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from ember.engine.types import GenerationEvent, GenerationRequest, LoadOptions, SamplingParams
-from ember.errors import BadRequest, ContextLengthExceeded
+from ember.engine import types as engine_types
+from ember.errors import BadRequest, ContextLengthExceeded, UnsupportedParameter
 from ember.runtime.chat_template import render_chat, template_for
 from ember.runtime.scheduler import Lease, Scheduler
-
-CHAT_ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: str
-    content: str
-
-
-@dataclass(frozen=True)
-class RequestContext:
-    """Who asked and how: what the gateway, guard, cache and usage log need beyond the text."""
-
-    protocol: str = "openai"  # "openai" or "ollama": the wire format the client spoke
-    endpoint: str = ""  # the path, e.g. /v1/chat/completions
-    key_name: str | None = None  # the API key's name, once the guard has checked it
-    priority: str | None = None  # X-Ember-Priority
-    has_tools: bool = False  # the request carried tools / functions
-    no_cache: bool = False  # Cache-Control: no-cache
-
-
-@dataclass(frozen=True)
-class TextRequest:
-    """A chat (messages) or a plain completion (prompt); exactly one is set."""
-
-    model: str
-    messages: list[ChatMessage] | None = None
-    prompt: str | None = None
-    max_tokens: int | None = None
-    stop: tuple[str, ...] = ()
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    load_options: LoadOptions | None = None
-    keep_alive: float | None = None
-    context: RequestContext = field(default_factory=RequestContext)
+from ember.services.types import (
+    Answer,
+    AnswerBuilder,
+    ChatMessage,
+    GenerationEvent,
+    TextRequest,
+)
 
 
 @dataclass
 class Generation:
-    """A started generation: the prompt is accepted, text is ready to stream."""
+    """A started generation: the prompt is accepted, events are ready to stream.
+
+    Its event stream is layered through `wrap` only, innermost first, in this order: the
+    provider's stream (`prefetch`ed so a failure before the first token is raised in start),
+    then the cache's recorder, then the gateway's usage observer. Closing the generation
+    closes the layers outermost first, then gives the model back.
+    """
 
     model: str
     prompt_tokens: int
@@ -69,12 +47,38 @@ class Generation:
     cache: str | None = None  # "hit" or "miss" when the response cache was asked (X-Ember-Cache)
     route: str | None = None  # the gateway route, when the model name was one
     served_by: str | None = None  # the provider's model name, when a route chose the target
+    notes: dict[str, str] = field(default_factory=dict)  # more response headers (X-Ember-*)
 
     def response_headers(self) -> dict[str, str]:
-        headers = {"X-Ember-Provider": self.provider, "X-Ember-Attempts": str(self.attempts)}
+        headers = {"X-Ember-Provider": self.provider, "X-Ember-Attempts": str(self.attempts), **self.notes}
         if self.cache:
             headers["X-Ember-Cache"] = self.cache
         return headers
+
+    def wrap(self, layer: Callable[[AsyncIterator[GenerationEvent]], AsyncGenerator[GenerationEvent, None]]) -> None:
+        """Put `layer` around the event stream (it gets the stream so far and yields the new one)."""
+        wrapped = layer(self._events)
+        self._events = wrapped
+        self._resources.push_async_callback(wrapped.aclose)
+
+    async def prefetch(self) -> None:
+        """Wait for the first event, so a failure before the first token is raised here; the
+        event is put back in front of the stream. On failure the generation is closed."""
+        events = aiter(self._events)
+        try:
+            first = await anext(events)
+        except StopAsyncIteration:
+            return
+        except BaseException:
+            await self.aclose()
+            raise
+
+        async def chained(rest: AsyncIterator[GenerationEvent]) -> AsyncGenerator[GenerationEvent, None]:
+            yield first
+            async for event in rest:
+                yield event
+
+        self.wrap(chained)
 
     def __aiter__(self) -> AsyncIterator[GenerationEvent]:
         return self._iterate()
@@ -90,15 +94,11 @@ class Generation:
         """Stop generating (a client went away) and give the model back."""
         await self._resources.aclose()
 
-    async def collect(self) -> tuple[str, GenerationEvent]:
-        parts: list[str] = []
-        final: GenerationEvent | None = None
+    async def collect(self) -> Answer:
+        builder = AnswerBuilder()
         async for event in self:
-            parts.append(event.text)
-            if event.done:
-                final = event
-        assert final is not None, "an engine stream always ends with a done event"
-        return "".join(parts), final
+            builder.add(event)
+        return builder.answer()
 
 
 class GenerationService:
@@ -109,6 +109,7 @@ class GenerationService:
         started = time.perf_counter()
         if request.max_tokens is not None and request.max_tokens < 0:
             raise BadRequest("max_tokens must be at least 0", param="max_tokens")
+        _refuse_attachments(request)
         resources = AsyncExitStack()
         try:
             lease: Lease = await resources.enter_async_context(
@@ -123,17 +124,17 @@ class GenerationService:
                     f"{engine.context_length} tokens; shorten the prompt or raise num_ctx",
                     param="messages" if request.messages is not None else "prompt",
                 )
-            events = engine.generate(GenerationRequest(
+            produced = engine.generate(engine_types.GenerationRequest(
                 prompt_tokens=tokens, max_tokens=request.max_tokens,
                 stop=request.stop, sampling=request.sampling,
             ))
-            resources.push_async_callback(events.aclose)
+            resources.push_async_callback(produced.aclose)
         except BaseException:
             await resources.aclose()
             raise
         return Generation(model=lease.runner.key, prompt_tokens=len(tokens),
                           load_seconds=lease.load_seconds, started=started,
-                          _events=events, _resources=resources)
+                          _events=_neutral(produced), _resources=resources)
 
     async def _prompt_tokens(self, lease: Lease, request: TextRequest) -> list[int]:
         engine = lease.runner.engine
@@ -151,19 +152,23 @@ class GenerationService:
         return await engine.tokenize(text, add_special=not starts_with_bos)
 
 
-def validate_messages(messages: list[ChatMessage]) -> None:
-    if not messages:
-        raise BadRequest("messages must contain at least one message", param="messages")
-    for i, message in enumerate(messages):
-        if message.role not in CHAT_ROLES:
-            raise BadRequest(
-                f"messages[{i}].role '{message.role}' is not one of "
-                f"{', '.join(sorted(CHAT_ROLES))}",
-                param=f"messages[{i}].role",
-            )
+def _refuse_attachments(request: TextRequest) -> None:
+    """ember's engine reads text only: an image is a 400 naming where it is, never dropped."""
+    for i, message in enumerate(request.messages or ()):
+        if message.attachments:
+            raise UnsupportedParameter(f"messages[{i}] has an image, but model '{request.model}' does not "
+                                       "support images (ember serves text-only models)",
+                                       param=f"messages[{i}].content")
 
 
 def _message_dict(message: ChatMessage) -> dict[str, Any]:
     # "developer" is OpenAI's newer name for the system role; templates know "system".
     role = "system" if message.role == "developer" else message.role
     return {"role": role, "content": message.content}
+
+
+async def _neutral(produced: AsyncIterator[engine_types.GenerationEvent]) -> AsyncGenerator[GenerationEvent, None]:
+    """The engine's token-level events as the neutral events every API renders."""
+    async for event in produced:
+        yield GenerationEvent(text=event.text, logprobs=event.logprobs, done=event.done,
+                              finish_reason=event.finish_reason, stats=event.stats)

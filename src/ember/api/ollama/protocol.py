@@ -64,20 +64,44 @@ class _Run(_ModelNamed):
     stream: bool = True
     options: Options = Field(default_factory=Options)
     keep_alive: KeepAlive = None
-    format: Any = None
+    format: Any = None  # "json", or a JSON schema object
+    logprobs: bool = False
+    top_logprobs: int | None = None  # 0..20, checked by the service
     think: bool | str | None = None  # refused when asked for: no model ember serves thinks
     truncate: bool | None = None  # ember never truncates a prompt (an over-long one is a 400)
+
+
+class FunctionCall(_Wire):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)  # an object, not JSON text as in OpenAI
+
+
+class ToolCallIn(_Wire):
+    function: FunctionCall
 
 
 class Message(_Wire):
     role: str
     content: str = ""
     images: list[str] | None = None
+    tool_calls: list[ToolCallIn] | None = None  # an assistant's calls
+    tool_name: str | None = None  # a tool result: the function it comes from
+
+
+class FunctionDef(_Wire):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: Any = None  # a JSON schema of the arguments object (checked by the service)
+
+
+class ToolDef(_Wire):
+    type: str = "function"
+    function: FunctionDef
 
 
 class ChatRequest(_Run):
     messages: list[Message] = Field(default_factory=list)
-    tools: list[Any] | None = None  # not acted on yet; makes a request "demanding" for auto routes
+    tools: list[ToolDef] | None = None
 
 
 class GenerateRequest(_Run):

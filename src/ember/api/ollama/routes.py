@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ember import __version__
 from ember.api.deps import Services, request_context, services
+from ember.api.ollama import parse, render
 from ember.api.ollama.protocol import (
     ChatRequest,
     CopyRequest,
@@ -23,13 +24,16 @@ from ember.api.ollama.protocol import (
     PullRequest,
     ShowRequest,
 )
-from ember.api.streaming import ndjson_response
-from ember.engine.types import GenerationEvent, LoadOptions, SamplingParams
+from ember.api.protocols import OLLAMA
+from ember.api.streaming import stream_response
+from ember.engine.types import GenerationStats, LoadOptions, SamplingParams
 from ember.errors import ContextLengthExceeded, UnsupportedParameter
 from ember.runtime.chat_template import template_for
 from ember.runtime.scheduler import Runner
 from ember.runtime.store import ModelRecord
-from ember.services.generation import ChatMessage, Generation, TextRequest, validate_messages
+from ember.services.generation import Generation
+from ember.services.types import ChatMessage, FinishReason, TextRequest
+from ember.services.validation import validate_request
 
 router = APIRouter(prefix="/api", tags=["Ollama"])
 
@@ -93,12 +97,11 @@ def _details(record: ModelRecord) -> dict[str, Any]:
             "quantization_level": meta.quantization}
 
 
-def _final_fields(generation: Generation, final: GenerationEvent) -> dict[str, Any]:
-    stats = final.stats
-    assert stats is not None
+def _final_fields(generation: Generation, finish: FinishReason | None, stats: GenerationStats | None) -> dict[str, Any]:
+    assert stats is not None, "the final event carries stats"
     return {
         "done": True,
-        "done_reason": "stop" if final.finish_reason == "cancelled" else final.finish_reason,
+        "done_reason": render.done_reason(finish),
         "total_duration": _ns(time.perf_counter() - generation.started),
         "load_duration": _ns(generation.load_seconds),
         "prompt_eval_count": stats.prompt_tokens,
@@ -155,11 +158,10 @@ def _no_images(model: str, field: str) -> UnsupportedParameter:
                                 "(ember serves text-only models)", param=field)
 
 
-async def _respond(svc: Services, request: TextRequest, body: ChatRequest | GenerateRequest,
-                   piece: Any) -> Response:
-    """piece(text) -> the fields of one chunk; shared by chat and generate."""
+async def _respond(svc: Services, request: TextRequest, body: ChatRequest | GenerateRequest, *,
+                   chat: bool) -> Response:
     try:
-        return await _start_response(svc, request, body.stream, piece)
+        return await _start_response(svc, request, body.stream, chat=chat)
     except ContextLengthExceeded as exc:
         if not body.truncate:  # false, or unset: the 400 is what was asked for, or ember's default
             raise
@@ -167,22 +169,27 @@ async def _respond(svc: Services, request: TextRequest, body: ChatRequest | Gene
                                     param="truncate") from exc
 
 
-async def _start_response(svc: Services, request: TextRequest, stream: bool, piece: Any) -> Response:
+async def _start_response(svc: Services, request: TextRequest, stream: bool, *, chat: bool) -> Response:
+    want_logprobs = request.logprobs is not None
     if not stream:
-        done, text, final = await svc.gateway.complete(request)
-        return JSONResponse({"model": done.model, "created_at": _now(), **piece(text),
-                             **_final_fields(done, final)}, headers=done.response_headers())
+        done, answer = await svc.gateway.complete(request)
+        return JSONResponse({"model": done.model, "created_at": _now(),
+                             **render.answer_fields(answer, chat=chat, want_logprobs=want_logprobs),
+                             **_final_fields(done, answer.finish_reason, answer.stats)},
+                            headers=done.response_headers())
     generation = await svc.gateway.start(request)
     model = generation.model
+    chunks = render.ChunkRenderer(chat=chat, want_logprobs=want_logprobs)
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         async for event in generation:
-            if event.text:
-                yield {"model": model, "created_at": _now(), **piece(event.text), "done": False}
+            for fields in chunks.chunks(event):
+                yield {"model": model, "created_at": _now(), **fields, "done": False}
             if event.done:
-                yield {"model": model, "created_at": _now(), **piece(""), **_final_fields(generation, event)}
+                yield {"model": model, "created_at": _now(), **chunks.final(),
+                       **_final_fields(generation, event.finish_reason, event.stats)}
 
-    return ndjson_response(events(), headers=generation.response_headers())
+    return stream_response(OLLAMA, events(), headers=generation.response_headers())
 
 
 @router.post("/chat", response_model=None)
@@ -191,15 +198,15 @@ async def chat(body: ChatRequest, http: Request, svc: Services = Depends(service
     if not body.messages:
         return JSONResponse(await _load_or_unload(
             svc, svc.gateway.local_model(body.model), body, {"message": {"role": "assistant", "content": ""}}))
-    messages = [ChatMessage(role=m.role, content=m.content) for m in body.messages]
-    validate_messages(messages)
     request = TextRequest(
-        model=body.model, messages=messages, max_tokens=_max_tokens(body.options),
+        model=body.model, messages=parse.chat_messages(body.messages), max_tokens=_max_tokens(body.options),
         stop=tuple(body.options.stop or ()), sampling=_sampling(body.options),
         load_options=_load_options(svc, body.options), keep_alive=body.keep_alive,
-        context=request_context(http, has_tools=bool(body.tools)),
+        tools=parse.tools(body), response_format=parse.response_format(body.format),
+        logprobs=parse.logprobs(body), context=request_context(http),
     )
-    return await _respond(svc, request, body, lambda text: {"message": {"role": "assistant", "content": text}})
+    validate_request(request)
+    return await _respond(svc, request, body, chat=True)
 
 
 @router.post("/generate", response_model=None)
@@ -211,15 +218,17 @@ async def generate(body: GenerateRequest, http: Request, svc: Services = Depends
         prompt, messages = body.prompt, None
     else:
         # Ollama applies the model's template to generate prompts: a system + user turn.
-        turns = [ChatMessage("system", body.system)] if body.system else []
-        prompt, messages = None, [*turns, ChatMessage("user", body.prompt)]
+        turns = [ChatMessage(role="system", content=body.system)] if body.system else []
+        prompt, messages = None, [*turns, ChatMessage(role="user", content=body.prompt)]
     request = TextRequest(
         model=body.model, messages=messages, prompt=prompt,
         max_tokens=_max_tokens(body.options), stop=tuple(body.options.stop or ()),
         sampling=_sampling(body.options), load_options=_load_options(svc, body.options),
-        keep_alive=body.keep_alive, context=request_context(http),
+        keep_alive=body.keep_alive, response_format=parse.response_format(body.format),
+        logprobs=parse.logprobs(body), context=request_context(http),
     )
-    return await _respond(svc, request, body, lambda text: {"response": text})
+    validate_request(request)
+    return await _respond(svc, request, body, chat=False)
 
 
 @router.post("/embed")
@@ -326,7 +335,7 @@ async def pull(body: PullRequest, http: Request, svc: Services = Depends(service
                 event["completed"] = p.completed
             yield event
 
-    return ndjson_response(events())
+    return stream_response(OLLAMA, events())
 
 
 @router.get("/version")

@@ -13,22 +13,67 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class ImageURL(_Wire):
+    url: str
+
+
 class ContentPart(_Wire):
-    type: str
+    type: str  # text, image_url; input_audio and file are refused
     text: str | None = None
+    image_url: ImageURL | None = None
+
+
+class FunctionCall(_Wire):
+    name: str
+    arguments: str = ""  # JSON text, as OpenAI sends it
+
+
+class ToolCallIn(_Wire):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class ChatMessageIn(_Wire):
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # an assistant's calls
+    tool_call_id: str | None = None  # a tool result: the call it answers
+    function_call: FunctionCall | None = None  # the legacy form of one call
 
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text or "" for part in self.content if part.type == "text")
+
+class FunctionDef(_Wire):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: Any = None  # a JSON schema of the arguments object (checked by the service)
+    strict: bool | None = None
+
+
+class ToolDef(_Wire):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Wire):
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(_Wire):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(_Wire):
+    name: str = "response"
+    description: str | None = None
+    schema_: Any = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatIn(_Wire):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class StreamOptions(_Wire):
@@ -65,9 +110,14 @@ class _Sampling(_Wire):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessageIn]
     max_completion_tokens: int | None = Field(None, ge=0)
-    # Not acted on yet; their presence makes a request "demanding" for the auto strategy.
-    tools: list[Any] | None = None
-    functions: list[Any] | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[FunctionDef] | None = None  # the legacy form of tools
+    function_call: Literal["auto", "none"] | NamedFunction | None = None  # ... and of tool_choice
+    response_format: ResponseFormatIn | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None  # 0..20, checked by the service
     # Refused when asked for: no model ember serves speaks or reasons.
     modalities: list[str] | None = None
     audio: Any = None
@@ -83,6 +133,7 @@ class CompletionRequest(_Sampling):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1)  # refused past n: ember does not rank candidates
+    logprobs: int | None = Field(None, ge=0)  # alternatives per token, 0..20 (checked by the service)
 
 
 class EmbeddingRequest(_Wire):

@@ -13,22 +13,23 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from ember.api.deps import Services, request_context, services
+from ember.api.openai import parse, render
 from ember.api.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     _Sampling,
 )
-from ember.api.streaming import sse_response
+from ember.api.protocols import OPENAI
+from ember.api.streaming import stream_response
 from ember.engine.types import GenerationStats, SamplingParams
 from ember.errors import BadRequest, UnsupportedParameter
 from ember.runtime.store import ModelRecord
-from ember.services.generation import ChatMessage, Generation, TextRequest, validate_messages
+from ember.services.generation import Generation
+from ember.services.types import TextRequest
+from ember.services.validation import validate_request
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
-
-_FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
-
 
 def _sampling(body: _Sampling) -> SamplingParams:
     # Unset fields keep ember's defaults (repeat penalty included), as Ollama's
@@ -43,12 +44,6 @@ def _sampling(body: _Sampling) -> SamplingParams:
         frequency_penalty=body.frequency_penalty or 0.0,
         seed=body.seed,
     )
-
-
-def _usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
-    # cached_tokens: prompt tokens whose KV cache a previous request left behind (prefix reuse).
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def _model_card(record: ModelRecord) -> dict[str, Any]:
@@ -98,11 +93,13 @@ def _refuse_unsupported(body: _Sampling) -> None:
 async def chat_completions(body: ChatCompletionRequest, http: Request,
                            svc: Services = Depends(services)) -> Response:
     _refuse_unsupported(body)
-    messages = [ChatMessage(role=m.role, content=m.text()) for m in body.messages]
-    validate_messages(messages)
-    context = request_context(http, has_tools=bool(body.tools or body.functions))
-    request = TextRequest(model=body.model, messages=messages, max_tokens=body.token_limit(),
-                          stop=body.stop_list(), sampling=_sampling(body), context=context)
+    request = TextRequest(model=body.model, messages=parse.chat_messages(body.messages),
+                          max_tokens=body.token_limit(), stop=body.stop_list(), sampling=_sampling(body),
+                          tools=parse.tools(body), tool_choice=parse.tool_choice(body),
+                          parallel_tool_calls=body.parallel_tool_calls is not False,
+                          response_format=parse.response_format(body.response_format),
+                          logprobs=parse.chat_logprobs(body), context=request_context(http))
+    validate_request(request)
     return await _serve(svc, [request], body, chat=True)
 
 
@@ -115,9 +112,11 @@ async def completions(body: CompletionRequest, http: Request, svc: Services = De
     if len(prompts) > 1 and body.stream:
         raise BadRequest("streaming takes a single prompt", param="prompt")
     context = request_context(http)
-    requests = [TextRequest(model=body.model, prompt=p, max_tokens=body.max_tokens,
-                            stop=body.stop_list(), sampling=_sampling(body), context=context)
+    requests = [TextRequest(model=body.model, prompt=p, max_tokens=body.max_tokens, stop=body.stop_list(),
+                            sampling=_sampling(body), logprobs=parse.completion_logprobs(body), context=context)
                 for p in prompts]
+    for request in requests:
+        validate_request(request)
     return await _serve(svc, requests, body, chat=False, echo=body.echo)
 
 
@@ -131,57 +130,45 @@ async def _serve(svc: Services, requests: list[TextRequest], body: _Sampling, *,
     """`n` answers to each request (a streamed response takes exactly one request)."""
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
+    logprobs = requests[0].logprobs is not None
     if body.stream:
         # The generation starts before the response does, so a bad model or an over-long
         # prompt is still an HTTP error rather than an error event.
         first = await svc.gateway.start(requests[0])
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(_stream(svc, requests[0], first, body.n, ident, created, chat, include_usage),
-                            headers=first.response_headers())
+        return stream_response(OPENAI, _stream(svc, requests[0], first, body.n, ident, created, chat, include_usage,
+                                               logprobs), headers=first.response_headers())
     choices: list[dict[str, Any]] = []
     prompt_tokens = completion_tokens = cached_tokens = 0
     served: Generation | None = None
     for request in requests:
         for _ in range(body.n):
-            generation, text, final = await svc.gateway.complete(request)
+            generation, answer = await svc.gateway.complete(request)
             served = served or generation
-            stats = _stats(final.stats)
-            cached_tokens = max(cached_tokens, stats.cached_prompt_tokens)
-            completion_tokens += stats.completion_tokens
-            finish = _FINISH[final.finish_reason or "stop"]
+            cached_tokens = max(cached_tokens, answer.stats.cached_prompt_tokens)
+            completion_tokens += answer.stats.completion_tokens
             if chat:
-                choices.append({"index": len(choices), "message": {"role": "assistant", "content": text},
-                                "logprobs": None, "finish_reason": finish})
+                choices.append(render.chat_choice(len(choices), answer, logprobs))
             else:
                 prefix = (request.prompt or "") if echo else ""
-                choices.append({"index": len(choices), "text": prefix + text, "logprobs": None,
-                                "finish_reason": finish})
-        prompt_tokens += stats.prompt_tokens  # each prompt counts once, however many answers it got
+                choices.append(render.completion_choice(len(choices), answer, logprobs, prefix))
+        prompt_tokens += answer.stats.prompt_tokens  # each prompt counts once, however many answers it got
     assert served is not None, "requests and n are never empty"
     return JSONResponse({
         "id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
         "model": served.model, "system_fingerprint": "ember", "choices": choices,
-        "usage": _usage(prompt_tokens, completion_tokens, cached_tokens),
+        "usage": render.usage(prompt_tokens, completion_tokens, cached_tokens),
     }, headers=served.response_headers())
 
 
 async def _stream(svc: Services, request: TextRequest, first: Generation, n: int, ident: str,
-                  created: int, chat: bool, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+                  created: int, chat: bool, include_usage: bool, logprobs: bool) -> AsyncIterator[dict[str, Any]]:
     obj = "chat.completion.chunk" if chat else "text_completion"
     base = {"id": ident, "object": obj, "created": created, "model": first.model,
             "system_fingerprint": "ember"}
     extra = {"usage": None} if include_usage else {}
 
-    def chunk(index: int, text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
-        if chat:
-            delta: dict[str, Any] = {}
-            if role:
-                delta["role"] = "assistant"
-            if text is not None:
-                delta["content"] = text
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-        else:
-            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+    def chunk(choice: dict[str, Any]) -> dict[str, Any]:
         return {**base, "choices": [choice], **extra}
 
     prompt_tokens = completion_tokens = cached_tokens = 0
@@ -191,19 +178,20 @@ async def _stream(svc: Services, request: TextRequest, first: Generation, n: int
             if generation is None:
                 generation = await svc.gateway.start(request)
             if chat:
-                yield chunk(index, "", None, role=True)
+                yield chunk(render.chat_delta(index, None, logprobs, role=True))
             async for event in generation:
-                if event.text:
-                    yield chunk(index, event.text, None)
+                if not (event.done or event.text or event.tool_calls or event.logprobs):
+                    continue
                 if event.done:
                     stats = _stats(event.stats)
                     prompt_tokens = stats.prompt_tokens
                     cached_tokens = max(cached_tokens, stats.cached_prompt_tokens)
                     completion_tokens += stats.completion_tokens
-                    yield chunk(index, None if chat else "", _FINISH[event.finish_reason or "stop"])
+                yield chunk(render.chat_delta(index, event, logprobs) if chat
+                            else render.completion_delta(index, event, logprobs))
             generation = None
         if include_usage:
-            yield {**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens, cached_tokens)}
+            yield {**base, "choices": [], "usage": render.usage(prompt_tokens, completion_tokens, cached_tokens)}
     finally:
         if generation is not None:
             await generation.aclose()

@@ -16,7 +16,7 @@ from ember.gateway.strategies.fastest import fastest
 from ember.gateway.strategies.least_busy import least_busy
 from ember.gateway.strategies.weighted import weighted
 from ember.gateway.target import Target
-from ember.services.generation import TextRequest
+from ember.services.types import TextRequest
 
 Order = Callable[[list[Target], RouteConfig, TextRequest], list[Target]]
 

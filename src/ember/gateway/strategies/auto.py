@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from ember.gateway.config import AutoRule, RouteConfig
 from ember.gateway.target import Target
-from ember.services.generation import TextRequest
+from ember.services.types import TextRequest
 
 
 def is_demanding(rule: AutoRule, request: TextRequest) -> bool:
     chars = len(request.prompt or "") + sum(len(m.content) for m in request.messages or [])
     return (chars > rule.max_prompt_chars
             or request.max_tokens is None or request.max_tokens > rule.max_tokens
-            or (rule.tools_to_strong and request.context.has_tools)
+            or (rule.tools_to_strong and request.has_tools)
             or (request.context.priority or "").lower() == rule.priority_header.lower())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ember.gateway.config import RouteConfig
 from ember.gateway.target import Target
-from ember.services.generation import TextRequest
+from ember.services.types import TextRequest
 
 _CHARS_PER_TOKEN = 4  # a rough, provider-neutral estimate; only the order matters
 _DEFAULT_OUTPUT = 256

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ember.gateway.config import RouteConfig
 from ember.gateway.target import Target
-from ember.services.generation import TextRequest
+from ember.services.types import TextRequest
 
 
 def least_busy(targets: list[Target], route: RouteConfig, request: TextRequest) -> list[Target]:

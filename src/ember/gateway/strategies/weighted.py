@@ -6,7 +6,7 @@ import random
 
 from ember.gateway.config import RouteConfig
 from ember.gateway.target import Target
-from ember.services.generation import TextRequest
+from ember.services.types import TextRequest
 
 
 def weighted(targets: list[Target], route: RouteConfig, request: TextRequest,
