@@ -4,7 +4,7 @@
 # Both reuse what is there: the venv is rebuilt only when pyproject.toml changes,
 # and pip keeps the llama-cpp-python wheel it built (about 8 minutes the first time).
 # The lint checks alone: make lint (ruff check, ruff format --check and mypy over src/,
-# configured in pyproject.toml).
+# configured in pyproject.toml). make bench: ember beside llama-server (bench/peers.sh).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -34,6 +34,9 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	bench/peers.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build src/*.egg-info
