@@ -71,6 +71,13 @@ def test_a_bad_config_names_file_line_and_problem(tmp_path: Path, tail: str, lin
     assert words in message
 
 
+def test_a_misspelt_setting_names_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, 'num_paralel = 2\n' + GOOD)
+    with pytest.raises(ConfigError) as caught:
+        load_gateway_config(path)
+    assert caught.value.message.startswith(f"{path}:1: num_paralel: not a setting")
+
+
 def test_a_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"line 2"):
         load_gateway_config(write(tmp_path, '[[routes]]\nmodel = \n'))

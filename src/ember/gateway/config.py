@@ -133,9 +133,20 @@ class GatewayConfig(_Strict):
         return self
 
 
+_GATEWAY_KEYS = ("providers", "routes", "retry", "breaker")
+
+
 # The keys of ember.toml that belong to Settings (config.py) rather than the gateway.
 def _gateway_part(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: data[k] for k in ("providers", "routes", "retry", "breaker") if k in data}
+    return {k: data[k] for k in _GATEWAY_KEYS if k in data}
+
+
+def _unknown_key(data: dict[str, Any]) -> str | None:
+    """A top-level key that is neither a setting nor a gateway table (a typo, say)."""
+    from ember.config import Settings
+
+    known = set(Settings.model_fields) | set(_GATEWAY_KEYS)
+    return next((key for key in data if key not in known), None)
 
 
 def load_gateway_config(path: Path | None) -> GatewayConfig:
@@ -150,6 +161,11 @@ def load_gateway_config(path: Path | None) -> GatewayConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc  # the message carries "(at line N, column M)"
+    unknown = _unknown_key(data)
+    if unknown is not None:
+        line = _line_of(text, [unknown])
+        raise ConfigError(f"{path}:{line}: {unknown}: not a setting or a gateway table (a typo?)"
+                          if line else f"{path}: {unknown}: not a setting or a gateway table (a typo?)")
     try:
         return GatewayConfig.model_validate(_gateway_part(data))
     except ValidationError as exc:
