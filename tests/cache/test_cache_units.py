@@ -25,14 +25,18 @@ from ember.engine.types import GenerationStats, LoadOptions, SamplingParams, Tok
 from ember.errors import UpstreamError
 from ember.services.generation import Generation
 from ember.services.types import (
+    AnswerBuilder,
     ChatMessage,
     GenerationEvent,
+    ImagePart,
     LogprobOptions,
     RequestContext,
     ResponseFormat,
     TextRequest,
     Tool,
+    ToolCall,
     ToolCallDelta,
+    ToolChoice,
 )
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -77,8 +81,8 @@ def test_only_deterministic_requests_are_cacheable() -> None:
     seeded = key(chat(sampling=SamplingParams(temperature=0.8, seed=1)))
     assert seeded is not None
     assert seeded != key(chat(sampling=SamplingParams(temperature=0.8, seed=2)))
-    # What an entry does not keep (tool calls, logprobs) is never cached.
-    assert not cacheable(chat(tools=(Tool(name="lookup"),)))
+    # What an entry does not keep (logprobs) is never cached; tool requests are.
+    assert cacheable(chat(tools=(Tool(name="lookup"),)))
     assert not cacheable(chat(logprobs=LogprobOptions(top=2)))
 
 
@@ -89,6 +93,36 @@ def test_the_response_format_is_part_of_the_key() -> None:
     schema_a = key(chat(response_format=ResponseFormat(type="json_schema", schema=schema)))
     schema_b = key(chat(response_format=ResponseFormat(type="json_schema", schema={**schema, "required": ["a"]})))
     assert len({plain, json_mode, schema_a, schema_b}) == 4
+
+
+def test_tools_how_they_may_be_used_and_the_tool_history_are_part_of_the_key() -> None:
+    weather = Tool(name="weather", parameters={"type": "object", "properties": {"city": {"type": "string"}}})
+    clock = Tool(name="clock")
+    call = ToolCall(id="call_1", name="weather", arguments='{"city":"Oslo"}')
+    history = [ChatMessage("user", "hi"), ChatMessage("assistant", tool_calls=(call,)),
+               ChatMessage("tool", "sunny", tool_call_id="call_1")]
+    variants = [
+        chat(), chat(tools=(weather,)), chat(tools=(weather, clock)), chat(tools=(clock, weather)),
+        chat(tools=(replace(weather, description="the weather"),)), chat(tools=(replace(weather, strict=True),)),
+        chat(tools=(replace(weather, parameters={"type": "object", "properties": {}}),)),
+        chat(tools=(weather,), tool_choice=ToolChoice(mode="required")),
+        chat(tools=(weather,), tool_choice=ToolChoice(mode="none")),
+        chat(tools=(weather, clock), tool_choice=ToolChoice(mode="function", name="weather")),
+        chat(tools=(weather, clock), tool_choice=ToolChoice(mode="function", name="clock")),
+        chat(tools=(weather,), parallel_tool_calls=False),
+        chat(messages=history), chat(messages=[*history[:2], replace(history[2], content="rain")]),
+        chat(messages=[history[0], ChatMessage("assistant", tool_calls=(replace(call, arguments="{}"),)),
+                       history[2]]),
+        chat(messages=[ChatMessage("user", "hi", attachments=(ImagePart("data:image/png;base64,AA=="),))]),
+        chat(response_format=ResponseFormat(type="json_schema", schema={"type": "object"})),
+        chat(response_format=ResponseFormat(type="json_schema", schema={"type": "object"}, strict=True)),
+        chat(response_format=ResponseFormat(type="json_schema", schema={"type": "object"}, name="answer")),
+    ]
+    keys = [key(v) for v in variants]
+    assert None not in keys
+    assert len(set(keys)) == len(keys)
+    # Without tools, tool_choice can only be auto or none: the same answer, the same key.
+    assert key(chat(tool_choice=ToolChoice(mode="none"))) == key(chat())
 
 
 def test_digest_is_asked_only_when_cacheable() -> None:
@@ -191,15 +225,44 @@ async def test_failed_cancelled_or_abandoned_streams_store_nothing() -> None:
     async for _ in abandoned:
         break  # the client went away after the first piece
     await abandoned.aclose()
-    # An answer with a tool call or logprobs is served but not stored.
-    call = [GenerationEvent(tool_calls=(ToolCallDelta(index=0, id="c", name="f", arguments="{}"),)),
-            GenerationEvent(done=True, finish_reason="tool_calls", stats=STATS)]
-    assert (await cache.record(k, live(call)).collect()).tool_calls[0].name == "f"
+    # An answer with logprobs is served but not stored.
     scored = [GenerationEvent("a", logprobs=(TokenLogprob(token="a", logprob=-0.1, bytes=(97,)),)),
               GenerationEvent(done=True, finish_reason="stop", stats=STATS)]
     await cache.record(k, live(scored)).collect()
     assert await cache.get(k, request) is None
     assert cache.stats.stores == 0
+
+
+async def test_tool_calls_are_stored_whole_and_replayed_with_the_providers_notes() -> None:
+    cache = memory_cache()
+    request = chat(tools=(Tool(name="weather"), Tool(name="clock")))
+    k = key(request)
+    assert k is not None
+    streamed = [
+        GenerationEvent("Let me look."),
+        GenerationEvent(tool_calls=(ToolCallDelta(index=0, id="call_a", name="weather", arguments='{"ci'),)),
+        GenerationEvent(tool_calls=(ToolCallDelta(index=0, arguments='ty":"Oslo"}'),
+                                    ToolCallDelta(index=1, id="call_b", name="clock", arguments=""))),
+        GenerationEvent(tool_calls=(ToolCallDelta(index=1, arguments="{}"),)),
+        GenerationEvent(done=True, finish_reason="tool_calls", stats=STATS),
+    ]
+    generation = live(streamed)
+    generation.notes["X-Ember-Dropped-Fields"] = "tool_choice"
+    answer = await cache.record(k, generation).collect()
+    hit = await cache.get(k, request)
+    assert hit is not None and cache.stats.stores == 1
+    assert hit.response_headers()["X-Ember-Dropped-Fields"] == "tool_choice"
+    events = [event async for event in hit]
+    # The text as it streamed, then each call as one delta with its id, name and whole arguments.
+    assert [e.text for e in events if e.text] == ["Let me look."]
+    assert [d for e in events for d in e.tool_calls] == [
+        ToolCallDelta(index=0, id="call_a", name="weather", arguments='{"city":"Oslo"}'),
+        ToolCallDelta(index=1, id="call_b", name="clock", arguments="{}")]
+    assert events[-1].done and events[-1].finish_reason == "tool_calls" and events[-1].stats == STATS
+    builder = AnswerBuilder()
+    for event in events:
+        builder.add(event)
+    assert builder.answer() == answer
 
 
 async def test_an_answer_over_the_entry_cap_is_served_but_not_stored() -> None:
@@ -223,6 +286,10 @@ def test_entry_bytes_round_trip_and_reject_other_formats() -> None:
     answer = CachedAnswer(model="m:1", provider="p", pieces=("a", "ü", "\n"), finish_reason="stop",
                           stats=STATS, served_by="gpt")
     assert CachedAnswer.decode(answer.encode()) == answer
+    called = replace(answer, finish_reason="tool_calls", notes=(("X-Ember-Dropped-Fields", "tool_choice"),),
+                     tool_calls=(ToolCall(id="call_1", name="f", arguments='{"a": "ü"}'),))
+    assert CachedAnswer.decode(called.encode()) == called
+    assert CachedAnswer.decode(answer.encode().replace(b'"f":2', b'"f":1')) is None  # the layout before calls
     assert CachedAnswer.decode(b'{"f": 99}') is None
     assert CachedAnswer.decode(b"not json") is None
 

@@ -6,15 +6,17 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ember.engine.types import FinishReason, GenerationStats
+from ember.engine.types import GenerationStats
+from ember.services.types import FinishReason, ToolCall
 
 # Entries written by another layout are ignored (a miss), not misread.
-_FORMAT = 1
+_FORMAT = 2
 
 
 @dataclass(frozen=True, slots=True)
 class CachedAnswer:
-    """A whole answer: the text pieces as they streamed, how it ended, and its accounting."""
+    """A whole answer: the text pieces as they streamed, the tool calls it made (whole), how it
+    ended, its accounting, and the response headers its provider added (Generation.notes)."""
 
     model: str
     provider: str
@@ -22,6 +24,8 @@ class CachedAnswer:
     finish_reason: FinishReason
     stats: GenerationStats
     served_by: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    notes: tuple[tuple[str, str], ...] = ()
 
     @property
     def text(self) -> str:
@@ -32,6 +36,7 @@ class CachedAnswer:
         return json.dumps({
             "f": _FORMAT, "model": self.model, "provider": self.provider, "served_by": self.served_by,
             "pieces": self.pieces, "finish_reason": self.finish_reason,
+            "calls": [[c.id, c.name, c.arguments] for c in self.tool_calls], "notes": self.notes,
             "stats": [s.prompt_tokens, s.completion_tokens, s.prompt_eval_seconds, s.eval_seconds,
                       s.cached_prompt_tokens],
         }, ensure_ascii=False, separators=(",", ":")).encode()
@@ -50,7 +55,10 @@ class CachedAnswer:
                        stats=GenerationStats(prompt_tokens=int(prompt), completion_tokens=int(completion),
                                              prompt_eval_seconds=float(prompt_s),
                                              eval_seconds=float(eval_s), cached_prompt_tokens=int(cached)),
-                       served_by=data.get("served_by"))
+                       served_by=data.get("served_by"),
+                       tool_calls=tuple(ToolCall(id=str(i), name=str(n), arguments=str(a))
+                                        for i, n, a in data["calls"]),
+                       notes=tuple((str(k), str(v)) for k, v in data["notes"]))
         except (ValueError, KeyError, TypeError):
             return None
 

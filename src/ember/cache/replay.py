@@ -8,17 +8,21 @@ from contextlib import AsyncExitStack
 
 from ember.cache.entry import CachedAnswer
 from ember.services.generation import Generation
-from ember.services.types import GenerationEvent
+from ember.services.types import AnswerBuilder, GenerationEvent, ToolCallDelta
 
 Store = Callable[[CachedAnswer], Awaitable[None]]
 
 
 def replay(answer: CachedAnswer) -> Generation:
-    """A generation that streams the stored pieces, then the stored end, with no model behind it."""
+    """A generation that streams the stored pieces, then each stored tool call as one delta (id,
+    name and the whole arguments), then the stored end, with no model behind it."""
 
     async def events() -> AsyncGenerator[GenerationEvent, None]:
         for piece in answer.pieces:
             yield GenerationEvent(text=piece)
+        for index, call in enumerate(answer.tool_calls):
+            yield GenerationEvent(tool_calls=(ToolCallDelta(index=index, id=call.id, name=call.name,
+                                                            arguments=call.arguments),))
         yield GenerationEvent(text="", done=True, finish_reason=answer.finish_reason, stats=answer.stats)
 
     stream = events()
@@ -27,7 +31,8 @@ def replay(answer: CachedAnswer) -> Generation:
     generation = Generation(model=answer.model, prompt_tokens=answer.stats.prompt_tokens,
                             load_seconds=0.0, started=time.perf_counter(), _events=stream,
                             _resources=resources, provider=answer.provider,
-                            attempts=0)  # no target was tried
+                            attempts=0,  # no target was tried
+                            notes=dict(answer.notes))
     generation.served_by = answer.served_by
     return generation
 
@@ -36,30 +41,37 @@ def recording(generation: Generation, store: Store, *, max_chars: int) -> Genera
     """Wrap the generation's events so a whole, normal answer is handed to `store`.
 
     The store runs when the done event arrives, before it is passed on, so the answer is
-    stored by the time the client has it. A stream that errors, is cancelled, grows past
-    max_chars, or carries what an entry does not keep (tool calls, logprobs) stores nothing.
+    stored by the time the client has it. Tool calls are kept whole (their deltas merged). A
+    stream that errors, is cancelled, grows past max_chars, or carries what an entry does not
+    keep (logprobs) stores nothing.
     """
 
     async def record(inner: AsyncIterator[GenerationEvent]) -> AsyncGenerator[GenerationEvent, None]:
         pieces: list[str] = []
+        whole = AnswerBuilder()  # merges the tool-call deltas by index
         size = 0
         storable = True
         async for event in inner:
-            if event.tool_calls or event.logprobs:
+            if event.logprobs:
                 storable = False
-            if event.text and storable:
-                size += len(event.text)
+            if storable and (event.text or event.tool_calls):
+                size += len(event.text) + sum(len(d.arguments) + len(d.name or "") for d in event.tool_calls)
                 if size > max_chars:  # a char is at least a byte: over in chars is over in bytes
                     storable = False
                     pieces.clear()
-                else:
+                    whole = AnswerBuilder()
+                elif event.text:
                     pieces.append(event.text)
+            if storable:
+                whole.add(event)
             # Only answers that ended on their own are worth replaying: "cancelled" is cut off.
             if (event.done and storable and event.stats
-                    and (event.finish_reason == "stop" or event.finish_reason == "length")):
+                    and event.finish_reason in ("stop", "length", "tool_calls")):
                 await store(CachedAnswer(model=generation.model, provider=generation.provider,
                                          pieces=tuple(pieces), finish_reason=event.finish_reason,
-                                         stats=event.stats, served_by=generation.served_by))
+                                         stats=event.stats, served_by=generation.served_by,
+                                         tool_calls=whole.answer().tool_calls,
+                                         notes=tuple(generation.notes.items())))
             yield event
 
     generation.wrap(record)
