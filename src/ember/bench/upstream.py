@@ -8,8 +8,16 @@ prompt. Tests and the gateway benchmark script it over HTTP:
 
     POST /_control {"mode": "ok"|"error"|"hang"|"drop"|"garbage"|"inband", "status": 500, "retry_after": null,
                     "times": null, "delay": 0, "drop_after": 0, "token_delay": null}
+    POST /_script  {"text": "", "tool_calls": [{"name": "f", "arguments": {...}}], "fragments": 3}
+    GET  /_last    {"path", "body"}: the last generation request, as it came
     GET  /_stats   {"requests", "active", "completed", "disconnected", "dropped", "by_path"}
-    POST /_reset   back to "ok" and zeroed stats
+    POST /_reset   back to "ok", no script, zeroed stats
+
+A script (until /_reset or another /_script; {} clears it) makes chat answers `text` and then
+tool calls: OpenAI streams each call as a delta with index, id (call_fake<i>) and name, then its
+arguments' JSON text in `fragments` pieces, and finishes with "tool_calls"; Ollama sends each
+call whole in a chunk of its own, arguments as an object, done_reason "stop". A request asking
+for logprobs gets them with each token: logprob -0.5, alternatives "alt1", "alt2"... (-1.5, -2.5...).
 
 Faults apply to the POST model endpoints (generation and embeddings); "times" requests get
 the fault, then the server is back to "ok" (null: until changed). "hang" sends nothing until
@@ -71,13 +79,31 @@ class Stats:
 
 
 @dataclass
+class Script:
+    """A scripted chat answer: some text, then tool calls (name and arguments object each)."""
+
+    text: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    fragments: int = 3  # pieces each call's arguments stream in (OpenAI)
+
+    def arguments(self, call: dict[str, Any]) -> str:
+        return json.dumps(call.get("arguments") or {}, separators=(",", ":"))
+
+    def split(self, text: str) -> list[str]:
+        size = max(1, -(-len(text) // max(1, self.fragments)))
+        return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+
+
+@dataclass
 class Upstream:
-    """One server's mutable state: the fault in force and the counters."""
+    """One server's mutable state: the fault in force, the script, the counters, the last request."""
 
     token_delay: float = 0.0
     fault: Fault = field(default_factory=Fault)
     stats: Stats = field(default_factory=Stats)
     models: list[str] = field(default_factory=lambda: ["gpt-test"])
+    script: Script | None = None
+    last: dict[str, Any] = field(default_factory=dict)
 
     def take_fault(self) -> Fault:
         """The fault for the request arriving now, counting down `times`."""
@@ -276,6 +302,13 @@ def _tokens(n: int) -> list[str]:
     return [f"tok{i} " for i in range(n)]
 
 
+def _logprob(token: str, top: int) -> dict[str, Any]:
+    """A token's logprob entry (OpenAI chat's and Ollama's shape): -0.5, then `top` alternatives."""
+    alternatives = [(token, -0.5)] + [(f"alt{i}", -0.5 - i) for i in range(1, top)]
+    return {"token": token, "logprob": -0.5, "bytes": list(token.encode()),
+            "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alternatives[:top]]}
+
+
 def _vector(text: str, dimensions: int) -> list[float]:
     """A deterministic unit vector for `text`."""
     digest = hashlib.sha256(text.encode()).digest()
@@ -320,6 +353,21 @@ def _openai_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
     created = int(time.time())
     obj = ("chat.completion" if chat else "text_completion")
     fault = up.take_fault()
+    script = up.script if chat else None
+    if script is not None:
+        finish = "tool_calls" if script.tool_calls else "stop"
+    # Chat: logprobs true and top_logprobs k; completions: logprobs k.
+    top = (body.get("top_logprobs") or 0) if chat else body.get("logprobs")
+    want_logprobs = bool(body.get("logprobs")) if chat else body.get("logprobs") is not None
+
+    def scored(text: str) -> dict[str, Any] | None:
+        if not want_logprobs or not text:
+            return None
+        if chat:
+            return {"content": [_logprob(text, int(top or 0))], "refusal": None}
+        entry = _logprob(text, int(top or 0))
+        return {"tokens": [text], "token_logprobs": [-0.5], "text_offset": [0],
+                "top_logprobs": [{t["token"]: t["logprob"] for t in entry["top_logprobs"]}]}
 
     def usage(completion: int) -> dict[str, int]:
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
@@ -327,9 +375,14 @@ def _openai_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
 
     if not body.get("stream"):
         def whole(n: int, _: Timing) -> bytes:
-            text = "".join(_tokens(n))
-            choice: dict[str, Any] = ({"index": 0, "message": {"role": "assistant", "content": text},
-                                       "logprobs": None, "finish_reason": finish} if chat else
+            text = "".join(_tokens(n)) if script is None else script.text
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if script is not None and script.tool_calls:
+                message["content"] = text or None
+                message["tool_calls"] = [{"id": f"call_fake{i}", "type": "function", "function": {
+                    "name": c["name"], "arguments": script.arguments(c)}} for i, c in enumerate(script.tool_calls)]
+            choice: dict[str, Any] = ({"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+                                      if chat else
                                       {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
             return _dumps({"id": ident, "object": obj, "created": created, "model": model,
                            "choices": [choice], "usage": usage(n)})
@@ -342,15 +395,28 @@ def _openai_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
     def event(payload: dict[str, Any]) -> bytes:
         return b"data: " + _dumps(payload) + b"\n\n"
 
-    def chunk(text: str | None, finish_reason: str | None, role: bool = False) -> bytes:
+    def chunk(text: str | None, finish_reason: str | None, role: bool = False,
+              calls: list[dict[str, Any]] | None = None) -> bytes:
         if chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
             if text is not None:
                 delta["content"] = text
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            if calls:
+                delta["tool_calls"] = calls
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": scored(text or ""),
+                                      "finish_reason": finish_reason}
         else:
-            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "text": text or "", "logprobs": scored(text or ""), "finish_reason": finish_reason}
         return event({**base, "choices": [choice]})
+
+    pieces = [chunk(t, None) for t in _tokens(count)]
+    if script is not None:
+        pieces = [chunk(script.text, None)] if script.text else []
+        for i, call in enumerate(script.tool_calls):
+            pieces.append(chunk(None, None, calls=[{"index": i, "id": f"call_fake{i}", "type": "function",
+                                                    "function": {"name": call["name"], "arguments": ""}}]))
+            pieces += [chunk(None, None, calls=[{"index": i, "function": {"arguments": part}}])
+                       for part in script.split(script.arguments(call))]
 
     def tail(n: int, _: Timing) -> bytes:
         out = chunk(None if chat else "", finish)
@@ -359,7 +425,7 @@ def _openai_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
         return out + b"data: [DONE]\n\n"
 
     return Answer(up, fault, "openai", "text/event-stream", tail,
-                  pieces=[chunk(t, None) for t in _tokens(count)], head=chunk(None, None, role=True) if chat else b"")
+                  pieces=pieces, head=chunk(None, None, role=True) if chat else b"")
 
 
 def _openai_embeddings(up: Upstream, body: dict[str, Any]) -> Answer:
@@ -397,11 +463,25 @@ def _ollama_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
         count, capped = limit, True
     finish = "length" if capped else "stop"
     prompt_tokens = _words(body.get("messages") if chat else body.get("prompt"))
+    script = up.script if chat else None
+    if script is not None:
+        finish = "stop"  # Ollama says "stop" after tool calls too
 
-    def item(text: str) -> dict[str, Any]:
+    def item(text: str, calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": model, "created_at": _iso_now()}
         if chat:
-            return {"model": model, "created_at": _iso_now(), "message": {"role": "assistant", "content": text}}
-        return {"model": model, "created_at": _iso_now(), "response": text}
+            out["message"] = {"role": "assistant", "content": text}
+            if calls:
+                out["message"]["tool_calls"] = calls
+        else:
+            out["response"] = text
+        if body.get("logprobs") and text:
+            out["logprobs"] = [_logprob(text, int(body.get("top_logprobs") or 0))]
+        return out
+
+    def whole_calls() -> list[dict[str, Any]]:
+        assert script is not None
+        return [{"function": {"name": c["name"], "arguments": c.get("arguments") or {}}} for c in script.tool_calls]
 
     def final(n: int, t: Timing, text: str) -> dict[str, Any]:
         return {**item(text), "done": True, "done_reason": finish, "total_duration": _ns(t.end - t.start),
@@ -410,9 +490,19 @@ def _ollama_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
                 "eval_duration": _ns(t.end - t.first)}
 
     if body.get("stream", True) is False:
-        return Answer(up, up.take_fault(), "ollama", "application/json",
-                      lambda n, t: _dumps(final(n, t, "".join(_tokens(n)))), pieces=[b""] * count, streamed=False)
+        def whole(n: int, t: Timing) -> bytes:
+            if script is None:
+                return _dumps(final(n, t, "".join(_tokens(n))))
+            answer = final(n, t, script.text)
+            if script.tool_calls:
+                answer["message"]["tool_calls"] = whole_calls()
+            return _dumps(answer)
+
+        return Answer(up, up.take_fault(), "ollama", "application/json", whole, pieces=[b""] * count, streamed=False)
     pieces = [_dumps({**item(text), "done": False}) + b"\n" for text in _tokens(count)]
+    if script is not None:
+        pieces = [_dumps({**item(script.text), "done": False}) + b"\n"] if script.text else []
+        pieces += [_dumps({**item("", [call]), "done": False}) + b"\n" for call in whole_calls()]
     return Answer(up, up.take_fault(), "ollama", "application/x-ndjson",
                   lambda n, t: _dumps(final(n, t, "")) + b"\n", pieces=pieces)
 
@@ -447,6 +537,7 @@ def build_app(up: Upstream) -> ASGIApp:
             body = await _json(request)
             if body is None:
                 return _bad(protocol, "the body must be a JSON object")
+            up.last = {"path": request.url.path, "body": body}
             return make(body)
 
         return endpoint
@@ -474,11 +565,24 @@ def build_app(up: Upstream) -> ASGIApp:
             up.fault = Fault(**body)
         return JSONResponse(asdict(up.fault))
 
+    async def script(request: Request) -> Response:
+        body = await _json(request)
+        names = {f.name for f in fields(Script)}
+        if body is None or set(body) - names:
+            return JSONResponse({"error": f"fields are {sorted(names)}"}, status_code=400)
+        up.script = Script(**body) if body else None
+        return JSONResponse(asdict(up.script) if up.script else {})
+
+    async def last(_: Request) -> Response:
+        return JSONResponse(up.last)
+
     async def stats(_: Request) -> Response:
         return JSONResponse(asdict(up.stats))
 
     async def reset(_: Request) -> Response:
         up.fault = Fault()
+        up.script = None
+        up.last = {}
         up.stats = Stats(active=up.stats.active)  # requests still in flight will still leave
         return JSONResponse({"ok": True})
 
@@ -498,6 +602,8 @@ def build_app(up: Upstream) -> ASGIApp:
         Route("/api/tags", tags, methods=["GET"]),
         Route("/api/version", version, methods=["GET"]),
         Route("/_control", control, methods=["GET", "POST"]),
+        Route("/_script", script, methods=["POST"]),
+        Route("/_last", last, methods=["GET"]),
         Route("/_stats", stats, methods=["GET"]),
         Route("/_reset", reset, methods=["POST"]),
     ]

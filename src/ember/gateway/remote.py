@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from ember.engine.types import TokenLogprob, TopLogprob
 from ember.errors import UpstreamError, UpstreamTimeout
 from ember.gateway.config import ProviderConfig
 from ember.services.generation import Generation
@@ -53,8 +54,9 @@ class StreamState:
         return first - self.started, now - first
 
 
-# A parser turns an HTTP response into events: text events with non-empty text, then
-# exactly one done event; it raises UpstreamError on a malformed or in-band error chunk.
+# A parser turns an HTTP response into events: events with non-empty text, tool-call deltas or
+# logprobs, then exactly one done event; it raises UpstreamError on a malformed or in-band error
+# chunk.
 Parser = Callable[[httpx.Response, StreamState], AsyncGenerator[GenerationEvent, None]]
 
 
@@ -171,8 +173,31 @@ def upstream_role(role: str) -> str:
 
 
 def finish_reason(reason: Any) -> FinishReason:
-    # content_filter, tool_calls, function_call: the text is over all the same.
-    return "length" if reason == "length" else "stop"
+    """An upstream's finish reason as ember's: tool_calls (and the legacy function_call) stay what
+    they are; content_filter and anything unknown end the answer as "stop"."""
+    if reason == "length":
+        return "length"
+    return "tool_calls" if reason in ("tool_calls", "function_call") else "stop"
+
+
+def token_logprobs(provider: str, entries: Any) -> tuple[TokenLogprob, ...]:
+    """Per-token logprobs in the shape OpenAI's chat and Ollama share: [{token, logprob, bytes,
+    top_logprobs: [{token, logprob, bytes}]}]; missing bytes are the token's UTF-8."""
+    if not isinstance(entries, list):
+        return ()
+    try:
+        return tuple(TokenLogprob(token=str(e["token"]), logprob=float(e["logprob"]),
+                                  bytes=_bytes(e.get("bytes"), str(e["token"])),
+                                  top=tuple(TopLogprob(token=str(t["token"]), logprob=float(t["logprob"]),
+                                                       bytes=_bytes(t.get("bytes"), str(t["token"])))
+                                            for t in e.get("top_logprobs") or ()))
+                     for e in entries)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise broken(provider, f"malformed logprobs from upstream: {json.dumps(entries)[:200]}") from exc
+
+
+def _bytes(value: Any, token: str) -> tuple[int, ...]:
+    return tuple(int(b) for b in value) if isinstance(value, list) else tuple(token.encode())
 
 
 # -- wire framing -------------------------------------------------------------------------------
@@ -298,8 +323,10 @@ class RemoteClient:
         except ValueError as exc:
             raise broken(self.name, "upstream answered with a body that is not JSON") from exc
 
-    async def stream(self, path: str, body: dict[str, Any], parse: Parser, model: str) -> Generation:
-        """POST a streaming request; return once the first token (or the end) has arrived."""
+    async def stream(self, path: str, body: dict[str, Any], parse: Parser, model: str,
+                     notes: dict[str, str] | None = None) -> Generation:
+        """POST a streaming request; return once the first token (or the end) has arrived.
+        `notes` become response headers of the Generation (what the upstream could not be told)."""
         loop = asyncio.get_running_loop()
         state = StreamState(model=model, started=time.perf_counter())
         deadline = loop.time() + self.config.total_timeout
@@ -331,7 +358,8 @@ class RemoteClient:
         rest = self._rest(first, events, deadline)
         resources.push_async_callback(rest.aclose)
         return Generation(model=state.model, prompt_tokens=state.prompt_tokens, load_seconds=0.0,
-                          started=state.started, _events=rest, _resources=resources, provider=self.name)
+                          started=state.started, _events=rest, _resources=resources, provider=self.name,
+                          notes=dict(notes or {}))
 
     async def _rest(self, first: GenerationEvent, events: AsyncIterator[GenerationEvent],
                     deadline: float) -> AsyncGenerator[GenerationEvent, None]:

@@ -5,6 +5,8 @@ base_url is the /v1 base (https://api.openai.com/v1, http://127.0.0.1:8001/v1, a
 
 from __future__ import annotations
 
+import json
+import secrets
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -13,12 +15,30 @@ from typing import Any
 
 import httpx
 
-from ember.engine.types import GenerationStats
+from ember.engine.types import GenerationStats, TokenLogprob, TopLogprob
 from ember.gateway.config import ProviderConfig
-from ember.gateway.remote import RemoteClient, StreamState, broken, finish_reason, read_chunk, sse_data, upstream_role
+from ember.gateway.remote import (
+    RemoteClient,
+    StreamState,
+    broken,
+    finish_reason,
+    read_chunk,
+    sse_data,
+    token_logprobs,
+    upstream_role,
+)
 from ember.services.embeddings import EmbeddingOutcome
 from ember.services.generation import Generation
-from ember.services.types import GenerationEvent, TextRequest
+from ember.services.types import (
+    ChatMessage,
+    GenerationEvent,
+    ImagePart,
+    ResponseFormat,
+    TextRequest,
+    Tool,
+    ToolCallDelta,
+    ToolChoice,
+)
 
 
 class OpenAIProvider:
@@ -60,6 +80,8 @@ class OpenAIProvider:
 
 
 def request_body(request: TextRequest, model: str) -> dict[str, Any]:
+    """The neutral request as OpenAI's: tools, tool_choice, response_format, logprobs, tool calls,
+    tool results and image parts go as OpenAI spells them (what ember parsed, sent on unchanged)."""
     s = request.sampling
     body: dict[str, Any] = {
         "model": model, "stream": True, "stream_options": {"include_usage": True},
@@ -67,9 +89,22 @@ def request_body(request: TextRequest, model: str) -> dict[str, Any]:
         "presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
     }
     if request.messages is not None:
-        body["messages"] = [{"role": upstream_role(m.role), "content": m.content} for m in request.messages]
+        body["messages"] = [_message(m) for m in request.messages]
+        if request.tools:
+            body["tools"] = [_tool(t) for t in request.tools]
+            body["tool_choice"] = _tool_choice(request.tool_choice)
+            if not request.parallel_tool_calls:  # true is the default: sent only when it says no
+                body["parallel_tool_calls"] = False
+        if request.logprobs is not None:
+            body["logprobs"] = True
+            body["top_logprobs"] = request.logprobs.top
     else:
         body["prompt"] = request.prompt or ""
+        if request.logprobs is not None:
+            body["logprobs"] = request.logprobs.top  # the legacy API's alternatives per token
+    form = response_format(request.response_format)
+    if form is not None:
+        body["response_format"] = form
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     if request.stop:
@@ -79,13 +114,121 @@ def request_body(request: TextRequest, model: str) -> dict[str, Any]:
     return body
 
 
+def _message(message: ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": upstream_role(message.role)}
+    if message.attachments:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
+        parts += [{"type": "image_url", "image_url": {"url": image_url(part.source)}}
+                  for part in message.attachments if isinstance(part, ImagePart)]
+        out["content"] = parts
+    else:
+        # An assistant turn that only calls tools has no content (null, as OpenAI writes it).
+        out["content"] = None if message.tool_calls and not message.content else message.content
+    if message.tool_calls:
+        out["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                             for c in message.tool_calls]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _tool(tool: Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name, "parameters": tool.parameters}
+    if tool.description:
+        function["description"] = tool.description
+    if tool.strict:
+        function["strict"] = True
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: ToolChoice) -> str | dict[str, Any]:
+    if choice.mode == "function":
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.mode
+
+
+def response_format(form: ResponseFormat) -> dict[str, Any] | None:
+    if form.type == "text":
+        return None
+    if form.type == "json_object":
+        return {"type": "json_object"}
+    spec: dict[str, Any] = {"name": form.name or "response", "schema": form.schema}
+    if form.strict:
+        spec["strict"] = True
+    return {"type": "json_schema", "json_schema": spec}
+
+
+# Ollama sends images as bare base64: OpenAI wants a URL, so they go as data: URLs of their type.
+_IMAGE_MAGIC = (("iVBOR", "image/png"), ("/9j/", "image/jpeg"), ("R0lGOD", "image/gif"), ("UklGR", "image/webp"))
+
+
+def image_url(source: str) -> str:
+    if source.startswith(("http://", "https://", "data:")):
+        return source
+    kind = next((mime for magic, mime in _IMAGE_MAGIC if source.startswith(magic)), "image/png")
+    return f"data:{kind};base64,{source}"
+
+
+class _Calls:
+    """Tool-call deltas as the neutral stream has them: a call's id and name on its first delta
+    only (an upstream that repeats them, or sends no id, is evened out), arguments as they came."""
+
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+        self._seen: set[int] = set()
+
+    def deltas(self, delta: dict[str, Any]) -> tuple[ToolCallDelta, ...]:
+        entries = delta.get("tool_calls")
+        if not entries and isinstance(delta.get("function_call"), dict):  # the legacy single call
+            entries = [{"index": 0, "function": delta["function_call"]}]
+        if not isinstance(entries, list):
+            return ()
+        out = []
+        for position, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not isinstance(entry.get("function", {}), dict):
+                raise broken(self._provider, f"malformed tool call from upstream: {json.dumps(entry)[:200]}")
+            function = entry.get("function") or {}
+            index = int(entry.get("index", position))
+            arguments = function.get("arguments") or ""
+            if not isinstance(arguments, str):  # an object where JSON text belongs
+                arguments = json.dumps(arguments, ensure_ascii=False)
+            if index in self._seen:
+                out.append(ToolCallDelta(index=index, arguments=arguments))
+                continue
+            self._seen.add(index)
+            out.append(ToolCallDelta(index=index, id=entry.get("id") or f"call_{secrets.token_hex(12)}",
+                                     name=function.get("name") or None, arguments=arguments))
+        return tuple(out)
+
+
+def legacy_logprobs(provider: str, value: Any) -> tuple[TokenLogprob, ...]:
+    """The completions API's parallel lists: tokens, token_logprobs, top_logprobs ({token: logprob})."""
+    if not isinstance(value, dict) or not isinstance(value.get("tokens"), list):
+        return ()
+    tops = value.get("top_logprobs") or []
+    out = []
+    try:
+        for i, (token, logprob) in enumerate(zip(value["tokens"], value.get("token_logprobs") or [], strict=False)):
+            alternatives = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+            top = [TopLogprob(token=str(t), logprob=float(lp), bytes=tuple(str(t).encode()))
+                   for t, lp in alternatives.items()]
+            top.sort(key=lambda t: -t.logprob)
+            out.append(TokenLogprob(token=str(token), logprob=float(logprob if logprob is not None else 0.0),
+                                    bytes=tuple(str(token).encode()), top=tuple(top)))
+    except (TypeError, ValueError) as exc:
+        raise broken(provider, f"malformed logprobs from upstream: {json.dumps(value)[:200]}") from exc
+    return tuple(out)
+
+
 async def parse_stream(provider: str, response: httpx.Response,
                        state: StreamState) -> AsyncGenerator[GenerationEvent, None]:
-    """SSE chunks -> text events, then one done event once the stream has ended."""
+    """SSE chunks -> events (text, tool-call deltas, logprobs), then one done event once the
+    stream has ended."""
     chunks = 0
     finish: Any = None
     usage: dict[str, Any] | None = None
     done_seen = False
+    calls = _Calls(provider)
     async with aclosing(sse_data(response)) as data_items:
         async for data in data_items:
             if data.strip() == "[DONE]":
@@ -99,11 +242,17 @@ async def parse_stream(provider: str, response: httpx.Response,
                 if choice.get("index", 0) != 0:
                     continue  # n > 1 is never asked for
                 delta = choice.get("delta")
-                text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-                if text:
+                logprobs = choice.get("logprobs")
+                if isinstance(delta, dict):
+                    text = delta.get("content")
+                    deltas = calls.deltas(delta)
+                    scored = token_logprobs(provider, logprobs.get("content")) if isinstance(logprobs, dict) else ()
+                else:
+                    text, deltas, scored = choice.get("text"), (), legacy_logprobs(provider, logprobs)
+                if text or deltas or scored:
                     chunks += 1
                     state.mark_token()
-                    yield GenerationEvent(text=text)
+                    yield GenerationEvent(text=text or "", tool_calls=deltas, logprobs=scored)
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
     if not done_seen and finish is None:
