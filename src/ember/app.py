@@ -86,7 +86,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         **_without_native_telemetry(),
     )
-    app.add_middleware(JsonBodyMiddleware)
+    app.add_middleware(JsonBodyMiddleware, error_body=error_body_for, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(GuardMiddleware, error_body=error_body_for, protocol_name=protocol_name)
     app.add_middleware(ProtocolMiddleware)  # added last: runs first, so everything after knows the protocol
     install_error_handlers(app)

@@ -136,10 +136,11 @@ def _model_of(body: bytes | None) -> str:
 
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     model = data.get("model") if isinstance(data, dict) else None
-    return model if isinstance(model, str) else ""
+    # The guard refuses before the JSON-body check: a lone surrogate would fail the row's write.
+    return model.encode("utf-8", "backslashreplace").decode() if isinstance(model, str) else ""
 
 
 def build_guard(settings: Settings, telemetry: Any = None) -> Guard:

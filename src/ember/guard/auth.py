@@ -102,7 +102,7 @@ def check_caps(settings: Settings, path: str, body: bytes) -> None:
         return
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep: the JSON-body check says so
         return
     if not isinstance(data, dict):
         return
