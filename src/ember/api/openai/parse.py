@@ -24,6 +24,7 @@ from ember.services.types import (
     ToolCall,
     ToolChoice,
 )
+from ember.services.validation import MAX_TOP_LOGPROBS, check_schema
 
 
 def chat_messages(messages: list[ChatMessageIn]) -> list[ChatMessage]:
@@ -99,7 +100,10 @@ def response_format(value: ResponseFormatIn | None) -> ResponseFormat:
         return ResponseFormat(type="json_object")
     spec = value.json_schema
     if spec is None or spec.schema_ is None:
-        raise BadRequest("response_format json_schema needs json_schema.schema", param="response_format.json_schema")
+        where = "response_format.json_schema" + (".schema" if spec is not None else "")
+        raise BadRequest(f"{where} is missing: a json_schema response format needs the JSON schema the answer "
+                         "must follow", param=where)
+    check_schema(spec.schema_, "response_format.json_schema.schema", want_object=False)  # OpenAI's name
     return ResponseFormat(type="json_schema", schema=spec.schema_, name=spec.name, strict=bool(spec.strict))
 
 
@@ -112,4 +116,6 @@ def chat_logprobs(body: ChatCompletionRequest) -> LogprobOptions | None:
 
 
 def completion_logprobs(body: CompletionRequest) -> LogprobOptions | None:
+    if body.logprobs is not None and body.logprobs > MAX_TOP_LOGPROBS:  # the legacy name of top_logprobs
+        raise BadRequest(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}, not {body.logprobs}", param="logprobs")
     return None if body.logprobs is None else LogprobOptions(top=body.logprobs)
