@@ -546,10 +546,29 @@ def test_a_second_ember_accepts_the_tool_history_and_sees_the_images_as_translat
         assert where in str(caught.value.body)
 
 
-def test_a_second_embers_tool_calls_come_back_through_both_kinds(
-    gateway: ServerHandle, node_openai: Any, node_ollama: Any
+def test_a_call_the_second_ember_is_made_to_make_comes_back_through_the_gateway(
+    gateway: ServerHandle, server: ServerHandle
 ) -> None:
-    # The tests above compare whatever the node answers; this one asks that it is a call.
-    if not (node_openai[1] and node_ollama[1]):
-        pytest.skip("the second ember made no tool call: local tool calling has not landed yet")
-    assert node_openai[2] == node_ollama[2] == "tool_calls"
+    # The tests above compare whatever the node answers; here tool_choice "required" (which only
+    # the openai kind can say) asks for a call, and the call must come back, whole and streamed.
+    ask: Any = {
+        "messages": QUESTION,
+        "tools": NODE_TOOLS,
+        "tool_choice": "required",
+        "max_tokens": 48,
+        "temperature": 0,
+    }
+    direct = _openai_answer(openai_client(server.base_url).chat.completions.create(model=DEFAULT_MODEL, **ask))
+    if not direct[1]:
+        pytest.skip("the second ember made no tool call when required to: local tool calling has not landed yet")
+    assert direct[2] == "tool_calls" and direct[1][0][0] == "weather"
+    fresh = {"Cache-Control": "no-cache"}
+    via = openai_client(gateway.base_url, **fresh).chat.completions.create(model=f"nodev1/{DEFAULT_MODEL}", **ask)
+    assert _openai_answer(via) == direct
+    # Streamed: each call's first delta carries its id and name, as the node sent them.
+    streamed = openai_client(gateway.base_url, **fresh).chat.completions.create(
+        model=f"nodev1/{DEFAULT_MODEL}", stream=True, **ask
+    )
+    chunks = list(streamed)
+    first = [d for d in deltas(chunks) if "id" in d]
+    assert [d["function"]["name"] for d in first] == [name for name, _ in direct[1]]
