@@ -10,7 +10,16 @@ from typer.testing import CliRunner
 
 from ember.cli import app
 
-from .helpers import FAST, MODEL, Ember, assert_one_line_error, doctor_checks
+from .helpers import (
+    FAST,
+    MODEL,
+    Ember,
+    assert_one_line_error,
+    chats_served,
+    doctor_checks,
+    greedy_chat,
+    wait_for_chats,
+)
 
 
 def test_list_shows_the_model(ember: Ember, server) -> None:
@@ -39,15 +48,26 @@ def test_show_unknown_model_is_one_line(ember: Ember, server) -> None:
 
 
 def test_run_streams_an_answer(ember: Ember, server) -> None:
+    expected = greedy_chat(server.base_url, "Say hello.")
+    before = chats_served(server.base_url)
     result = ember("run", MODEL, "Say hello.", *FAST, env=server.env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip()
+    # The model's own answer, then a newline, and nothing else on stdout.
+    assert result.stdout == expected + "\n"
+    # Served by the running server (one chat more there), not by an in-process one.
+    assert wait_for_chats(server.base_url, before + 1) == before + 1
 
 
 def test_run_reads_the_prompt_from_stdin(ember: Ember, server) -> None:
-    result = ember("run", MODEL, *FAST, input="What is 2+2?\n", env=server.env)
+    question = "What is 2+2?\n"  # all of stdin is the prompt, newline included
+    expected = greedy_chat(server.base_url, question)
+    before = chats_served(server.base_url)
+    result = ember("run", MODEL, *FAST, input=question, env=server.env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip()
+    # Exactly the answer: an interactive session would have printed ">>> " prompts around it.
+    assert result.stdout == expected + "\n"
+    assert ">>>" not in result.stdout + result.stderr
+    assert wait_for_chats(server.base_url, before + 1) == before + 1
 
 
 def test_run_ps_stop(ember: Ember, model_home: Path, server_factory) -> None:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import FAST, MODEL, Ember, assert_one_line_error, doctor_checks
+from ember.gateway.usage import UsageLog
+
+from .helpers import FAST, MODEL, Ember, assert_one_line_error, doctor_checks, greedy_chat
 
 
 @pytest.mark.parametrize(
@@ -26,11 +28,20 @@ def test_version_without_server(ember: Ember, dead_host: str, tmp_path: Path) ->
     assert "Traceback" not in result.stderr
 
 
-def test_run_without_server_answers_in_process(ember: Ember, dead_host: str, model_home: Path) -> None:
-    result = ember("run", MODEL, "Say hello.", *FAST, env={"EMBER_HOST": dead_host, "EMBER_HOME": str(model_home)})
+def test_run_without_server_answers_in_process(ember: Ember, dead_host: str, fresh_home: Path, server) -> None:
+    expected = greedy_chat(server.base_url, "Say hello.")  # the same model's answer, from a real server
+    result = ember("run", MODEL, "Say hello.", *FAST, env={"EMBER_HOST": dead_host, "EMBER_HOME": str(fresh_home)})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip()
+    assert result.stdout == expected + "\n"
     assert "Traceback" not in result.stderr
+    # Nothing listens at dead_host: the server inside the CLI answered, and logged the request
+    # in this home's usage (a private home: nobody else writes there).
+    usage = UsageLog(fresh_home / "state" / "usage.db")
+    try:
+        rows = usage.totals("model")
+    finally:
+        usage.close()
+    assert [(r["model"], r["requests"], r["tokens_out"]) for r in rows] == [(MODEL, 1, 16)]
 
 
 def test_doctor_without_server_reports_problems(ember: Ember, dead_host: str, tmp_path: Path) -> None:
