@@ -9,7 +9,9 @@ Llama 3.x templates take one call per message, so a message of several calls bec
 
 Templates that know no tools get the generic envelope (generic.py): a system message that
 describes the tools and the answer's JSON shape, earlier calls written in that shape, and tool
-results as `tool` messages where the template names that role, or else as user text.
+results as `tool` messages where the template names that role, or else as user text (one user
+turn for a run of results and a user message right after them, for templates that insist on
+alternating turns).
 """
 
 from __future__ import annotations
@@ -130,6 +132,10 @@ def envelope_messages(
                     results_at = len(out)
                     out.append({"role": "user", "content": text})
                 continue
+        if role == "user" and results_at is not None and results_at == len(out) - 1:
+            # Templates that insist on alternating turns get one user turn, results then question.
+            out[results_at]["content"] += "\n\n" + content
+            continue
         out.append({"role": role, "content": content})
     if instructions is not None:
         if out and out[0]["role"] == "system":
