@@ -91,8 +91,8 @@ class LlamaEngine:
     def alive(self) -> bool:
         return not self._closed
 
-    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        return await asyncio.to_thread(self._llama.tokenize, text.encode("utf-8"), add_special, True)
+    async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return await asyncio.to_thread(self._llama.tokenize, text.encode("utf-8"), add_special, parse_special)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         loop = asyncio.get_running_loop()

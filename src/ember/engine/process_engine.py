@@ -76,10 +76,10 @@ class Vocabulary:
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self.size = llama_cpp.llama_vocab_n_tokens(self._vocab)
 
-    def tokenize(self, text: str, add_special: bool) -> list[int]:
+    def tokenize(self, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
         if self._model is None:
             raise ServiceUnavailable("the model was unloaded")
-        return tokenize(self._vocab, text, add_special=add_special, parse_special=True)
+        return tokenize(self._vocab, text, add_special=add_special, parse_special=parse_special)
 
     def close(self) -> None:
         if self._model is not None:
@@ -311,10 +311,10 @@ class ProcessEngine:
         channel = self._channel
         return not self._closed and channel.failure is None and channel.process.poll() is None
 
-    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+    async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         if len(text) <= _INLINE_TOKENIZE_CHARS:
-            return self._vocabulary.tokenize(text, add_special)
-        return await asyncio.to_thread(self._vocabulary.tokenize, text, add_special)
+            return self._vocabulary.tokenize(text, add_special, parse_special)
+        return await asyncio.to_thread(self._vocabulary.tokenize, text, add_special, parse_special)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         self._check_open()

@@ -31,8 +31,10 @@ class Engine(Protocol):
     def alive(self) -> bool:
         """False once the engine can no longer serve (its worker died, or it was closed)."""
 
-    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        """Tokens of text, parsing special tokens (chat templates contain them)."""
+    async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Tokens of text. `add_special`: the BOS token (and EOS) the model wants around a text.
+        `parse_special`: the text of a special token ("<|im_end|>") becomes that token, as a
+        chat template's own markup must; False tokenizes it as plain text, as a message's must."""
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         """Stream text; closing the generator early (aclose) cancels the generation."""

@@ -2,11 +2,20 @@
 
 Templates come from the GGUF file, so they are untrusted: they run in Jinja's
 immutable sandbox.
+
+`render_chat_parts` tells the template's own markup (whose special-token text, "<|im_end|>",
+must become those tokens) from the messages' text (which must stay plain text, so that a
+message cannot close its turn and write one for another role): see its docstring.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -91,3 +100,87 @@ def render_chat(
         raise BadRequest(f"the model's chat template refused these messages: {exc}", param="messages") from exc
     except TemplateError as exc:
         raise BadRequest(f"the model's chat template failed on these messages: {exc}", param="messages") from exc
+
+
+# A path into the messages list: (0, "content"), (2, "tool_calls", 0, "function", "arguments").
+TextPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class PromptPart:
+    """A piece of a rendered prompt: the template's markup (special=True: special-token text in
+    it becomes those tokens) or a message's own text (special=False: tokenized as plain text)."""
+
+    text: str
+    special: bool
+
+
+def render_chat_parts(
+    template: str,
+    messages: list[dict[str, Any]],
+    *,
+    plain: Sequence[TextPath],
+    bos_token: str | None = None,
+    eos_token: str | None = None,
+    add_generation_prompt: bool = True,
+) -> list[PromptPart]:
+    """The prompt render_chat gives, cut into markup and the plain-text strings at `plain`.
+
+    Each string at a path in `plain` is rendered as a sentinel no message can contain (a random
+    nonce between private-use characters), keeping its leading and trailing whitespace around
+    the sentinel so that a template's `trim` acts on it as on the text. The render is then cut
+    at the sentinels. Joined, the parts must equal render_chat's prompt: a template that changes
+    such a text otherwise (splits it, escapes it, changes its case) is a 400, because the text
+    could not be kept apart from the markup.
+    """
+    def render(these: list[dict[str, Any]]) -> str:
+        return render_chat(template, these, bos_token=bos_token, eos_token=eos_token,
+                           add_generation_prompt=add_generation_prompt)
+
+    prompt = render(messages)
+    nonce = secrets.token_hex(8)
+    marked = copy.deepcopy(messages)
+    texts: list[tuple[str, str, str]] = []  # (leading whitespace, the text stripped, trailing)
+    for path in plain:
+        container, key = _parent(marked, path)
+        text = container[key]
+        core = text.strip() if isinstance(text, str) else ""
+        if not core:
+            continue
+        start = text.index(core)
+        lead, trail = text[:start], text[start + len(core):]
+        container[key] = f"{lead}\ue000{nonce}:{len(texts)}\ue001{trail}"
+        texts.append((lead, core, trail))
+    pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", render(marked))  # markup, index, markup, ...
+    for i in range(1, len(pieces), 2):
+        lead, core, trail = texts[int(pieces[i])]
+        # Whitespace the template kept goes back with its text, to be tokenized as it would be there.
+        if lead and pieces[i - 1].endswith(lead):
+            pieces[i - 1], core = pieces[i - 1][: -len(lead)], lead + core
+        if trail and pieces[i + 1].startswith(trail):
+            pieces[i + 1], core = pieces[i + 1][len(trail):], core + trail
+        pieces[i] = core
+    parts = [PromptPart(piece, special=not i % 2) for i, piece in enumerate(pieces) if piece]
+    if "".join(part.text for part in parts) != prompt:
+        where = _field(plain[0]) if plain else "messages"
+        raise BadRequest(
+            f"{where} holds the text of the model's special tokens, and the model's chat template changes "
+            "that text, so ember cannot keep it apart from the template's markup; leave the special-token "
+            "text out",
+            param=where,
+        )
+    return parts
+
+
+def _parent(messages: list[dict[str, Any]], path: TextPath) -> tuple[Any, str | int]:
+    node: Any = messages
+    for step in path[:-1]:
+        node = node[step]
+    return node, path[-1]
+
+
+def _field(path: TextPath) -> str:
+    out = "messages"
+    for step in path:
+        out += f"[{step}]" if isinstance(step, int) else f".{step}"
+    return out

@@ -15,8 +15,9 @@ from typing import Any
 
 from ember.engine import types as engine_types
 from ember.errors import BadRequest, ContextLengthExceeded, UnsupportedParameter
-from ember.runtime.chat_template import render_chat, template_for
+from ember.runtime.chat_template import template_for
 from ember.runtime.scheduler import Lease, Scheduler
+from ember.services.prompt import chat_prompt_tokens
 from ember.services.types import (
     Answer,
     AnswerBuilder,
@@ -141,15 +142,14 @@ class GenerationService:
         if request.messages is None:
             return await engine.tokenize(request.prompt or "", add_special=True)
         meta = lease.runner.record.metadata
-        text = render_chat(
+        # The messages' text is tokenized as plain text, the template's markup with its special tokens.
+        return await chat_prompt_tokens(
+            engine,
             template_for(meta.chat_template, meta.architecture),
             [_message_dict(m) for m in request.messages],
             bos_token=meta.bos_token,
             eos_token=meta.eos_token,
         )
-        # Templates that write the BOS token themselves must not get a second one.
-        starts_with_bos = bool(meta.bos_token) and text.startswith(meta.bos_token or "")
-        return await engine.tokenize(text, add_special=not starts_with_bos)
 
 
 def _refuse_attachments(request: TextRequest) -> None:
