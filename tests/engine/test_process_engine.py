@@ -140,6 +140,22 @@ async def test_greedy_answer_equals_in_process_engine(engine: ProcessEngine, ref
         assert ours.finish == theirs.finish
 
 
+async def test_penalties_equal_in_process_engine(engine: ProcessEngine, reference: LlamaEngine) -> None:
+    """Both engines read every penalty field alike, repeat_last_n's 0 (off) and -1 (all) included."""
+    loop = await engine.tokenize("Repeat after me: hello hello hello hello hello", add_special=False)
+    unpenalised = await ask(engine, loop, max_tokens=24, sampling=GREEDY)
+    assert unpenalised.text == " hello" * 24
+    for penalties in ({"repeat_penalty": 1.5}, {"repeat_penalty": 1.5, "repeat_last_n": 0},
+                      {"repeat_penalty": 1.5, "repeat_last_n": -1}, {"repeat_penalty": 1.0, "presence_penalty": 4.0},
+                      {"repeat_penalty": 1.0, "frequency_penalty": 0.5}):
+        sampling = SamplingParams(temperature=0.0, **penalties)  # type: ignore[arg-type]
+        ours = await ask(engine, loop, max_tokens=24, sampling=sampling)
+        theirs = await ask(reference, loop, max_tokens=24, sampling=sampling)
+        assert ours.text == theirs.text, penalties
+        # Off only where repeat_last_n says so.
+        assert (ours.text == unpenalised.text) == (penalties.get("repeat_last_n") == 0), penalties
+
+
 async def test_concurrent_requests_never_mix(engine: ProcessEngine) -> None:
     prompts = [await engine.tokenize(chat(q)) for q in QUESTIONS]
     alone = [await ask(engine, prompt, max_tokens=24, sampling=GREEDY) for prompt in prompts]

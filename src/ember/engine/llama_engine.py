@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -20,6 +19,7 @@ from typing import Any
 import llama_cpp
 
 from ember.engine.embedding import InputTooLong, check_lengths
+from ember.engine.sampling import SamplerChain
 from ember.engine.text import StopMatcher, Utf8Stream
 from ember.engine.types import (
     EmbeddingResult,
@@ -145,30 +145,21 @@ class LlamaEngine:
         if cancel.is_set() or limit <= 0:
             finish = "cancelled" if cancel.is_set() else "length"
         else:
-            seed = sampling.seed if sampling.seed is not None else random.getrandbits(32)
-            llama.set_seed(seed)
-            # Re-evaluate the whole prompt: reusing a cached prefix changes llama.cpp's
-            # batch shapes and with them the last bits of the logits, so the same greedy
-            # request could answer differently. Repeatable answers matter more here;
-            # the batching engine brings prefix reuse back.
-            llama.reset()
-            llama.last_n_tokens_size = max(0, sampling.repeat_last_n)
-            tokens = llama.generate(
-                request.prompt_tokens,
-                top_k=sampling.top_k,
-                top_p=sampling.top_p,
-                min_p=sampling.min_p,
-                typical_p=sampling.typical_p,
-                temp=sampling.temperature,
-                repeat_penalty=sampling.repeat_penalty,
-                frequency_penalty=sampling.frequency_penalty,
-                presence_penalty=sampling.presence_penalty,
-                reset=True,
-            )
+            # The worker's sampler chain, not Llama.generate's: that one never shows the prompt
+            # to the penalties and reads repeat_last_n -1 as 0 (off) instead of "all of it".
+            chain = SamplerChain.build(sampling, n_vocab=llama.n_vocab(), history=self.context_length)
             utf8 = Utf8Stream()
             matcher = StopMatcher(request.stop)
             try:
-                for token in tokens:
+                # Re-evaluate the whole prompt: reusing a cached prefix changes llama.cpp's
+                # batch shapes and with them the last bits of the logits, so the same greedy
+                # request could answer differently. Repeatable answers matter more here;
+                # the batching engine brings prefix reuse back.
+                llama.reset()
+                llama.eval(request.prompt_tokens)
+                chain.accept_history(request.prompt_tokens)
+                while True:
+                    token = chain.sample(llama.ctx, -1)  # from the last evaluated token's logits
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
                     if cancel.is_set():
@@ -188,8 +179,9 @@ class LlamaEngine:
                     if produced >= limit:
                         finish = "length"
                         break
+                    llama.eval([token])
             finally:
-                tokens.close()
+                chain.free()
             tail = matcher.feed(utf8.flush()) + matcher.flush()
             if tail and finish != "cancelled":
                 emit(GenerationEvent(text=tail))

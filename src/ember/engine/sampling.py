@@ -25,10 +25,10 @@ class SamplerChain:
 
     @classmethod
     def build(cls, params: SamplingParams, *, n_vocab: int, history: int) -> SamplerChain:
-        """The same chain, in the same order, as llama-cpp-python's Llama.generate builds.
+        """The chain both engines sample with, in the order llama-cpp-python's Llama.generate uses.
 
-        Keeping that order means a request sampled here and one sampled by the
-        in-process engine agree token for token given the same logits.
+        One chain for the worker and the in-process engine means a request sampled by either
+        agrees token for token given the same logits, penalties included.
         """
         seed = params.seed if params.seed is not None else random.getrandbits(32)
         # repeat_last_n -1 means the whole context, as in Ollama.
