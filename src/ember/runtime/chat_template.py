@@ -87,14 +87,19 @@ def render_chat(
     bos_token: str | None = None,
     eos_token: str | None = None,
     add_generation_prompt: bool = True,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
+    """The prompt; `tools` (OpenAI-style function dicts) is the template's `tools` variable,
+    left undefined when None, as templates that take tools expect."""
     compiled = _compile(template)
+    extra = {"tools": tools} if tools is not None else {}
     try:
         return compiled.render(
             messages=messages,
             bos_token=bos_token or "",
             eos_token=eos_token or "",
             add_generation_prompt=add_generation_prompt,
+            **extra,
         )
     except TemplateRaised as exc:
         raise BadRequest(f"the model's chat template refused these messages: {exc}", param="messages") from exc
@@ -123,6 +128,7 @@ def render_chat_parts(
     bos_token: str | None = None,
     eos_token: str | None = None,
     add_generation_prompt: bool = True,
+    tools: list[dict[str, Any]] | None = None,
 ) -> list[PromptPart]:
     """The prompt render_chat gives, cut into markup and the plain-text strings at `plain`.
 
@@ -135,7 +141,7 @@ def render_chat_parts(
     """
     def render(these: list[dict[str, Any]]) -> str:
         return render_chat(template, these, bos_token=bos_token, eos_token=eos_token,
-                           add_generation_prompt=add_generation_prompt)
+                           add_generation_prompt=add_generation_prompt, tools=tools)
 
     prompt = render(messages)
     nonce = secrets.token_hex(8)

@@ -50,16 +50,18 @@ async def chat_prompt_tokens(
     *,
     bos_token: str | None,
     eos_token: str | None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> list[int]:
     texts = [(path, text) for path, text in message_texts(messages) if text]
     plain: list[TextPath] = []
     if texts and await has_special_text(engine, "\n".join(text for _, text in texts)):
         plain = [path for path, text in texts if await has_special_text(engine, text)]
     if not plain:
-        prompt = render_chat(template, messages, bos_token=bos_token, eos_token=eos_token)
+        prompt = render_chat(template, messages, bos_token=bos_token, eos_token=eos_token, tools=tools)
         # Templates that write the BOS token themselves must not get a second one.
         return await engine.tokenize(prompt, add_special=not _starts_with(prompt, bos_token))
-    parts = render_chat_parts(template, messages, plain=plain, bos_token=bos_token, eos_token=eos_token)
+    parts = render_chat_parts(template, messages, plain=plain, bos_token=bos_token, eos_token=eos_token,
+                              tools=tools)
     tokens: list[int] = []
     for part in parts:
         tokens += await engine.tokenize(part.text, add_special=False, parse_special=part.special)
