@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 import llama_cpp
 
 from ember.engine.ipc import Update
+from ember.engine.logprobs import LogprobReader
 from ember.engine.sampling import Detokenizer, SamplerChain
 from ember.engine.text import StopMatcher, Utf8Stream
-from ember.engine.types import FinishReason, GenerationRequest, GenerationStats
+from ember.engine.types import FinishReason, GenerationRequest, GenerationStats, TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class BatchScheduler:
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self._memory = llama_cpp.llama_get_memory(ctx)
         self._detokenizer = Detokenizer(self._vocab)
+        self._logprobs = LogprobReader(self._vocab)
         self._batch = llama_cpp.llama_batch_init(config.batch_tokens, 0, 1)
         self._slots = [Slot(seq_id=i) for i in range(config.slots)]
         self._waiting: deque[Job] = deque()
@@ -240,15 +242,25 @@ class BatchScheduler:
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             return self._finish(slot, "stop", "")
         job.produced += 1
+        # One entry per completion token, sent with this step's update even while the stop
+        # matcher holds the token's text back (the end-of-generation token above gets none).
+        lps = self._token_logprobs(job, index, token)
         text = job.matcher.feed(job.utf8.feed(self._detokenizer.piece(token)))
         if job.matcher.stopped:
-            return self._finish(slot, "stop", text)
+            return self._finish(slot, "stop", text, lps)
         if job.produced >= job.limit:
-            return self._finish(slot, "length", text)
+            return self._finish(slot, "length", text, lps)
         slot.feed = [token]
-        return Update(rid=job.rid, text=text) if text else None
+        return Update(rid=job.rid, text=text, logprobs=lps) if text or lps else None
 
-    def _finish(self, slot: Slot, reason: FinishReason, text: str) -> Update:
+    def _token_logprobs(self, job: Job, index: int, token: int) -> tuple[TokenLogprob, ...]:
+        """The sampled token's entry when the request asked for logprobs; () otherwise, at no cost."""
+        if job.request.logprobs is None:
+            return ()
+        return (self._logprobs.read(self._ctx, index, token, job.request.logprobs),)
+
+    def _finish(self, slot: Slot, reason: FinishReason, text: str,
+                logprobs: tuple[TokenLogprob, ...] = ()) -> Update:
         job = slot.job
         assert job is not None
         if not job.matcher.stopped:
@@ -263,7 +275,7 @@ class BatchScheduler:
             cached_prompt_tokens=job.cached,
         )
         self._release(slot)
-        return Update(rid=job.rid, text=text, finish=reason, stats=stats)
+        return Update(rid=job.rid, text=text, finish=reason, stats=stats, logprobs=logprobs)
 
     def _release(self, slot: Slot) -> None:
         assert slot.job is not None

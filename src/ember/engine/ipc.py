@@ -20,6 +20,7 @@ from ember.engine.types import (
     GenerationRequest,
     GenerationStats,
     LoadOptions,
+    TokenLogprob,
 )
 
 # --- server -> worker -------------------------------------------------------
@@ -78,13 +79,19 @@ class LoadFailed:
 
 @dataclass(frozen=True, slots=True)
 class Update:
-    """New text of one request; `finish` and `stats` (or `error`) are set on its last update."""
+    """New text of one request; `finish` and `stats` (or `error`) are set on its last update.
+
+    `logprobs`, when the request asked for them, holds one entry per token sampled since the
+    last update, even a token whose text the stop matcher still holds back (so entries may run
+    ahead of `text`; in all they number exactly `stats.completion_tokens`).
+    """
 
     rid: int
     text: str
     finish: FinishReason | None = None
     stats: GenerationStats | None = None
     error: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from typing import Any
 import llama_cpp
 
 from ember.engine.embedding import InputTooLong, check_lengths
+from ember.engine.logprobs import LogprobReader
 from ember.engine.sampling import SamplerChain
 from ember.engine.text import StopMatcher, Utf8Stream
 from ember.engine.types import (
@@ -65,6 +66,7 @@ class LlamaEngine:
         self._options = options
         self._llama = llama
         self._vocab = llama._model.vocab
+        self._logprobs = LogprobReader(self._vocab)
         self._generate_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-gen")
         self._embed_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-embed")
         self._embedder: llama_cpp.Llama | None = None
@@ -169,10 +171,14 @@ class LlamaEngine:
                         finish = "stop"
                         break
                     produced += 1
+                    # As the worker: one entry per completion token, from the raw logits it was
+                    # sampled from, sent even while the stop matcher holds its text back.
+                    lps = () if request.logprobs is None else (
+                        self._logprobs.read(llama.ctx, -1, token, request.logprobs),)
                     piece = llama._model.detokenize([token], special=False)
                     text = matcher.feed(utf8.feed(piece))
-                    if text:
-                        emit(GenerationEvent(text=text))
+                    if text or lps:
+                        emit(GenerationEvent(text=text, logprobs=lps))
                     if matcher.stopped:
                         finish = "stop"
                         break

@@ -126,7 +126,8 @@ def _merge_ready(item: Item, pending: asyncio.Queue[Item]) -> Item:
         if not isinstance(following, Update):
             return following
         item = Update(rid=item.rid, text=item.text + following.text, finish=following.finish,
-                      stats=following.stats, error=following.error)
+                      stats=following.stats, error=following.error,
+                      logprobs=item.logprobs + following.logprobs)
     return item
 
 
@@ -336,8 +337,8 @@ class ProcessEngine:
                 if item.error is not None:
                     finished = True
                     raise EmberError(item.error)
-                if item.text:
-                    yield GenerationEvent(text=item.text)
+                if item.text or item.logprobs:
+                    yield GenerationEvent(text=item.text, logprobs=item.logprobs)
                 if item.finish is not None:
                     finished = True
                     yield GenerationEvent(text="", done=True, finish_reason=item.finish, stats=item.stats)

@@ -38,6 +38,8 @@ class LoadOptions:
 class GenerationRequest:
     prompt_tokens: list[int]
     max_tokens: int | None = None  # None: until the context is full
+    # None: no logprobs; k: each completion token's logprob and its k likeliest alternatives (0..20)
+    logprobs: int | None = None
     stop: tuple[str, ...] = ()
     sampling: SamplingParams = field(default_factory=SamplingParams)
 

@@ -128,6 +128,7 @@ class GenerationService:
             produced = engine.generate(engine_types.GenerationRequest(
                 prompt_tokens=tokens, max_tokens=request.max_tokens,
                 stop=request.stop, sampling=request.sampling,
+                logprobs=None if request.logprobs is None else request.logprobs.top,
             ))
             resources.push_async_callback(produced.aclose)
         except BaseException:
