@@ -90,12 +90,12 @@ class BatchScheduler:
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self._memory = llama_cpp.llama_get_memory(ctx)
         self._detokenizer = Detokenizer(self._vocab)
-        self._logprobs = LogprobReader(self._vocab)
         self._batch = llama_cpp.llama_batch_init(config.batch_tokens, 0, 1)
         self._slots = [Slot(seq_id=i) for i in range(config.slots)]
         self._waiting: deque[Job] = deque()
         self._steps = 0
         self._admissions = 0
+        self._logprobs = LogprobReader(self._vocab)  # for requests that ask for logprobs
 
     # --- requests in and out -------------------------------------------------
 
