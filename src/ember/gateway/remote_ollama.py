@@ -31,7 +31,7 @@ from ember.gateway.remote import (
     upstream_role,
 )
 from ember.services.embeddings import EmbeddingOutcome, shorten
-from ember.services.generation import Generation
+from ember.services.generation import DROPPED_FIELDS, Generation
 from ember.services.types import ChatMessage, GenerationEvent, ImagePart, TextRequest, Tool, ToolCallDelta
 
 _NS = 1e9  # Ollama reports durations in nanoseconds
@@ -50,7 +50,7 @@ class OllamaProvider:
         path = "api/chat" if request.messages is not None else "api/generate"
         dropped = dropped_fields(request)
         return await self._remote.stream(path, request_body(request, model), partial(parse_stream, self.name),
-                                         model, notes={DROPPED_HEADER: ", ".join(dropped)} if dropped else None)
+                                         model, notes={DROPPED_FIELDS: ", ".join(dropped)} if dropped else None)
 
     async def embed(self, model: str, inputs: list[str], *, dimensions: int | None = None,
                     truncate: bool = True) -> EmbeddingOutcome:
@@ -74,10 +74,6 @@ class OllamaProvider:
 
     async def aclose(self) -> None:
         await self._remote.aclose()
-
-
-# The response header that names request fields the Ollama API cannot express (see dropped_fields).
-DROPPED_HEADER = "X-Ember-Dropped-Fields"
 
 
 def request_body(request: TextRequest, model: str) -> dict[str, Any]:

@@ -134,9 +134,13 @@ class GenerationService:
         except BaseException:
             await resources.aclose()
             raise
-        return Generation(model=lease.runner.key, prompt_tokens=len(tokens),
-                          load_seconds=lease.load_seconds, started=started,
-                          _events=_neutral(produced), _resources=resources)
+        generation = Generation(model=lease.runner.key, prompt_tokens=len(tokens),
+                                load_seconds=lease.load_seconds, started=started,
+                                _events=_neutral(produced), _resources=resources)
+        unenforced = _unenforced(request)
+        if unenforced:
+            generation.notes[DROPPED_FIELDS] = ", ".join(unenforced)
+        return generation
 
     async def _prompt_tokens(self, lease: Lease, request: TextRequest) -> list[int]:
         engine = lease.runner.engine
@@ -151,6 +155,24 @@ class GenerationService:
             bos_token=meta.bos_token,
             eos_token=meta.eos_token,
         )
+
+
+# The response header that names request fields a server could not act on (the gateway's
+# providers use it for what an upstream's API cannot say).
+DROPPED_FIELDS = "X-Ember-Dropped-Fields"
+
+
+def _unenforced(request: TextRequest) -> list[str]:
+    """What local models do not act on yet: tools (and the tool choice) and a JSON response
+    format. Named in DROPPED_FIELDS rather than lost without a word."""
+    fields = []
+    if request.tools and request.tool_choice.mode != "none":
+        fields.append("tools")
+        if request.tool_choice.mode != "auto" or not request.parallel_tool_calls:
+            fields.append("tool_choice")
+    if request.response_format.type != "text":
+        fields.append("response_format")
+    return fields
 
 
 def _refuse_attachments(request: TextRequest) -> None:

@@ -1,0 +1,70 @@
+"""Until local models act on tools and JSON formats, a local answer names them in
+X-Ember-Dropped-Fields: never a 200 that drops them without a word."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+DEFAULT_MODEL = "smollm2:135m"
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+ASK = [{"role": "user", "content": "Weather in Oslo?"}]
+
+
+def post(server: Any, path: str, body: dict[str, Any]) -> httpx.Response:
+    response = httpx.post(server.url(path), json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def test_openai_chat_names_tools_tool_choice_and_response_format(server: Any) -> None:
+    base = {"model": DEFAULT_MODEL, "messages": ASK, "max_tokens": 2, "temperature": 0}
+    assert "x-ember-dropped-fields" not in post(server, "/v1/chat/completions", base).headers
+    auto = post(server, "/v1/chat/completions", {**base, "tools": [TOOL]})
+    assert auto.headers["x-ember-dropped-fields"] == "tools"
+    forced = post(
+        server,
+        "/v1/chat/completions",
+        {**base, "tools": [TOOL], "tool_choice": "required", "response_format": {"type": "json_object"}},
+    )
+    assert forced.headers["x-ember-dropped-fields"] == "tools, tool_choice, response_format"
+    # tool_choice "none" asks for no call: nothing is dropped by making none.
+    none = post(server, "/v1/chat/completions", {**base, "tools": [TOOL], "tool_choice": "none"})
+    assert "x-ember-dropped-fields" not in none.headers
+    with httpx.stream(
+        "POST", server.url("/v1/chat/completions"), json={**base, "stream": True, "tools": [TOOL]}, timeout=120
+    ) as streamed:
+        assert streamed.status_code == 200 and streamed.headers["x-ember-dropped-fields"] == "tools"
+        streamed.read()
+
+
+def test_ollama_chat_and_generate_name_tools_and_format(server: Any) -> None:
+    options = {"num_predict": 2, "temperature": 0}
+    chat = post(
+        server,
+        "/api/chat",
+        {
+            "model": DEFAULT_MODEL,
+            "messages": ASK,
+            "tools": [TOOL],
+            "format": "json",
+            "options": options,
+            "stream": False,
+        },
+    )
+    assert chat.headers["x-ember-dropped-fields"] == "tools, response_format"
+    generate = post(
+        server,
+        "/api/generate",
+        {"model": DEFAULT_MODEL, "prompt": "Hi", "format": {"type": "object"}, "options": options},
+    )
+    assert generate.headers["x-ember-dropped-fields"] == "response_format"
