@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,54 @@ def truncated_gguf(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory)
     with smollm2_gguf.open("rb") as source, target.open("wb") as out:
         out.write(source.read(smollm2_gguf.stat().st_size // 2))
     return target
+
+
+class GrammarOracle:
+    """Says whether a grammar lets a text through: llama.cpp's grammar sampler, token by token.
+
+    Only the vocabulary is loaded (no weights): cheap enough for the converter's unit tests.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import llama_cpp
+
+        from ember.engine.constrained import Candidates
+        from ember.engine.grammar import GrammarCompiler
+
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        assert self._model
+        self.vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.compiler = GrammarCompiler(self.vocab)
+        self._candidates = Candidates(self.vocab)
+        self._eos = llama_cpp.llama_vocab_eos(self.vocab)
+
+    def accepts(self, gbnf: str, text: str) -> bool:
+        """True when the grammar allows every token of text and then the end of generation."""
+        from ember.engine.constrained import GrammarSampler
+        from ember.engine.sampling import tokenize
+
+        grammar = GrammarSampler(self.compiler.sampler(gbnf))
+        try:
+            for token in tokenize(self.vocab, text, add_special=False, parse_special=False):
+                if not grammar.allows(self._candidates, token):
+                    return False
+                grammar.accept(token)
+            return grammar.allows(self._candidates, self._eos)
+        finally:
+            grammar.free()
+
+    def close(self) -> None:
+        import llama_cpp
+
+        self._candidates.close()
+        self.compiler.close()
+        llama_cpp.llama_model_free(self._model)
+
+
+@pytest.fixture(scope="session")
+def grammar_oracle(smollm2_gguf: Path) -> Iterator[GrammarOracle]:
+    oracle = GrammarOracle(smollm2_gguf)
+    yield oracle
+    oracle.close()
