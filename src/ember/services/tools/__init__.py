@@ -16,5 +16,6 @@ A request without tools and without a tool history gets no plan: the plain path,
 
 Modules: families.py (which format a template speaks), one parser per family (hermes.py,
 llama3.py, mistral.py, generic.py) on base.py and jsonstream.py, prompt.py (the messages a
-template gets).
+template gets), grammar.py (the GBNF that holds an answer, built with the engine's JSON schema
+converter), plan.py (all of it for one request).
 """
