@@ -74,7 +74,6 @@ class GrammarOracle:
     def close(self) -> None:
         import llama_cpp
 
-        self._candidates.close()
         self.compiler.close()
         llama_cpp.llama_model_free(self._model)
 

@@ -10,6 +10,9 @@ each generating slot then samples from its own output with its own chain.
 A slot that finishes keeps its KV cache and the list of tokens in it; a new
 request goes to the free slot sharing the longest prefix with its prompt and
 evaluates only the rest.
+
+A request with a grammar gets its own grammar sampler (compiled once per
+GBNF text, cloned per request) beside its chain; it is freed with the chain.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import dataclass, field
 
 import llama_cpp
 
+from ember.engine.constrained import Candidates, GrammarSampler, GrammarStuck
+from ember.engine.grammar import GrammarCompiler, GrammarError
 from ember.engine.ipc import Update
 from ember.engine.logprobs import LogprobReader
 from ember.engine.sampling import Detokenizer, SamplerChain
@@ -90,6 +95,8 @@ class BatchScheduler:
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self._memory = llama_cpp.llama_get_memory(ctx)
         self._detokenizer = Detokenizer(self._vocab)
+        self._grammars = GrammarCompiler(self._vocab)
+        self._candidates = Candidates(self._vocab)  # shared by the requests with a grammar
         self._batch = llama_cpp.llama_batch_init(config.batch_tokens, 0, 1)
         self._slots = [Slot(seq_id=i) for i in range(config.slots)]
         self._waiting: deque[Job] = deque()
@@ -113,6 +120,14 @@ class BatchScheduler:
             return Update(rid=rid, text="", finish="length", stats=stats)
         chain = SamplerChain.build(request.sampling, n_vocab=self._n_vocab,
                                    history=self._config.slot_context)
+        if request.grammar is not None:
+            try:
+                grammar = GrammarSampler(self._grammars.sampler(request.grammar))
+            except GrammarError as exc:
+                chain.free()
+                return Update(rid=rid, text="", error=exc.message)
+            self._candidates.prepare()
+            chain.constrain(grammar, self._candidates)
         self._waiting.append(Job(rid=rid, request=request, limit=limit, chain=chain,
                                  matcher=StopMatcher(request.stop)))
         return None
@@ -140,6 +155,7 @@ class BatchScheduler:
         for job in self._waiting:
             job.chain.free()
         self._waiting.clear()
+        self._grammars.close()
         llama_cpp.llama_batch_free(self._batch)
 
     # --- one decode step -----------------------------------------------------
@@ -238,7 +254,11 @@ class BatchScheduler:
         assert job is not None
         if job.first_token_at is None:
             job.first_token_at = now
-        token = job.chain.sample(self._ctx, index)
+        try:
+            token = job.chain.sample(self._ctx, index)
+        except GrammarStuck as exc:
+            self._release(slot)
+            return Update(rid=job.rid, text="", error=f"constrained sampling failed: {exc}")
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             return self._finish(slot, "stop", "")
         job.produced += 1

@@ -3,11 +3,13 @@
 A request's grammar sampler stays outside its chain. Each token:
 
 1. the chain samples from the whole vocabulary as without a grammar
-   (llama_sampler_sample, in C), after a copy of the chain is kept
-   (llama_sampler_clone, ~10 us): sampling also feeds the token to the
-   chain's repeat penalties, which a refused token must not reach;
+   (llama_sampler_sample, in C). Sampling also feeds the token to the chain's
+   repeat penalties, which a refused token must not reach: where they are on,
+   a copy of the chain from before is kept (llama_sampler_clone, ~10 us);
 2. the grammar checks only that one token; most tokens pass, the copy is
-   dropped, and that is all;
+   dropped, and that is all. A control token without text (other than the
+   end of generation) counts as refused: llama.cpp's grammar reads it by
+   its name, the answer's text never shows it;
 3. when it refuses, the copy takes the chain's place and the token is
    sampled again among the tokens the grammar allows. Applying a grammar to
    all of a 49k vocabulary costs 10-25 ms here (llama.cpp decodes every
@@ -31,7 +33,6 @@ the grammar allowed is ever accepted by it (llama.cpp aborts on any other).
 from __future__ import annotations
 
 import ctypes
-import threading
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -79,9 +80,10 @@ class PrefixIndex:
     first_probe: IntArray  # per group
     second_probe: IntArray  # per group (-1: none, or the group is not split)
     first_probes: IntArray  # the distinct first probes, to ask the grammar about together
+    visible: npt.NDArray[np.bool_]  # per token: it has a text (or it ends the generation)
 
     @classmethod
-    def build(cls, vocab: llama_cpp.llama_vocab_p, n_vocab: int) -> PrefixIndex:
+    def build(cls, vocab: llama_cpp.llama_vocab_p, n_vocab: int, ends: IntArray) -> PrefixIndex:
         pieces = _pieces(vocab, n_vocab)
         exact: dict[bytes, int] = {}
         by_first: defaultdict[int, list[int]] = defaultdict(list)
@@ -110,8 +112,11 @@ class PrefixIndex:
         for index, (_, _, members) in enumerate(groups):
             group_of[members] = index
         first_probe = np.array([g[0] for g in groups], dtype=np.int64)
+        visible = group_of < len(groups)
+        visible[ends] = True
         return cls(
             group_of=group_of,
+            visible=visible,
             first_probe=first_probe,
             second_probe=np.array([g[1] for g in groups], dtype=np.int64),
             first_probes=np.unique(first_probe[first_probe >= 0]),
@@ -121,14 +126,15 @@ class PrefixIndex:
 class Candidates:
     """Reusable llama_token_data arrays over one vocabulary; one per scheduler (not thread-safe).
 
-    The prefix index is built on a thread when the scheduler starts (a few tenths of a
-    second for 49k tokens) and waited for by the first rescue that needs it.
+    The prefix index is built when first needed (`prepare`, at a worker's first grammar
+    request): about 0.2 s for 49k tokens, once. Not on a thread: a Python loop beside the
+    decode loop would make each of that loop's C calls wait up to a GIL switch interval
+    (5 ms) to get the interpreter back, slowing every stream many times over meanwhile.
     """
 
     def __init__(self, vocab: llama_cpp.llama_vocab_p) -> None:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         self._vocab = vocab
-        self._piece = ctypes.create_string_buffer(256)
         ends = {llama_cpp.llama_vocab_eos(vocab), llama_cpp.llama_vocab_eot(vocab)}
         self.ends = np.array(sorted(t for t in ends if 0 <= t < self.n_vocab), dtype=np.int64)
         self._buffers = {
@@ -143,23 +149,18 @@ class Candidates:
         self._logits_type = ctypes.c_float * self.n_vocab
         self.logits: npt.NDArray[np.float32] = np.zeros(self.n_vocab, dtype=np.float32)
         self._index: PrefixIndex | None = None
-        self._indexing = threading.Thread(
-            target=self._build_index, args=(vocab,), name="ember-prefix-index", daemon=True
-        )
-        self._indexing.start()
-
-    def _build_index(self, vocab: llama_cpp.llama_vocab_p) -> None:
-        self._index = PrefixIndex.build(vocab, self.n_vocab)
-
-    def close(self) -> None:
-        """Wait for the index thread: it reads the vocabulary, which is freed after this."""
-        self._indexing.join()
+        self._flags = np.zeros(self.n_vocab + 1, dtype=np.bool_)
+        self._flags[-1] = True
 
     @property
     def index(self) -> PrefixIndex:
-        self._indexing.join()
-        assert self._index is not None, "building the prefix index failed"
+        if self._index is None:
+            self._index = PrefixIndex.build(self._vocab, self.n_vocab, self.ends)
         return self._index
+
+    def prepare(self) -> None:
+        """Build what constrained sampling needs now rather than in the middle of a step."""
+        _ = self.index
 
     def _array(self, name: str, size: int) -> llama_cpp.llama_token_data_array:
         array = self._arrays[name]
@@ -200,15 +201,22 @@ class Candidates:
         grammar.apply(self._array("probe", size))
         return tokens[buffer["logit"][:size] != -np.inf]
 
+    def _passed(self, grammar: GrammarSampler, probes: IntArray, groups: IntArray) -> npt.NDArray[np.bool_]:
+        """Per group: whether its probe (in `groups`, -1 for none) passes; a group without one passes."""
+        flags = self._flags  # per token, and a last entry (index -1) for "no probe"
+        passed = self.passing(grammar, probes)
+        flags[passed] = True
+        result = flags[groups]
+        flags[passed] = False
+        return result
+
     def reachable(self, grammar: GrammarSampler) -> npt.NDArray[np.bool_]:
         """Per token: whether the grammar may allow it here (a superset; see the module docstring)."""
         index = self.index
-        first_ok = np.isin(index.first_probe, self.passing(grammar, index.first_probes)) | (index.first_probe < 0)
-        needs_second = first_ok & (index.second_probe >= 0)
-        second = np.unique(index.second_probe[needs_second])
-        second_ok = np.isin(index.second_probe, self.passing(grammar, second)) | (index.second_probe < 0)
-        open_groups = np.append(first_ok & second_ok, False)  # the extra entry: tokens with no text
-        mask = open_groups[index.group_of]
+        first_ok = self._passed(grammar, index.first_probes, index.first_probe)
+        second = np.unique(index.second_probe[first_ok & (index.second_probe >= 0)])
+        open_groups = np.append(first_ok & self._passed(grammar, second, index.second_probe), False)
+        mask = open_groups[index.group_of]  # the extra entry of open_groups: tokens with no text
         mask[self.ends] = True
         return mask
 
@@ -225,10 +233,7 @@ class Candidates:
         one into a string, but the answer's text never shows them: the grammar and the text
         would part. Such a token counts as refused.
         """
-        if token in self.ends:
-            return True
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
-        return n != 0
+        return bool(self.index.visible[token])
 
     def any_allowed(self, array: llama_cpp.llama_token_data_array) -> bool:
         """Whether a grammar left any token of this array possible (grammars edit logits in place)."""

@@ -18,7 +18,9 @@ from typing import Any
 
 import llama_cpp
 
+from ember.engine.constrained import Candidates, GrammarSampler
 from ember.engine.embedding import InputTooLong, check_lengths
+from ember.engine.grammar import GrammarCompiler
 from ember.engine.logprobs import LogprobReader
 from ember.engine.sampling import SamplerChain
 from ember.engine.text import StopMatcher, Utf8Stream
@@ -67,6 +69,8 @@ class LlamaEngine:
         self._llama = llama
         self._vocab = llama._model.vocab
         self._logprobs = LogprobReader(self._vocab)
+        self._grammars = GrammarCompiler(self._vocab)
+        self._candidates = Candidates(self._vocab)  # for requests with a grammar (one at a time)
         self._generate_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-gen")
         self._embed_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ember-embed")
         self._embedder: llama_cpp.Llama | None = None
@@ -97,6 +101,8 @@ class LlamaEngine:
         return await asyncio.to_thread(self._llama.tokenize, text.encode("utf-8"), add_special, parse_special)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        if request.grammar is not None:
+            self._grammars.check(request.grammar)  # a GrammarError before the first event
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
         cancel = threading.Event()
@@ -150,6 +156,9 @@ class LlamaEngine:
             # The worker's sampler chain, not Llama.generate's: that one never shows the prompt
             # to the penalties and reads repeat_last_n -1 as 0 (off) instead of "all of it".
             chain = SamplerChain.build(sampling, n_vocab=llama.n_vocab(), history=self.context_length)
+            if request.grammar is not None:  # checked in generate(): it compiles
+                self._candidates.prepare()
+                chain.constrain(GrammarSampler(self._grammars.sampler(request.grammar)), self._candidates)
             utf8 = Utf8Stream()
             matcher = StopMatcher(request.stop)
             try:
@@ -238,6 +247,7 @@ class LlamaEngine:
         await asyncio.to_thread(self._free)
 
     def _free(self) -> None:
+        self._grammars.close()
         self._llama.close()
         if self._embedder is not None:
             self._embedder.close()

@@ -9,7 +9,10 @@ and the engine reports itself dead (`alive`); the server process carries on.
 
 Tokenization never crosses the socket: the server loads the model's
 vocabulary only (vocab_only, no weights) and tokenizes locally, so it never
-waits behind a long decode step.
+waits behind a long decode step. The same vocabulary compiles a request's
+grammar before the request is sent: a grammar llama.cpp refuses is a
+GrammarError (400) from `generate` before its first event, not a failure
+reported by the worker after the response has begun.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 import llama_cpp
 
 import ember
+from ember.engine.grammar import GrammarCompiler
 from ember.engine.ipc import (
     Cancel,
     Embed,
@@ -56,6 +60,7 @@ from ember.errors import BadRequest, ContextLengthExceeded, EmberError, ModelLoa
 
 STOP_TIMEOUT = 5.0  # seconds a worker gets to exit after Shutdown before it is terminated
 _INLINE_TOKENIZE_CHARS = 2048  # longer texts are tokenized on a thread, off the event loop
+_INLINE_GRAMMAR_CHARS = 16384  # larger grammars are compiled (the first time) on a thread
 
 
 class Vocabulary:
@@ -75,6 +80,13 @@ class Vocabulary:
         self._model: llama_cpp.llama_model_p | None = model
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self.size = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._grammars = GrammarCompiler(self._vocab)
+
+    def check_grammar(self, gbnf: str) -> None:
+        """GrammarError unless llama.cpp compiles the grammar for this vocabulary (cached per text)."""
+        if self._model is None:
+            raise ServiceUnavailable("the model was unloaded")
+        self._grammars.check(gbnf)
 
     def tokenize(self, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
         if self._model is None:
@@ -83,6 +95,7 @@ class Vocabulary:
 
     def close(self) -> None:
         if self._model is not None:
+            self._grammars.close()
             llama_cpp.llama_model_free(self._model)
             self._model = None
 
@@ -323,6 +336,11 @@ class ProcessEngine:
             raise BadRequest("the prompt is empty")
         if min(request.prompt_tokens) < 0 or max(request.prompt_tokens) >= self._vocabulary.size:
             raise BadRequest(f"the prompt has token ids outside the vocabulary (0..{self._vocabulary.size - 1})")
+        if request.grammar is not None:
+            if len(request.grammar) <= _INLINE_GRAMMAR_CHARS:
+                self._vocabulary.check_grammar(request.grammar)
+            else:
+                await asyncio.to_thread(self._vocabulary.check_grammar, request.grammar)
         channel = self._channel
         rid, sink = channel.open_request()
         channel.send(Generate(rid=rid, request=request))

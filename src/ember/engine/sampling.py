@@ -1,4 +1,8 @@
-"""Per-request llama.cpp sampler chains and token-to-text helpers (worker side)."""
+"""Per-request llama.cpp sampler chains and token-to-text helpers (worker side).
+
+A chain may be constrained by a grammar (ember.engine.constrained), which it
+then owns and frees with itself.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from dataclasses import dataclass
 
 import llama_cpp
 
+from ember.engine.constrained import Candidates, GrammarSampler, resample
 from ember.engine.types import SamplingParams
 
 # Enough for any single token's text; llama_token_to_piece tells us when it is not.
@@ -22,6 +27,8 @@ class SamplerChain:
     handle: llama_cpp.llama_sampler_p
     seed: int
     last_n: int  # tokens the penalties look back on; 0 when they are off
+    grammar: GrammarSampler | None = None
+    candidates: Candidates | None = None  # set with grammar: the scheduler's shared arrays
 
     @classmethod
     def build(cls, params: SamplingParams, *, n_vocab: int, history: int) -> SamplerChain:
@@ -58,11 +65,40 @@ class SamplerChain:
         for token in tokens[-self.last_n:]:
             llama_cpp.llama_sampler_accept(self.handle, token)
 
+    def constrain(self, grammar: GrammarSampler, candidates: Candidates) -> None:
+        """From now on every token sampled is one the grammar allows; the chain owns it (frees it)."""
+        self.grammar, self.candidates = grammar, candidates
+
     def sample(self, ctx: llama_cpp.llama_context_p, batch_index: int) -> int:
         """Sample (and accept) a token from the logits of one output of the last decode."""
-        return int(llama_cpp.llama_sampler_sample(self.handle, ctx, batch_index))
+        if self.grammar is None:
+            return int(llama_cpp.llama_sampler_sample(self.handle, ctx, batch_index))
+        assert self.candidates is not None
+        return self._sample_constrained(self.grammar, self.candidates, ctx, batch_index)
+
+    def _sample_constrained(
+        self, grammar: GrammarSampler, candidates: Candidates, ctx: llama_cpp.llama_context_p, batch_index: int
+    ) -> int:
+        """See ember.engine.constrained: sample freely, let the grammar check, resample if it refuses."""
+        # Sampling feeds the token to the repeat penalties: where they are on, keep the chain as
+        # it was, to sample again from if the grammar refuses the token.
+        before = llama_cpp.llama_sampler_clone(self.handle) if self.last_n > 0 else None
+        token = int(llama_cpp.llama_sampler_sample(self.handle, ctx, batch_index))
+        if candidates.visible(token) and grammar.allows(candidates, token):
+            if before is not None:
+                llama_cpp.llama_sampler_free(before)
+        else:
+            if before is not None:
+                llama_cpp.llama_sampler_free(self.handle)
+                self.handle = before
+            token = resample(self.handle, grammar, candidates, ctx, batch_index)
+        grammar.accept(token)
+        return token
 
     def free(self) -> None:
+        if self.grammar is not None:
+            self.grammar.free()
+            self.grammar = None
         if self.handle:
             llama_cpp.llama_sampler_free(self.handle)
             self.handle = None  # type: ignore[assignment]  # None once freed, so a second free() does nothing

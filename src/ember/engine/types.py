@@ -42,6 +42,9 @@ class GenerationRequest:
     logprobs: int | None = None
     stop: tuple[str, ...] = ()
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    # GBNF text (root rule "root") every answer must match, e.g. from engine.grammar.schema_to_gbnf.
+    # Once it is complete only end-of-generation is allowed, so the answer ends with "stop".
+    grammar: str | None = None
 
 
 @dataclass(frozen=True)
