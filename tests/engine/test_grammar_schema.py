@@ -99,6 +99,15 @@ def test_number_bounds_never_let_a_value_out(grammar_oracle: GrammarOracle) -> N
         check(grammar_oracle, schema, sorted(texts), complete=False)
 
 
+def test_far_bounds(grammar_oracle: GrammarOracle) -> None:
+    check(grammar_oracle, {"type": "number", "minimum": 1e20}, ["1", "100000000000000000000", "1e21"], complete=False)
+    # A maximum past every number written is no bound at all (generators write 1.7976931348623157e308).
+    check(grammar_oracle, {"type": "integer", "maximum": 1.7976931348623157e308}, ["1", "-5", "123456789"])
+    check(grammar_oracle, {"type": "number", "minimum": -1e300, "maximum": 0}, ["-3.5", "0", "1"])
+    with pytest.raises(GrammarError):
+        schema_to_gbnf({"type": "integer", "minimum": 1e40})  # a lower bound out there is a real one
+
+
 def test_number_bounds_keep_what_they_can(grammar_oracle: GrammarOracle) -> None:
     schema = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
     check(grammar_oracle, schema, ["0", "0.0", "0.5", "1", "1.0", "1.5", "0.000001", "0.999", "-0.1", "2"])
@@ -139,6 +148,23 @@ def test_enum_and_const_values_are_written_exactly(grammar_oracle: GrammarOracle
     assert all(grammar_oracle.accepts(gbnf, json.dumps(v, ensure_ascii=False)) for v in values)
     check(grammar_oracle, {"const": "x", "type": "string"}, ['"x"', '"y"'])
     check(grammar_oracle, {"type": "string", "enum": ["a", 1, "b"]}, ['"a"', '"b"', "1"])
+
+
+def test_property_names_are_written_exactly(grammar_oracle: GrammarOracle) -> None:
+    # An empty name is a valid key; it once took the root rule's name.
+    odd = {
+        "type": "object",
+        "properties": {
+            'a b"c\\d': {"type": "integer"},
+            "": {"type": "boolean"},
+            "root": {"type": "null"},
+            "space": {"type": "string"},
+        },
+        "required": ['a b"c\\d', "", "root", "space"],
+    }
+    text = json.dumps({'a b"c\\d': 1, "": True, "root": None, "space": "x"})
+    check(grammar_oracle, odd, [text, "true", '{"": true}'])
+    assert grammar_oracle.accepts(schema_to_gbnf(odd), text)
 
 
 def test_objects_write_required_and_declared_properties_only(grammar_oracle: GrammarOracle) -> None:

@@ -20,12 +20,12 @@ refused. Invariants of what comes out:
 from __future__ import annotations
 
 import json
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 from typing import Any
 
 from llama_cpp.llama_grammar import PRIMITIVE_RULES, RESERVED_NAMES, BuiltinRule, SchemaConverter
 
-from ember.engine.gbnf_numbers import inclusive_bounds, integer_range, number_range, places_for
+from ember.engine.gbnf_numbers import FRACTION_DIGITS, inclusive_bounds, integer_range, number_range, places_for
 from ember.engine.gbnf_pattern import MAX_REPEAT, PatternError, gbnf_string, pattern_to_gbnf
 
 MAX_BOUND_DIGITS = 30  # numeric bounds past this many digits are refused rather than written out
@@ -174,6 +174,7 @@ class SchemaGrammar(SchemaConverter):
         self._rules = {"space": _SPACE}
         self._paths: dict[int, str] = {}
         self._ref_rules: dict[str, str] = {}
+        self._at_root = False
 
     def convert(self, schema: Any) -> str:
         if not isinstance(schema, dict | bool):
@@ -184,6 +185,7 @@ class SchemaGrammar(SchemaConverter):
         except (AssertionError, ValueError, KeyError, TypeError) as exc:
             raise SchemaError(f"a $ref cannot be resolved: {exc}", keyword="$ref") from None
         self._index(document, "")
+        self._at_root = True
         self.visit(document, "")
         return self.format_grammar()
 
@@ -241,7 +243,9 @@ class SchemaGrammar(SchemaConverter):
     # --- visiting ---------------------------------------------------------------
 
     def visit(self, schema: Any, name: str) -> str:
-        rule_name = name + "-" if name in RESERVED_NAMES else name or "root"
+        # Names come from property names: an empty one ("" is a valid key) must not take the root's.
+        at_root, self._at_root = self._at_root, False
+        rule_name = name + "-" if name in RESERVED_NAMES else name or ("root" if at_root else "property")
         if schema is True or schema == {}:
             return self._add_rule(rule_name, self._primitive("value"))
         if schema is False:
@@ -402,7 +406,12 @@ class SchemaGrammar(SchemaConverter):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self._error(schema, f"'{key}' must be a number", key)
         bound = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-        if not bound.is_finite() or abs(bound) >= Decimal(10) ** MAX_BOUND_DIGITS:
+        if not bound.is_finite():
+            raise self._error(schema, f"'{key}' must be a finite number", key)
+        if abs(bound) >= Decimal(10) ** MAX_BOUND_DIGITS:
+            # A bound past every number the grammar writes on its side is no bound (1e308 as "no maximum").
+            if (bound > 0) == key.endswith("aximum"):
+                return None
             raise self._error(schema, f"'{key}' is too large to enforce", key)
         return bound
 
@@ -423,6 +432,11 @@ class SchemaGrammar(SchemaConverter):
         return self._bound(schema, key)
 
     def _number(self, schema: dict[str, Any], kind: str, rule_name: str) -> str:
+        with localcontext() as context:
+            context.prec = 2 * MAX_BOUND_DIGITS + FRACTION_DIGITS  # exact for every bound accepted
+            return self._bounded_number(schema, kind, rule_name)
+
+    def _bounded_number(self, schema: dict[str, Any], kind: str, rule_name: str) -> str:
         minimum, maximum, ex_min, ex_max = self._bounds(schema)
         if minimum is None and maximum is None and ex_min is None and ex_max is None:
             return self._add_rule(rule_name, self._primitive(kind))
