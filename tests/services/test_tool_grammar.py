@@ -84,6 +84,7 @@ def test_envelope_grammars_compile(vocabulary, choice: ToolChoice, parallel: boo
     calls = rule(gbnf, "tool-calls")
     assert ('","' in calls) == (parallel and choice.mode != "function")  # more than one call allowed
     assert "Item" in gbnf  # the $ref, rebased into the combined schema, resolved
+    assert 'space ::= ""' in gbnf.splitlines()  # compact JSON, as the envelope's prompt shows it
 
 
 @pytest.mark.parametrize("family", ["hermes", "llama3", "mistral"])
@@ -96,6 +97,7 @@ def test_family_grammars_compile_in_their_own_format(vocabulary, family, choice:
     start = {"hermes": 'root ::= "<tool_call>\\n"', "mistral": 'root ::= "[TOOL_CALLS]"', "llama3": "root ::= "}
     assert root.startswith(start[family])
     assert ('"\\"parameters\\""' in gbnf) == (family == "llama3")
+    assert 'space ::= " "?' in gbnf.splitlines()  # a family's own format keeps its spaces
     assert family_grammar(family, TOOLS, ToolChoice(), parallel=True) is None  # auto: the model is free
 
 

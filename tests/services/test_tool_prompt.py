@@ -136,7 +136,7 @@ def test_generic_envelope_prompt_and_history() -> None:
         {"role": "user", "content": "The tool get_weather returned: 18 C\nThe tool get_time returned: 14:05"}
     ]
     prompt = render_chat(CHATML_TEMPLATE, messages)
-    assert '"name": "get_weather"' in prompt and '{"response": "<your answer>"}' in prompt
+    assert '{"name":"get_weather",' in prompt and '{"response":"<your answer>"}' in prompt
 
 
 def test_generic_envelope_instructions_follow_tool_choice() -> None:
@@ -145,7 +145,7 @@ def test_generic_envelope_instructions_follow_tool_choice() -> None:
     required = envelope_instructions((WEATHER,), ToolChoice(mode="required"), parallel=True)
     assert '"response"' not in required and "Call one or more" in required
     named = envelope_instructions((TIME,), ToolChoice(mode="function", name="get_time"), parallel=True)
-    assert 'Call the tool "get_time"' in named and '"name": "get_time"' in named
+    assert 'Call the tool "get_time"' in named and '"name":"get_time"' in named
 
 
 def test_generic_answers_are_envelopes_only_while_tools_are_offered() -> None:

@@ -1,8 +1,11 @@
 """Text generation for both APIs: load the model, build the prompt, stream the answer.
 
 Everything that can fail because of the request (unknown model, bad messages,
-prompt too long) fails in `start`, before any byte of a response is sent, so
-the API layer can still answer with a proper error status.
+prompt too long, a tool schema the grammar cannot enforce) fails in `start`,
+before any byte of a response is sent, so the API layer can still answer with a
+proper error status. Tool calling (services/tools/) changes three things for a
+chat with tools or a tool history: the messages the template gets, the grammar
+the answer must match, and a parser that reads the calls out of the answer.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from ember.errors import BadRequest, ContextLengthExceeded, UnsupportedParameter
 from ember.runtime.chat_template import template_for
 from ember.runtime.scheduler import Lease, Scheduler
 from ember.services.prompt import chat_prompt_tokens
+from ember.services.tools.base import ToolParser
+from ember.services.tools.plan import ToolPlan, plan_tools
 from ember.services.types import (
     Answer,
     AnswerBuilder,
@@ -118,7 +123,7 @@ class GenerationService:
                                       keep_alive=request.keep_alive)
             )
             engine = lease.runner.engine
-            tokens = await self._prompt_tokens(lease, request)
+            tokens, plan = await self._prompt_tokens(lease, request)
             if len(tokens) >= engine.context_length:
                 raise ContextLengthExceeded(
                     f"the prompt is {len(tokens)} tokens, but the model's context is "
@@ -129,32 +134,39 @@ class GenerationService:
                 prompt_tokens=tokens, max_tokens=request.max_tokens,
                 stop=request.stop, sampling=request.sampling,
                 logprobs=None if request.logprobs is None else request.logprobs.top,
+                grammar=plan.grammar if plan is not None else None,
             ))
             resources.push_async_callback(produced.aclose)
         except BaseException:
             await resources.aclose()
             raise
+        # Only an answer read for tool calls has a parser: the plain path stays as cheap as it was.
+        parser = plan.parser() if plan is not None else None
+        events = _neutral(produced) if parser is None else _tool_calls(produced, parser)
         generation = Generation(model=lease.runner.key, prompt_tokens=len(tokens),
                                 load_seconds=lease.load_seconds, started=started,
-                                _events=_neutral(produced), _resources=resources)
+                                _events=events, _resources=resources)
         unenforced = _unenforced(request)
         if unenforced:
             generation.notes[DROPPED_FIELDS] = ", ".join(unenforced)
         return generation
 
-    async def _prompt_tokens(self, lease: Lease, request: TextRequest) -> list[int]:
+    async def _prompt_tokens(self, lease: Lease, request: TextRequest) -> tuple[list[int], ToolPlan | None]:
+        """The prompt's tokens, and the tool plan of a chat with tools or a tool history (a tool
+        schema the grammar cannot enforce is a 400 raised here, naming the tool)."""
         engine = lease.runner.engine
         if request.messages is None:
-            return await engine.tokenize(request.prompt or "", add_special=True)
+            return await engine.tokenize(request.prompt or "", add_special=True), None
         meta = lease.runner.record.metadata
+        template = template_for(meta.chat_template, meta.architecture)
+        plan = plan_tools(request, template)
+        messages = plan.messages if plan is not None else [_message_dict(m) for m in request.messages]
         # The messages' text is tokenized as plain text, the template's markup with its special tokens.
-        return await chat_prompt_tokens(
-            engine,
-            template_for(meta.chat_template, meta.architecture),
-            [_message_dict(m) for m in request.messages],
-            bos_token=meta.bos_token,
-            eos_token=meta.eos_token,
+        tokens = await chat_prompt_tokens(
+            engine, template, messages, bos_token=meta.bos_token, eos_token=meta.eos_token,
+            tools=plan.tools if plan is not None else None,
         )
+        return tokens, plan
 
 
 # The response header that names request fields a server could not act on (the gateway's
@@ -163,13 +175,9 @@ DROPPED_FIELDS = "X-Ember-Dropped-Fields"
 
 
 def _unenforced(request: TextRequest) -> list[str]:
-    """What local models do not act on yet: tools (and the tool choice) and a JSON response
-    format. Named in DROPPED_FIELDS rather than lost without a word."""
+    """What local models do not act on yet: a JSON response format. Named in DROPPED_FIELDS
+    rather than lost without a word."""
     fields = []
-    if request.tools and request.tool_choice.mode != "none":
-        fields.append("tools")
-        if request.tool_choice.mode != "auto" or not request.parallel_tool_calls:
-            fields.append("tool_choice")
     if request.response_format.type != "text":
         fields.append("response_format")
     return fields
@@ -195,3 +203,20 @@ async def _neutral(produced: AsyncIterator[engine_types.GenerationEvent]) -> Asy
     async for event in produced:
         yield GenerationEvent(text=event.text, logprobs=event.logprobs, done=event.done,
                               finish_reason=event.finish_reason, stats=event.stats)
+
+
+async def _tool_calls(
+    produced: AsyncIterator[engine_types.GenerationEvent], parser: ToolParser
+) -> AsyncGenerator[GenerationEvent, None]:
+    """The neutral events of an answer read for tool calls: content and call deltas from the
+    parser; finish_reason "tool_calls" when the answer ended by itself with calls in it."""
+    async for event in produced:
+        text, calls = parser.feed(event.text)
+        if event.done:
+            rest, more = parser.finish()
+            text, calls = text + rest, calls + more
+        if text or calls or event.logprobs:
+            yield GenerationEvent(text=text, tool_calls=calls, logprobs=event.logprobs)
+        if event.done:
+            reason = "tool_calls" if parser.calls and event.finish_reason == "stop" else event.finish_reason
+            yield GenerationEvent(done=True, finish_reason=reason, stats=event.stats)

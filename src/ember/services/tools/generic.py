@@ -3,8 +3,10 @@
 The model answers with one JSON object, held to this shape by a grammar (services/tools/
 grammar.py builds it from the tools' schemas):
 
-    {"tool_calls": [{"name": "<tool>", "arguments": {<that tool's arguments>}}, ...]}
-    {"response": "<the answer as text>"}
+    {"tool_calls":[{"name":"<tool>","arguments":{<that tool's arguments>}},...]}
+    {"response":"<the answer as text>"}
+
+(compact: the grammar allows no whitespace between JSON tokens; the parser takes any).
 
 The parser streams the `response` string's content as text (its escapes decoded, one held
 back until complete) and each call as tool-call deltas: the id and name once, then the

@@ -8,7 +8,8 @@
 
   `required` drops the `response` branch; a named function leaves that tool alone, and one
   call; `parallel_tool_calls: false` allows one call (`maxItems: 1`). `name` comes before
-  `arguments`, so the name can be streamed first.
+  `arguments`, so the name can be streamed first. The JSON is compact: no whitespace between
+  tokens, as the envelope's prompt shows it.
 - A template family's own format, for `required` and a named function (with `auto` such a
   model is not held: its answer is parsed as it comes): the same call objects (`parameters`
   for Llama 3.x) framed by the family's markers.
@@ -33,6 +34,7 @@ from ember.services.types import Tool, ToolChoice
 
 CALL_RULE = "ember-tool-call"  # the rule of one call object, in the family grammars
 _ROOT = re.compile(r"^root ::= ", re.MULTILINE)
+_SPACE_RULE = re.compile(r'^space ::= " "\?$', re.MULTILINE)
 
 
 def chosen_tools(tools: tuple[Tool, ...], choice: ToolChoice) -> tuple[Tool, ...]:
@@ -74,7 +76,7 @@ def envelope_grammar(tools: tuple[Tool, ...], choice: ToolChoice, parallel: bool
     branches = [calls]
     if choice.mode == "auto":
         branches.append({"type": "object", "properties": {"response": {"type": "string"}}, "required": ["response"]})
-    return _convert({"anyOf": branches, "$defs": _defs(chosen)})
+    return _convert({"anyOf": branches, "$defs": _defs(chosen)}, compact=True)
 
 
 def family_grammar(family: Family, tools: tuple[Tool, ...], choice: ToolChoice, parallel: bool) -> str | None:
@@ -84,7 +86,7 @@ def family_grammar(family: Family, tools: tuple[Tool, ...], choice: ToolChoice, 
     chosen = chosen_tools(tools, choice)
     check_tools(tools, chosen)
     key = "parameters" if family == "llama3" else "arguments"
-    call = _rename_root(_convert({**_calls_schema(chosen, key), "$defs": _defs(chosen)}), CALL_RULE)
+    call = _rename_root(_convert({**_calls_schema(chosen, key), "$defs": _defs(chosen)}, compact=False), CALL_RULE)
     several = max_calls(choice, parallel) is None
     if family == "hermes":
         block = f"{_literal(HERMES_OPEN + chr(10))} {CALL_RULE} {_literal(chr(10) + HERMES_CLOSE)}"
@@ -137,13 +139,26 @@ def _rebased(schema: Any, i: int) -> Any:
     return out
 
 
-def _convert(schema: dict[str, Any]) -> str:
+def _convert(schema: dict[str, Any], *, compact: bool) -> str:
     try:
-        return schema_to_gbnf(schema)
+        gbnf = schema_to_gbnf(schema)
     except GrammarError as exc:
         raise GrammarError(
             f"the tools cannot be enforced together: {exc.message}", keyword=exc.keyword, param="tools"
         ) from None
+    return _compact(gbnf) if compact else gbnf
+
+
+def _compact(gbnf: str) -> str:
+    """The grammar with no whitespace between JSON tokens (`{"a":1,"b":[2]}`, as OpenAI writes
+    arguments), for the envelope, whose prompt shows it so. The converter allows one optional
+    space at each place; such a choice means nothing, and at temperature 0 a near-tie between
+    `{"` and `{ "` flips on the smallest change in the logits (a prompt read whole or taken from
+    the prefix cache), changing all that follows. A family's own format keeps its spaces."""
+    compacted, count = _SPACE_RULE.subn('space ::= ""', gbnf)
+    if count != 1:
+        raise GrammarError("the tools' grammar has no single whitespace rule", param="tools")
+    return compacted
 
 
 def _rename_root(gbnf: str, name: str) -> str:

@@ -78,17 +78,21 @@ def family_messages(messages: list[ChatMessage], family: Family) -> list[dict[st
 # --- the generic envelope --------------------------------------------------------------------
 
 
+def _compact(value: Any) -> str:
+    """JSON as the envelope's grammar has the model write it: no whitespace between tokens."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def _envelope_calls(calls: tuple[ToolCall, ...]) -> str:
-    return json.dumps({"tool_calls": [{"name": c.name, "arguments": _arguments(c)} for c in calls]}, ensure_ascii=False)
+    return _compact({"tool_calls": [{"name": c.name, "arguments": _arguments(c)} for c in calls]})
 
 
 def envelope_instructions(tools: tuple[Tool, ...], choice: ToolChoice, parallel: bool) -> str:
     """The system prompt's description of the tools and of the answer's shape."""
     listed = "\n".join(
-        json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters}, ensure_ascii=False)
-        for t in tools
+        _compact({"name": t.name, "description": t.description, "parameters": t.parameters}) for t in tools
     )
-    call_shape = '{"tool_calls": [{"name": "<tool name>", "arguments": {<the arguments>}}]}'
+    call_shape = '{"tool_calls":[{"name":"<tool name>","arguments":{<the arguments>}}]}'
     lines = [
         "You can call tools. Each tool, with a JSON schema of its arguments:",
         listed,
@@ -101,7 +105,7 @@ def envelope_instructions(tools: tuple[Tool, ...], choice: ToolChoice, parallel:
         lines.append("Call one or more of the tools: " + call_shape)
     else:
         lines.append("To call tools: " + call_shape)
-        lines.append('To answer the user directly: {"response": "<your answer>"}')
+        lines.append('To answer the user directly: {"response":"<your answer>"}')
     if choice.mode != "function":
         lines.append("Call one tool at a time." if not parallel else "You may call several tools at once.")
     return "\n".join(lines)
@@ -121,7 +125,7 @@ def envelope_messages(
             if message.tool_calls:
                 content = (content + "\n" if content else "") + _envelope_calls(message.tool_calls)
             elif instructions is not None:
-                content = json.dumps({"response": content}, ensure_ascii=False)
+                content = _compact({"response": content})
         elif message.role == "tool":
             name = message.name or names.get(message.tool_call_id or "", "")
             if not tool_role:
