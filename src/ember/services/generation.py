@@ -20,6 +20,7 @@ from ember.engine import types as engine_types
 from ember.errors import BadRequest, ContextLengthExceeded, UnsupportedParameter
 from ember.runtime.chat_template import template_for
 from ember.runtime.scheduler import Lease, Scheduler
+from ember.services.formats import format_grammar
 from ember.services.prompt import chat_prompt_tokens
 from ember.services.tools.base import ToolParser
 from ember.services.tools.plan import ToolPlan, plan_tools
@@ -116,6 +117,8 @@ class GenerationService:
         if request.max_tokens is not None and request.max_tokens < 0:
             raise BadRequest("max_tokens must be at least 0", param="max_tokens")
         _refuse_attachments(request)
+        # Pure and cached: a schema the grammar cannot enforce is a 400 before any model work.
+        format_gbnf = format_grammar(request.response_format)
         resources = AsyncExitStack()
         try:
             lease: Lease = await resources.enter_async_context(
@@ -134,7 +137,7 @@ class GenerationService:
                 prompt_tokens=tokens, max_tokens=request.max_tokens,
                 stop=request.stop, sampling=request.sampling,
                 logprobs=None if request.logprobs is None else request.logprobs.top,
-                grammar=plan.grammar if plan is not None else None,
+                grammar=plan.grammar if plan is not None and plan.grammar is not None else format_gbnf,
             ))
             resources.push_async_callback(produced.aclose)
         except BaseException:
@@ -146,7 +149,7 @@ class GenerationService:
         generation = Generation(model=lease.runner.key, prompt_tokens=len(tokens),
                                 load_seconds=lease.load_seconds, started=started,
                                 _events=events, _resources=resources)
-        unenforced = _unenforced(request)
+        unenforced = _unenforced(request, tool_grammar=plan is not None and plan.grammar is not None)
         if unenforced:
             generation.notes[DROPPED_FIELDS] = ", ".join(unenforced)
         return generation
@@ -174,13 +177,10 @@ class GenerationService:
 DROPPED_FIELDS = "X-Ember-Dropped-Fields"
 
 
-def _unenforced(request: TextRequest) -> list[str]:
-    """What local models do not act on yet: a JSON response format. Named in DROPPED_FIELDS
-    rather than lost without a word."""
-    fields = []
-    if request.response_format.type != "text":
-        fields.append("response_format")
-    return fields
+def _unenforced(request: TextRequest, *, tool_grammar: bool) -> list[str]:
+    """What a local answer does not act on, named in DROPPED_FIELDS rather than lost without a
+    word: a JSON response format when a tool grammar constrains the answer instead."""
+    return ["response_format"] if tool_grammar and request.response_format.type != "text" else []
 
 
 def _refuse_attachments(request: TextRequest) -> None:
