@@ -62,8 +62,15 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         # Every request's usage record reaches each of these once, when it ends.
         gateway.observers += [usage.add, guard.observe, audit.observe, telemetry.observe]
         services = Services(
-            settings=settings, scheduler=scheduler, models=models, gateway=gateway, usage=usage,
-            guard=guard, audit=audit, telemetry=telemetry, cache=cache,
+            settings=settings,
+            scheduler=scheduler,
+            models=models,
+            gateway=gateway,
+            usage=usage,
+            guard=guard,
+            audit=audit,
+            telemetry=telemetry,
+            cache=cache,
         )
         telemetry.bind(services)
         app.state.services = services

@@ -62,8 +62,18 @@ def parse_duration(value: str | int | float | None) -> float | None:
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
-               "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "m": 1000**2,
+    "g": 1000**3,
+    "t": 1000**4,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
+    "ti": 1024**4,
+}
 
 
 def parse_size(value: str | int | float) -> int:
@@ -90,7 +100,7 @@ def split_host(host: str) -> tuple[str, int]:
     text = host.strip()
     for scheme in ("http://", "https://"):
         if text.startswith(scheme):
-            text = text[len(scheme):]
+            text = text[len(scheme) :]
     text = text.rstrip("/")
     if text.startswith("["):
         addr, _, rest = text[1:].partition("]")
@@ -116,8 +126,12 @@ class _Overridden(PydanticBaseSettingsSource):
     ember.toml's [model_parallel]), as every other setting does.
     """
 
-    def __init__(self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource,
-                 above: tuple[PydanticBaseSettingsSource, ...]) -> None:
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        source: PydanticBaseSettingsSource,
+        above: tuple[PydanticBaseSettingsSource, ...],
+    ) -> None:
         super().__init__(settings_cls)
         self._source = source
         self._above = above
@@ -144,30 +158,37 @@ class Settings(BaseSettings):
     model_parallel: dict[str, int] = Field(
         default_factory=dict,
         description='Per-model slot counts overriding num_parallel, e.g. {"smollm2:135m": 8} '
-                    "(JSON in EMBER_MODEL_PARALLEL, a table in ember.toml).")
+        "(JSON in EMBER_MODEL_PARALLEL, a table in ember.toml).",
+    )
     max_queue: int = Field(512, ge=0, description="Requests waiting per model beyond its slots before 503.")
-    max_memory: int = Field(default_factory=_default_max_memory,
-                            description="Memory budget for resident models (bytes, or e.g. 8GiB).")
+    max_memory: int = Field(
+        default_factory=_default_max_memory, description="Memory budget for resident models (bytes, or e.g. 8GiB)."
+    )
     num_ctx: int = Field(4096, ge=64, description="Default context length, capped at the model's own.")
     num_thread: int | None = Field(None, ge=1, description="CPU threads per model; default all cores.")
     num_gpu: int = Field(0, description="Layers to offload to a GPU (-1: all).")
     engine: Literal["process", "inprocess"] = Field(
-        "process", description="process: a worker process per model with continuous batching; "
-                               "inprocess: llama-cpp-python's Llama in the server, one request at a time.")
+        "process",
+        description="process: a worker process per model with continuous batching; "
+        "inprocess: llama-cpp-python's Llama in the server, one request at a time.",
+    )
     hf_endpoint: str = Field("https://huggingface.co", description="Base URL for hf:// pulls.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     default_model: str = Field(DEFAULT_MODEL, description="The model `make run` pulls and serves.")
     # Guardrails (guard/, cache/, telemetry.py)
     auth: Literal["auto", "required", "off"] = Field(
-        "auto", description="API keys: auto requires them when bound beyond loopback; required; off.")
+        "auto", description="API keys: auto requires them when bound beyond loopback; required; off."
+    )
     redis_url: str | None = Field(None, description="Redis for limits, budgets and the cache shared by replicas.")
     audit_prompts: bool = Field(False, description="Keep prompt text in the audit log, encrypted (needs audit_key).")
     audit_key: str | None = Field(None, description="AES-256-GCM key for audited prompts: 64 hex digits or base64.")
     cache: Literal["off", "memory", "sqlite", "redis"] = Field(
-        "memory", description="Response cache for deterministic requests (temperature 0 or a seed).")
+        "memory", description="Response cache for deterministic requests (temperature 0 or a seed)."
+    )
     cache_ttl: float = Field(3600.0, description="How long a cached response is served (duration).")
     cache_max_entries: int = Field(
-        1024, ge=1, description="Entries the response cache keeps (least recently used go first; SQLite: oldest).")
+        1024, ge=1, description="Entries the response cache keeps (least recently used go first; SQLite: oldest)."
+    )
     max_body_bytes: int = Field(4 * 1024**2, description="Largest request body (bytes or e.g. 4MiB); 413 above.")
     max_messages: int = Field(1024, ge=1, description="Most messages in one chat request; 400 above.")
     max_tokens_limit: int | None = Field(None, ge=1, description="Largest max_tokens a request may ask; 400 above.")

@@ -136,8 +136,14 @@ class RateLimited(EmberError):
     status_code = 429
     default_code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after: float | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         merged = dict(headers or {})
         if retry_after is not None:
             merged["Retry-After"] = str(retry_after_seconds(retry_after))
@@ -155,8 +161,14 @@ class UpstreamError(EmberError):
     status_code = 502
     default_code = "upstream_error"
 
-    def __init__(self, message: str, *, upstream_status: int | None = None,
-                 retry_after: float | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream_status: int | None = None,
+        retry_after: float | None = None,
+        code: str | None = None,
+    ) -> None:
         headers = {}
         if upstream_status == 429:
             self.status_code = 429

@@ -46,13 +46,13 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         queue = GaugeMetricFamily("ember_queue_depth", "Requests waiting for a slot.", labels=["model"])
         busy = GaugeMetricFamily("ember_slots_busy", "Slots generating now.", labels=["model"])
-        slots = GaugeMetricFamily("ember_slots", "Slots (parallel sequences) per loaded model.",
-                                  labels=["model"])
-        memory = GaugeMetricFamily("ember_model_memory_bytes", "Memory held by a loaded model.",
-                                   labels=["model"])
-        breaker = GaugeMetricFamily("ember_breaker_state",
-                                    "Circuit breaker per gateway target: 0 closed, 1 half-open, 2 open.",
-                                    labels=["target"])
+        slots = GaugeMetricFamily("ember_slots", "Slots (parallel sequences) per loaded model.", labels=["model"])
+        memory = GaugeMetricFamily("ember_model_memory_bytes", "Memory held by a loaded model.", labels=["model"])
+        breaker = GaugeMetricFamily(
+            "ember_breaker_state",
+            "Circuit breaker per gateway target: 0 closed, 1 half-open, 2 open.",
+            labels=["target"],
+        )
         runners = self.services.scheduler.running() if self.services else []
         for runner in runners:
             queue.add_metric([runner.key], runner.queued)
@@ -88,19 +88,32 @@ class Telemetry:
         self.settings = settings
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("ember_requests", "Requests finished, by outcome.",
-                                ["endpoint", "model", "route", "provider", "status"], registry=r)
-        self.latency = Histogram("ember_request_latency_seconds", "Request latency, start to last byte.",
-                                 ["model"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("ember_ttft_seconds", "Time to first token.", ["model"],
-                              buckets=_TTFT_BUCKETS, registry=r)
-        self.tokens = Counter("ember_tokens", "Tokens read (in) and generated (out).",
-                              ["direction", "model"], registry=r)
-        self.cost = Counter("ember_cost_usd", "Spend at the providers' configured prices.",
-                            ["model", "provider"], registry=r)
+        self.requests = Counter(
+            "ember_requests",
+            "Requests finished, by outcome.",
+            ["endpoint", "model", "route", "provider", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "ember_request_latency_seconds",
+            "Request latency, start to last byte.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "ember_ttft_seconds", "Time to first token.", ["model"], buckets=_TTFT_BUCKETS, registry=r
+        )
+        self.tokens = Counter(
+            "ember_tokens", "Tokens read (in) and generated (out).", ["direction", "model"], registry=r
+        )
+        self.cost = Counter(
+            "ember_cost_usd", "Spend at the providers' configured prices.", ["model", "provider"], registry=r
+        )
         self.cache = Counter("ember_cache_requests", "Response cache lookups.", ["result"], registry=r)
-        self.rejections = Counter("ember_ratelimit_rejections", "Requests refused by limits or budgets.",
-                                  ["reason"], registry=r)
+        self.rejections = Counter(
+            "ember_ratelimit_rejections", "Requests refused by limits or budgets.", ["reason"], registry=r
+        )
         self.redis_up = Gauge("ember_redis_up", "1 when the shared Redis answers, else 0.", registry=r)
         self._state = _StateCollector()
         r.register(self._state)
@@ -116,8 +129,9 @@ class Telemetry:
     def observe(self, record: UsageRecord) -> None:
         """Usage observer: request counts, token counts, TTFT and latency histograms, one span."""
         model = _UNKNOWN_MODEL if record.status == 404 else record.model
-        self.requests.labels(record.endpoint, model, record.route or "", record.provider or "",
-                             str(record.status)).inc()
+        self.requests.labels(
+            record.endpoint, model, record.route or "", record.provider or "", str(record.status)
+        ).inc()
         self.latency.labels(model).observe(record.latency_ms / 1000)
         if record.ttft_ms is not None:
             self.ttft.labels(model).observe(record.ttft_ms / 1000)
@@ -166,19 +180,23 @@ def _span(tracer: Tracer, record: UsageRecord) -> None:
 
     start = int(record.ts * 1e9)
     attributes: dict[str, Any] = {
-        "ember.endpoint": record.endpoint, "ember.protocol": record.protocol,
-        "ember.model": record.model, "ember.route": record.route or "",
-        "ember.provider": record.provider or "", "ember.upstream_model": record.upstream_model,
-        "ember.tokens_in": record.tokens_in, "ember.tokens_out": record.tokens_out,
-        "ember.cost_usd": record.cost, "ember.attempts": record.attempts,
+        "ember.endpoint": record.endpoint,
+        "ember.protocol": record.protocol,
+        "ember.model": record.model,
+        "ember.route": record.route or "",
+        "ember.provider": record.provider or "",
+        "ember.upstream_model": record.upstream_model,
+        "ember.tokens_in": record.tokens_in,
+        "ember.tokens_out": record.tokens_out,
+        "ember.cost_usd": record.cost,
+        "ember.attempts": record.attempts,
         "http.response.status_code": record.status,
     }
     if record.ttft_ms is not None:
         attributes["ember.ttft_ms"] = record.ttft_ms
     if record.cache is not None:
         attributes["ember.cache"] = record.cache
-    span = tracer.start_span("ember.request", kind=SpanKind.SERVER, start_time=start,
-                             attributes=attributes)
+    span = tracer.start_span("ember.request", kind=SpanKind.SERVER, start_time=start, attributes=attributes)
     if record.status >= 500:
         span.set_status(Status(StatusCode.ERROR, record.error or ""))
     span.end(end_time=start + int(record.latency_ms * 1e6))

@@ -12,8 +12,12 @@ router = APIRouter(tags=["ops"])
 
 
 # async on purpose: the scrape-time collectors read scheduler state, which lives on the event loop.
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                             "description": "Prometheus text format."}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format."}
+    },
+)
 async def metrics(svc: Services = Depends(services)) -> Response:
     return Response(svc.telemetry.render(), media_type=CONTENT_TYPE_LATEST)

@@ -206,8 +206,9 @@ def _absorb(result: RequestResult, event: dict[str, Any], chunks: list[int]) -> 
             result.prompt_tokens = usage["prompt_tokens"]
 
 
-async def _read_stream(client: httpx.AsyncClient, config: BenchConfig, body: dict[str, Any],
-                       result: RequestResult) -> None:
+async def _read_stream(
+    client: httpx.AsyncClient, config: BenchConfig, body: dict[str, Any], result: RequestResult
+) -> None:
     chunks = [0]  # content chunks seen: the token count when the server sends no usage
     done = False  # [DONE] arrived
     async with client.stream("POST", config.chat_url, json=body) as response:
@@ -217,7 +218,7 @@ async def _read_stream(client: httpx.AsyncClient, config: BenchConfig, body: dic
         async for line in response.aiter_lines():
             if not line.startswith("data:"):
                 continue  # blank separators, comments (": ping"), event names
-            payload = line[len("data:"):].strip()
+            payload = line[len("data:") :].strip()
             if payload == "[DONE]":
                 done = True
                 break
@@ -239,8 +240,9 @@ async def _read_stream(client: httpx.AsyncClient, config: BenchConfig, body: dic
         result.error = "truncated" if done else "truncated (connection closed)"
 
 
-async def stream_request(client: httpx.AsyncClient, config: BenchConfig, prompt: ChatPrompt, index: int,
-                         max_tokens: int | None = None) -> RequestResult:
+async def stream_request(
+    client: httpx.AsyncClient, config: BenchConfig, prompt: ChatPrompt, index: int, max_tokens: int | None = None
+) -> RequestResult:
     """Send one streaming chat completion and time it; failures are recorded, never raised."""
     body: dict[str, Any] = {
         "model": config.model,
@@ -279,8 +281,14 @@ class _Counter:
         return value
 
 
-async def run_level(client: httpx.AsyncClient, config: BenchConfig, prompts: PromptFactory, concurrency: int,
-                    numbers: _Counter, progress: ProgressSink) -> LevelRun:
+async def run_level(
+    client: httpx.AsyncClient,
+    config: BenchConfig,
+    prompts: PromptFactory,
+    concurrency: int,
+    numbers: _Counter,
+    progress: ProgressSink,
+) -> LevelRun:
     total = config.requests_for(concurrency)
     indices = [numbers.take() for _ in range(total)]
     # Build prompts before the clock starts: the client's own work must not count as latency.
@@ -358,8 +366,15 @@ def _loadavg() -> float | None:
         return None
 
 
-async def _measure(client: httpx.AsyncClient, config: BenchConfig, prompts: PromptFactory, numbers: _Counter,
-                   progress: ProgressSink, run: BenchRun, sampler: RssSampler | None) -> None:
+async def _measure(
+    client: httpx.AsyncClient,
+    config: BenchConfig,
+    prompts: PromptFactory,
+    numbers: _Counter,
+    progress: ProgressSink,
+    run: BenchRun,
+    sampler: RssSampler | None,
+) -> None:
     async def body() -> None:
         if config.shared_prefix > 0:
             # Alone, so that nothing else competes with the prefill of the long system prompt.
@@ -396,4 +411,3 @@ def parse_levels(text: str) -> tuple[int, ...]:
     if not levels:
         raise BenchError("--concurrency needs at least one level")
     return levels
-

@@ -143,8 +143,13 @@ def throughput_table(results: Results) -> list[str]:
     header += [f"{SUBJECT} / {BASELINE}"] if with_ratio else []
     rows: list[list[str]] = []
 
-    def add(name: str, read: Callable[[dict[str, Any]], float | None], show: Callable[[float | None], str],
-            ratio: bool, concurrency: int) -> None:
+    def add(
+        name: str,
+        read: Callable[[dict[str, Any]], float | None],
+        show: Callable[[float | None], str],
+        ratio: bool,
+        concurrency: int,
+    ) -> None:
         values: dict[str, float | None] = {}
         cells = []
         for peer in peers:
@@ -168,18 +173,31 @@ def throughput_table(results: Results) -> list[str]:
         # Where streams failed, what they did deliver before failing (aggregate counts only
         # complete answers).
         if any((_level(peer.plain, concurrency) or {}).get("errors") for peer in peers):
-            add("tok/s delivered, cut streams included", lambda level: level.get("delivered_tps"), _fmt, False,
-                concurrency)
+            add(
+                "tok/s delivered, cut streams included",
+                lambda level: level.get("delivered_tps"),
+                _fmt,
+                False,
+                concurrency,
+            )
     # Requests per level, so "16" above reads as "16 of 32".
-    requests_row = ["requests per level", *(
-        ", ".join(str(level["requests"]) for level in (peer.plain or {})["levels"]) for peer in peers
-    )] + ([""] if with_ratio else [])
+    requests_row = [
+        "requests per level",
+        *(", ".join(str(level["requests"]) for level in (peer.plain or {})["levels"]) for peer in peers),
+    ] + ([""] if with_ratio else [])
     rows.append(requests_row)
-    loads = ["load average (1 min) before / after", *(
-        "{} / {}".format(*(_fmt(((peer.plain or {}).get("machine") or {}).get(key), 1)
-                           for key in ("loadavg_1m_start", "loadavg_1m_end")))
-        for peer in peers
-    )] + ([""] if with_ratio else [])
+    loads = [
+        "load average (1 min) before / after",
+        *(
+            "{} / {}".format(
+                *(
+                    _fmt(((peer.plain or {}).get("machine") or {}).get(key), 1)
+                    for key in ("loadavg_1m_start", "loadavg_1m_end")
+                )
+            )
+            for peer in peers
+        ),
+    ] + ([""] if with_ratio else [])
     rows.append(loads)
     memory = [(peer.plain or {}).get("memory") or {} for peer in peers]
     if any(m.get("peak_rss_mib") for m in memory):

@@ -91,7 +91,7 @@ class Script:
 
     def split(self, text: str) -> list[str]:
         size = max(1, -(-len(text) // max(1, self.fragments)))
-        return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+        return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
 @dataclass
@@ -167,16 +167,22 @@ class Answer:
             return "completed"
         if not self.streamed:
             return await self._whole(send, gone)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", self.content_type.encode()), (b"cache-control", b"no-cache")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", self.content_type.encode()), (b"cache-control", b"no-cache")],
+            }
+        )
         if await _pause(fault.delay, gone):
             return "disconnected"
         first = time.perf_counter()
         if fault.mode == "ok" and not fault.token_delay:
             # Nothing to wait for between tokens: one write (the SSE/NDJSON framing is the same).
             tail = self.tail(len(self.pieces), Timing(self.started, first, time.perf_counter()))
-            await send({"type": "http.response.body", "body": self.head + b"".join(self.pieces) + tail,
-                        "more_body": False})
+            await send(
+                {"type": "http.response.body", "body": self.head + b"".join(self.pieces) + tail, "more_body": False}
+            )
             return "completed"
         sent = 0
         broken = fault.mode in ("drop", "garbage", "inband")
@@ -201,8 +207,7 @@ class Answer:
             tail = _breakage(self.protocol, fault.mode)
         else:
             tail = self.tail(sent, Timing(self.started, first, time.perf_counter()))
-        await send({"type": "http.response.body", "body": (self.head if sent == 0 else b"") + tail,
-                    "more_body": False})
+        await send({"type": "http.response.body", "body": (self.head if sent == 0 else b"") + tail, "more_body": False})
         return "completed"
 
     async def _whole(self, send: Send, gone: asyncio.Event) -> str:
@@ -210,11 +215,18 @@ class Answer:
             return "disconnected"
         now = time.perf_counter()
         body = self.tail(len(self.pieces), Timing(self.started, now, now))
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", self.content_type.encode()),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", self.content_type.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         if self.fault.mode == "drop":
-            await send({"type": "http.response.body", "body": body[:len(body) // 2], "more_body": True})
+            await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
             return "dropped"
         await send({"type": "http.response.body", "body": body, "more_body": False})
         return "completed"
@@ -225,8 +237,9 @@ def _breakage(protocol: str, mode: str) -> bytes:
     if protocol == "openai":
         if mode == "garbage":
             return b"data: {not json\n\ndata: [DONE]\n\n"
-        error = {"error": {"message": "fake upstream broke mid-stream", "type": "server_error",
-                           "param": None, "code": None}}
+        error = {
+            "error": {"message": "fake upstream broke mid-stream", "type": "server_error", "param": None, "code": None}
+        }
         return b"data: " + _dumps(error) + b"\n\ndata: [DONE]\n\n"
     if mode == "garbage":
         return b"{not json\n"
@@ -305,8 +318,12 @@ def _tokens(n: int) -> list[str]:
 def _logprob(token: str, top: int) -> dict[str, Any]:
     """A token's logprob entry (OpenAI chat's and Ollama's shape): -0.5, then `top` alternatives."""
     alternatives = [(token, -0.5)] + [(f"alt{i}", -0.5 - i) for i in range(1, top)]
-    return {"token": token, "logprob": -0.5, "bytes": list(token.encode()),
-            "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alternatives[:top]]}
+    return {
+        "token": token,
+        "logprob": -0.5,
+        "bytes": list(token.encode()),
+        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alternatives[:top]],
+    }
 
 
 def _vector(text: str, dimensions: int) -> list[float]:
@@ -334,8 +351,11 @@ async def _json(request: Request) -> dict[str, Any] | None:
 
 
 def _bad(protocol: str, message: str) -> JSONResponse:
-    payload: dict[str, Any] = ({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                          "code": None}} if protocol == "openai" else {"error": message})
+    payload: dict[str, Any] = (
+        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+        if protocol == "openai"
+        else {"error": message}
+    )
     return JSONResponse(payload, status_code=400)
 
 
@@ -351,7 +371,7 @@ def _openai_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
     prompt_tokens = _words(body.get("messages") if chat else body.get("prompt"))
     ident = ("chatcmpl-" if chat else "cmpl-") + hashlib.sha1(str(time.time_ns()).encode()).hexdigest()[:24]
     created = int(time.time())
-    obj = ("chat.completion" if chat else "text_completion")
+    obj = "chat.completion" if chat else "text_completion"
     fault = up.take_fault()
     script = up.script if chat else None
     if script is not None:
@@ -366,26 +386,43 @@ def _openai_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
         if chat:
             return {"content": [_logprob(text, int(top or 0))], "refusal": None}
         entry = _logprob(text, int(top or 0))
-        return {"tokens": [text], "token_logprobs": [-0.5], "text_offset": [0],
-                "top_logprobs": [{t["token"]: t["logprob"] for t in entry["top_logprobs"]}]}
+        return {
+            "tokens": [text],
+            "token_logprobs": [-0.5],
+            "text_offset": [0],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in entry["top_logprobs"]}],
+        }
 
     def usage(completion: int) -> dict[str, int]:
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                "total_tokens": prompt_tokens + completion}
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion,
+        }
 
     if not body.get("stream"):
+
         def whole(n: int, _: Timing) -> bytes:
             text = "".join(_tokens(n)) if script is None else script.text
             message: dict[str, Any] = {"role": "assistant", "content": text}
             if script is not None and script.tool_calls:
                 message["content"] = text or None
-                message["tool_calls"] = [{"id": f"call_fake{i}", "type": "function", "function": {
-                    "name": c["name"], "arguments": script.arguments(c)}} for i, c in enumerate(script.tool_calls)]
-            choice: dict[str, Any] = ({"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-                                      if chat else
-                                      {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
-            return _dumps({"id": ident, "object": obj, "created": created, "model": model,
-                           "choices": [choice], "usage": usage(n)})
+                message["tool_calls"] = [
+                    {
+                        "id": f"call_fake{i}",
+                        "type": "function",
+                        "function": {"name": c["name"], "arguments": script.arguments(c)},
+                    }
+                    for i, c in enumerate(script.tool_calls)
+                ]
+            choice: dict[str, Any] = (
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+                if chat
+                else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            )
+            return _dumps(
+                {"id": ident, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage(n)}
+            )
 
         return Answer(up, fault, "openai", "application/json", whole, pieces=[b""] * count, streamed=False)
 
@@ -395,16 +432,21 @@ def _openai_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
     def event(payload: dict[str, Any]) -> bytes:
         return b"data: " + _dumps(payload) + b"\n\n"
 
-    def chunk(text: str | None, finish_reason: str | None, role: bool = False,
-              calls: list[dict[str, Any]] | None = None) -> bytes:
+    def chunk(
+        text: str | None, finish_reason: str | None, role: bool = False, calls: list[dict[str, Any]] | None = None
+    ) -> bytes:
         if chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
             if text is not None:
                 delta["content"] = text
             if calls:
                 delta["tool_calls"] = calls
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": scored(text or ""),
-                                      "finish_reason": finish_reason}
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": delta,
+                "logprobs": scored(text or ""),
+                "finish_reason": finish_reason,
+            }
         else:
             choice = {"index": 0, "text": text or "", "logprobs": scored(text or ""), "finish_reason": finish_reason}
         return event({**base, "choices": [choice]})
@@ -413,10 +455,24 @@ def _openai_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
     if script is not None:
         pieces = [chunk(script.text, None)] if script.text else []
         for i, call in enumerate(script.tool_calls):
-            pieces.append(chunk(None, None, calls=[{"index": i, "id": f"call_fake{i}", "type": "function",
-                                                    "function": {"name": call["name"], "arguments": ""}}]))
-            pieces += [chunk(None, None, calls=[{"index": i, "function": {"arguments": part}}])
-                       for part in script.split(script.arguments(call))]
+            pieces.append(
+                chunk(
+                    None,
+                    None,
+                    calls=[
+                        {
+                            "index": i,
+                            "id": f"call_fake{i}",
+                            "type": "function",
+                            "function": {"name": call["name"], "arguments": ""},
+                        }
+                    ],
+                )
+            )
+            pieces += [
+                chunk(None, None, calls=[{"index": i, "function": {"arguments": part}}])
+                for part in script.split(script.arguments(call))
+            ]
 
     def tail(n: int, _: Timing) -> bytes:
         out = chunk(None if chat else "", finish)
@@ -424,8 +480,15 @@ def _openai_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
             out += event({**base, "choices": [], "usage": usage(n)})
         return out + b"data: [DONE]\n\n"
 
-    return Answer(up, fault, "openai", "text/event-stream", tail,
-                  pieces=pieces, head=chunk(None, None, role=True) if chat else b"")
+    return Answer(
+        up,
+        fault,
+        "openai",
+        "text/event-stream",
+        tail,
+        pieces=pieces,
+        head=chunk(None, None, role=True) if chat else b"",
+    )
 
 
 def _openai_embeddings(up: Upstream, body: dict[str, Any]) -> Answer:
@@ -441,11 +504,14 @@ def _openai_embeddings(up: Upstream, body: dict[str, Any]) -> Answer:
         return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if b64 else vector
 
     def whole(_n: int, _t: Timing) -> bytes:
-        data = [{"object": "embedding", "index": i, "embedding": encode(_vector(t, dimensions))}
-                for i, t in enumerate(texts)]
+        data = [
+            {"object": "embedding", "index": i, "embedding": encode(_vector(t, dimensions))}
+            for i, t in enumerate(texts)
+        ]
         words = sum(_words(t) for t in texts)
-        return _dumps({"object": "list", "data": data, "model": model,
-                       "usage": {"prompt_tokens": words, "total_tokens": words}})
+        return _dumps(
+            {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": words, "total_tokens": words}}
+        )
 
     return Answer(up, up.take_fault(), "openai", "application/json", whole, streamed=False)
 
@@ -484,12 +550,20 @@ def _ollama_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
         return [{"function": {"name": c["name"], "arguments": c.get("arguments") or {}}} for c in script.tool_calls]
 
     def final(n: int, t: Timing, text: str) -> dict[str, Any]:
-        return {**item(text), "done": True, "done_reason": finish, "total_duration": _ns(t.end - t.start),
-                "load_duration": 0, "prompt_eval_count": prompt_tokens,
-                "prompt_eval_duration": _ns(t.first - t.start), "eval_count": n,
-                "eval_duration": _ns(t.end - t.first)}
+        return {
+            **item(text),
+            "done": True,
+            "done_reason": finish,
+            "total_duration": _ns(t.end - t.start),
+            "load_duration": 0,
+            "prompt_eval_count": prompt_tokens,
+            "prompt_eval_duration": _ns(t.first - t.start),
+            "eval_count": n,
+            "eval_duration": _ns(t.end - t.first),
+        }
 
     if body.get("stream", True) is False:
+
         def whole(n: int, t: Timing) -> bytes:
             if script is None:
                 return _dumps(final(n, t, "".join(_tokens(n))))
@@ -503,8 +577,14 @@ def _ollama_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
     if script is not None:
         pieces = [_dumps({**item(script.text), "done": False}) + b"\n"] if script.text else []
         pieces += [_dumps({**item("", [call]), "done": False}) + b"\n" for call in whole_calls()]
-    return Answer(up, up.take_fault(), "ollama", "application/x-ndjson",
-                  lambda n, t: _dumps(final(n, t, "")) + b"\n", pieces=pieces)
+    return Answer(
+        up,
+        up.take_fault(),
+        "ollama",
+        "application/x-ndjson",
+        lambda n, t: _dumps(final(n, t, "")) + b"\n",
+        pieces=pieces,
+    )
 
 
 def _ollama_embed(up: Upstream, body: dict[str, Any], legacy: bool) -> Answer:
@@ -517,9 +597,15 @@ def _ollama_embed(up: Upstream, body: dict[str, Any], legacy: bool) -> Answer:
     def whole(_n: int, t: Timing) -> bytes:
         if legacy:
             return _dumps({"embedding": _vector(texts[0] if texts else "", dimensions)})
-        return _dumps({"model": model, "embeddings": [_vector(x, dimensions) for x in texts],
-                       "total_duration": _ns(t.end - t.start), "load_duration": 0,
-                       "prompt_eval_count": sum(_words(x) for x in texts)})
+        return _dumps(
+            {
+                "model": model,
+                "embeddings": [_vector(x, dimensions) for x in texts],
+                "total_duration": _ns(t.end - t.start),
+                "load_duration": 0,
+                "prompt_eval_count": sum(_words(x) for x in texts),
+            }
+        )
 
     return Answer(up, up.take_fault(), "ollama", "application/json", whole, streamed=False)
 
@@ -531,8 +617,7 @@ Handler = Callable[[Request], Awaitable[Any]]
 
 
 def build_app(up: Upstream) -> ASGIApp:
-    def model_endpoint(protocol: Literal["openai", "ollama"],
-                       make: Callable[[dict[str, Any]], Answer]) -> Handler:
+    def model_endpoint(protocol: Literal["openai", "ollama"], make: Callable[[dict[str, Any]], Answer]) -> Handler:
         async def endpoint(request: Request) -> Any:
             body = await _json(request)
             if body is None:
@@ -543,13 +628,29 @@ def build_app(up: Upstream) -> ASGIApp:
         return endpoint
 
     async def models(_: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{"id": m, "object": "model", "created": 0,
-                                                          "owned_by": "fake"} for m in up.models]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in up.models],
+            }
+        )
 
     async def tags(_: Request) -> Response:
-        return JSONResponse({"models": [{"name": m, "model": m, "modified_at": _iso_now(), "size": 0,
-                                         "digest": hashlib.sha256(m.encode()).hexdigest(), "details": {}}
-                                        for m in up.models]})
+        return JSONResponse(
+            {
+                "models": [
+                    {
+                        "name": m,
+                        "model": m,
+                        "modified_at": _iso_now(),
+                        "size": 0,
+                        "digest": hashlib.sha256(m.encode()).hexdigest(),
+                        "details": {},
+                    }
+                    for m in up.models
+                ]
+            }
+        )
 
     async def version(_: Request) -> Response:
         return JSONResponse({"version": "0.0.0-fake"})
@@ -587,18 +688,16 @@ def build_app(up: Upstream) -> ASGIApp:
         return JSONResponse({"ok": True})
 
     routes = [
-        Route("/v1/chat/completions", model_endpoint("openai", lambda b: _openai_generate(up, b, True)),
-              methods=["POST"]),
-        Route("/v1/completions", model_endpoint("openai", lambda b: _openai_generate(up, b, False)),
-              methods=["POST"]),
+        Route(
+            "/v1/chat/completions", model_endpoint("openai", lambda b: _openai_generate(up, b, True)), methods=["POST"]
+        ),
+        Route("/v1/completions", model_endpoint("openai", lambda b: _openai_generate(up, b, False)), methods=["POST"]),
         Route("/v1/embeddings", model_endpoint("openai", lambda b: _openai_embeddings(up, b)), methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/api/chat", model_endpoint("ollama", lambda b: _ollama_generate(up, b, True)), methods=["POST"]),
-        Route("/api/generate", model_endpoint("ollama", lambda b: _ollama_generate(up, b, False)),
-              methods=["POST"]),
+        Route("/api/generate", model_endpoint("ollama", lambda b: _ollama_generate(up, b, False)), methods=["POST"]),
         Route("/api/embed", model_endpoint("ollama", lambda b: _ollama_embed(up, b, False)), methods=["POST"]),
-        Route("/api/embeddings", model_endpoint("ollama", lambda b: _ollama_embed(up, b, True)),
-              methods=["POST"]),
+        Route("/api/embeddings", model_endpoint("ollama", lambda b: _ollama_embed(up, b, True)), methods=["POST"]),
         Route("/api/tags", tags, methods=["GET"]),
         Route("/api/version", version, methods=["GET"]),
         Route("/_control", control, methods=["GET", "POST"]),
@@ -659,8 +758,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
     app = build_app(Upstream(token_delay=args.token_delay))
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                lifespan="off", timeout_keep_alive=60)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        lifespan="off",
+        timeout_keep_alive=60,
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,7 @@ class CacheStats:
 
 
 class ResponseCache:
-    def __init__(self, backend: Backend, *, default_num_ctx: int,
-                 max_entry_bytes: int = MAX_ENTRY_BYTES) -> None:
+    def __init__(self, backend: Backend, *, default_num_ctx: int, max_entry_bytes: int = MAX_ENTRY_BYTES) -> None:
         self.backend = backend
         self._default_num_ctx = default_num_ctx
         self._max_entry_bytes = max_entry_bytes
@@ -108,8 +107,7 @@ def build_cache(settings: Settings, telemetry: Any = None) -> ResponseCache | No
     elif settings.cache == "sqlite":
         from ember.cache.sqlite import SQLiteBackend
 
-        backend = SQLiteBackend(settings.state_dir / "cache.db", ttl=ttl,
-                                max_entries=settings.cache_max_entries)
+        backend = SQLiteBackend(settings.state_dir / "cache.db", ttl=ttl, max_entries=settings.cache_max_entries)
     else:
         if not settings.redis_url:
             raise ConfigError('cache = "redis" needs redis_url (EMBER_REDIS_URL)')

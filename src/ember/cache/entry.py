@@ -33,13 +33,27 @@ class CachedAnswer:
 
     def encode(self) -> bytes:
         s = self.stats
-        return json.dumps({
-            "f": _FORMAT, "model": self.model, "provider": self.provider, "served_by": self.served_by,
-            "pieces": self.pieces, "finish_reason": self.finish_reason,
-            "calls": [[c.id, c.name, c.arguments] for c in self.tool_calls], "notes": self.notes,
-            "stats": [s.prompt_tokens, s.completion_tokens, s.prompt_eval_seconds, s.eval_seconds,
-                      s.cached_prompt_tokens],
-        }, ensure_ascii=False, separators=(",", ":")).encode()
+        return json.dumps(
+            {
+                "f": _FORMAT,
+                "model": self.model,
+                "provider": self.provider,
+                "served_by": self.served_by,
+                "pieces": self.pieces,
+                "finish_reason": self.finish_reason,
+                "calls": [[c.id, c.name, c.arguments] for c in self.tool_calls],
+                "notes": self.notes,
+                "stats": [
+                    s.prompt_tokens,
+                    s.completion_tokens,
+                    s.prompt_eval_seconds,
+                    s.eval_seconds,
+                    s.cached_prompt_tokens,
+                ],
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode()
 
     @classmethod
     def decode(cls, blob: bytes | str) -> CachedAnswer | None:
@@ -49,16 +63,22 @@ class CachedAnswer:
             if data.get("f") != _FORMAT:
                 return None
             prompt, completion, prompt_s, eval_s, cached = data["stats"]
-            return cls(model=str(data["model"]), provider=str(data["provider"]),
-                       pieces=tuple(str(p) for p in data["pieces"]),
-                       finish_reason=data["finish_reason"],
-                       stats=GenerationStats(prompt_tokens=int(prompt), completion_tokens=int(completion),
-                                             prompt_eval_seconds=float(prompt_s),
-                                             eval_seconds=float(eval_s), cached_prompt_tokens=int(cached)),
-                       served_by=data.get("served_by"),
-                       tool_calls=tuple(ToolCall(id=str(i), name=str(n), arguments=str(a))
-                                        for i, n, a in data["calls"]),
-                       notes=tuple((str(k), str(v)) for k, v in data["notes"]))
+            return cls(
+                model=str(data["model"]),
+                provider=str(data["provider"]),
+                pieces=tuple(str(p) for p in data["pieces"]),
+                finish_reason=data["finish_reason"],
+                stats=GenerationStats(
+                    prompt_tokens=int(prompt),
+                    completion_tokens=int(completion),
+                    prompt_eval_seconds=float(prompt_s),
+                    eval_seconds=float(eval_s),
+                    cached_prompt_tokens=int(cached),
+                ),
+                served_by=data.get("served_by"),
+                tool_calls=tuple(ToolCall(id=str(i), name=str(n), arguments=str(a)) for i, n, a in data["calls"]),
+                notes=tuple((str(k), str(v)) for k, v in data["notes"]),
+            )
         except (ValueError, KeyError, TypeError):
             return None
 

@@ -82,8 +82,12 @@ def _message(message: ChatMessage) -> list[Any]:
     role = "system" if message.role == "developer" else message.role
     parts: list[Any] = [role, message.content]
     if message.tool_calls or message.tool_call_id is not None or message.name is not None or message.attachments:
-        parts += [[[c.id, c.name, c.arguments] for c in message.tool_calls], message.tool_call_id, message.name,
-                  [p.source if isinstance(p, ImagePart) else p.text for p in message.attachments]]
+        parts += [
+            [[c.id, c.name, c.arguments] for c in message.tool_calls],
+            message.tool_call_id,
+            message.name,
+            [p.source if isinstance(p, ImagePart) else p.text for p in message.attachments],
+        ]
     return parts
 
 

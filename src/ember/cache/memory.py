@@ -23,8 +23,14 @@ class _Slot:
 class MemoryBackend:
     name = "memory"
 
-    def __init__(self, *, max_entries: int, ttl: float | None, max_bytes: int = DEFAULT_MAX_BYTES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        max_entries: int,
+        ttl: float | None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._clock = clock  # seconds; tests pass one they can advance
         self._slots: OrderedDict[str, _Slot] = OrderedDict()  # oldest use first
         self._max_entries = max_entries

@@ -68,10 +68,10 @@ return 1
 class RedisBackend:
     name = "redis"
 
-    def __init__(self, url: str, *, ttl: float | None, max_entries: int = DEFAULT_MAX_ENTRIES,
-                 prefix: str = KEY_PREFIX) -> None:
-        self._client = aioredis.Redis.from_url(url, socket_connect_timeout=_CONNECT_TIMEOUT,
-                                               socket_timeout=_TIMEOUT)
+    def __init__(
+        self, url: str, *, ttl: float | None, max_entries: int = DEFAULT_MAX_ENTRIES, prefix: str = KEY_PREFIX
+    ) -> None:
+        self._client = aioredis.Redis.from_url(url, socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_TIMEOUT)
         self._url = url
         self._ttl_ms = None if ttl is None else max(1, int(ttl * 1000))
         self._max_entries = max_entries
@@ -100,8 +100,9 @@ class RedisBackend:
             return
         try:
             ttl = "" if self._ttl_ms is None else str(self._ttl_ms)
-            await self._put(keys=[self._prefix + key, self._ranking, self._counter],
-                            args=[blob, ttl, self._max_entries])
+            await self._put(
+                keys=[self._prefix + key, self._ranking, self._counter], args=[blob, ttl, self._max_entries]
+            )
         except Exception as exc:
             self._fault(exc)
             return
@@ -112,8 +113,12 @@ class RedisBackend:
 
     def _fault(self, exc: Exception) -> None:
         if not self._down:
-            log.warning("response cache: Redis at %s failed (%s: %s); serving without the cache "
-                        "until it answers again", _safe(self._url), type(exc).__name__, exc)
+            log.warning(
+                "response cache: Redis at %s failed (%s: %s); serving without the cache until it answers again",
+                _safe(self._url),
+                type(exc).__name__,
+                exc,
+            )
         self._down = True
         self._down_until = time.monotonic() + _RETRY_AFTER
 

@@ -21,18 +21,25 @@ def replay(answer: CachedAnswer) -> Generation:
         for piece in answer.pieces:
             yield GenerationEvent(text=piece)
         for index, call in enumerate(answer.tool_calls):
-            yield GenerationEvent(tool_calls=(ToolCallDelta(index=index, id=call.id, name=call.name,
-                                                            arguments=call.arguments),))
+            yield GenerationEvent(
+                tool_calls=(ToolCallDelta(index=index, id=call.id, name=call.name, arguments=call.arguments),)
+            )
         yield GenerationEvent(text="", done=True, finish_reason=answer.finish_reason, stats=answer.stats)
 
     stream = events()
     resources = AsyncExitStack()
     resources.push_async_callback(stream.aclose)
-    generation = Generation(model=answer.model, prompt_tokens=answer.stats.prompt_tokens,
-                            load_seconds=0.0, started=time.perf_counter(), _events=stream,
-                            _resources=resources, provider=answer.provider,
-                            attempts=0,  # no target was tried
-                            notes=dict(answer.notes))
+    generation = Generation(
+        model=answer.model,
+        prompt_tokens=answer.stats.prompt_tokens,
+        load_seconds=0.0,
+        started=time.perf_counter(),
+        _events=stream,
+        _resources=resources,
+        provider=answer.provider,
+        attempts=0,  # no target was tried
+        notes=dict(answer.notes),
+    )
     generation.served_by = answer.served_by
     return generation
 
@@ -65,13 +72,19 @@ def recording(generation: Generation, store: Store, *, max_chars: int) -> Genera
             if storable:
                 whole.add(event)
             # Only answers that ended on their own are worth replaying: "cancelled" is cut off.
-            if (event.done and storable and event.stats
-                    and event.finish_reason in ("stop", "length", "tool_calls")):
-                await store(CachedAnswer(model=generation.model, provider=generation.provider,
-                                         pieces=tuple(pieces), finish_reason=event.finish_reason,
-                                         stats=event.stats, served_by=generation.served_by,
-                                         tool_calls=whole.answer().tool_calls,
-                                         notes=tuple(generation.notes.items())))
+            if event.done and storable and event.stats and event.finish_reason in ("stop", "length", "tool_calls"):
+                await store(
+                    CachedAnswer(
+                        model=generation.model,
+                        provider=generation.provider,
+                        pieces=tuple(pieces),
+                        finish_reason=event.finish_reason,
+                        stats=event.stats,
+                        served_by=generation.served_by,
+                        tool_calls=whole.answer().tool_calls,
+                        notes=tuple(generation.notes.items()),
+                    )
+                )
             yield event
 
     generation.wrap(record)

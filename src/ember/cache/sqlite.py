@@ -34,8 +34,9 @@ _PRUNE_EVERY = 64
 class SQLiteBackend:
     name = "sqlite"
 
-    def __init__(self, path: Path, *, ttl: float | None, max_entries: int,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, path: Path, *, ttl: float | None, max_entries: int, clock: Callable[[], float] = time.time
+    ) -> None:
         self._clock = clock  # unix seconds (the rows outlive the process); tests pass their own
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -59,8 +60,7 @@ class SQLiteBackend:
 
     async def get(self, key: str) -> CachedAnswer | None:
         try:
-            row = self._reader.execute(
-                "SELECT value, expires FROM response_cache WHERE key = ?", (key,)).fetchone()
+            row = self._reader.execute("SELECT value, expires FROM response_cache WHERE key = ?", (key,)).fetchone()
         except sqlite3.Error as exc:
             if not self._read_failed:  # once: a broken file would otherwise log per request
                 log.warning("response cache %s unreadable (%s); serving without it", self.path, exc)
@@ -82,19 +82,20 @@ class SQLiteBackend:
         with self._write_lock:
             self._writer.execute(
                 "INSERT OR REPLACE INTO response_cache (key, value, expires, created) VALUES (?, ?, ?, ?)",
-                (key, blob, expires, now))
+                (key, blob, expires, now),
+            )
             self._writes += 1
             if self._writes % _PRUNE_EVERY == 0:
                 self._prune()
 
     def _prune(self) -> None:
         """Drop expired rows, then the oldest beyond max_entries. Caller holds the write lock."""
-        self._writer.execute("DELETE FROM response_cache WHERE expires IS NOT NULL AND expires <= ?",
-                             (self._clock(),))
+        self._writer.execute("DELETE FROM response_cache WHERE expires IS NOT NULL AND expires <= ?", (self._clock(),))
         self._writer.execute(
             "DELETE FROM response_cache WHERE key IN "
             "(SELECT key FROM response_cache ORDER BY created DESC LIMIT -1 OFFSET ?)",
-            (self._max_entries,))
+            (self._max_entries,),
+        )
 
     async def aclose(self) -> None:
         self._reader.close()

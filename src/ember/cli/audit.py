@@ -41,9 +41,11 @@ def _line(row: audit.Row, fields: dict[str, Any], cipher: Any) -> str:
         detail = fields.get("detail")
         what = f"admin {fields.get('action')} {audit.canonical(detail) if detail else ''}".rstrip()
     else:
-        what = (f"{fields.get('endpoint')} model={fields.get('model')} route={fields.get('route') or '-'}"
-                f" provider={fields.get('provider') or '-'} tokens={fields.get('tokens_in')}/"
-                f"{fields.get('tokens_out')}")
+        what = (
+            f"{fields.get('endpoint')} model={fields.get('model')} route={fields.get('route') or '-'}"
+            f" provider={fields.get('provider') or '-'} tokens={fields.get('tokens_in')}/"
+            f"{fields.get('tokens_out')}"
+        )
     text = f"{row.seq:>6} {_when(fields.get('ts'))} {who} {fields.get('status')} {what}"
     token = fields.get("prompt")
     if cipher is not None and isinstance(token, str):

@@ -29,9 +29,13 @@ class _RichProgress:
 
     def __init__(self, stream: TextIO) -> None:
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[errors]} errors"), TimeElapsedColumn(),
-            console=Console(file=stream), transient=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[errors]} errors"),
+            TimeElapsedColumn(),
+            console=Console(file=stream),
+            transient=False,
         )
         self._task: TaskID | None = None
         self._errors = 0
@@ -40,8 +44,9 @@ class _RichProgress:
         self._progress.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._progress.stop()
 
     def phase_started(self, name: str, total: int) -> None:
@@ -70,8 +75,9 @@ class _PlainProgress:
     def __enter__(self) -> _PlainProgress:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._stream.flush()
 
     def phase_started(self, name: str, total: int) -> None:

@@ -118,7 +118,7 @@ def _read_message() -> str:
     line = input(">>> ")
     if not line.lstrip().startswith(_MULTILINE):
         return line
-    text = line.lstrip()[len(_MULTILINE):]
+    text = line.lstrip()[len(_MULTILINE) :]
     lines = [text]
     while not lines[-1].rstrip().endswith(_MULTILINE):
         lines.append(input("... "))

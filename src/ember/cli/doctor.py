@@ -65,9 +65,7 @@ def check_llama_cpp() -> Check:
     try:
         import llama_cpp
     except Exception as exc:  # a broken native build fails with OSError, not only ImportError
-        return Check(
-            "llama-cpp-python", False, f"cannot import ({exc})", f"pip install '{_llama_requirement()}'"
-        )
+        return Check("llama-cpp-python", False, f"cannot import ({exc})", f"pip install '{_llama_requirement()}'")
     version = getattr(llama_cpp, "__version__", "unknown version")
     raw = llama_cpp.llama_print_system_info()
     info = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)

@@ -26,9 +26,14 @@ def routes(
     except ServerUnreachable:
         # No server: show what the config file says, without health.
         config = load_gateway_config(settings.config)
-        described = [{"model": r.model, "strategy": r.strategy,
-                      "targets": [{"target": t, "state": "unknown"} for t in r.targets]}
-                     for r in config.routes]
+        described = [
+            {
+                "model": r.model,
+                "strategy": r.strategy,
+                "targets": [{"target": t, "state": "unknown"} for t in r.targets],
+            }
+            for r in config.routes
+        ]
         live = False
     if as_json:
         print(json.dumps({"routes": described, "live": live}, indent=2))
@@ -39,15 +44,22 @@ def routes(
     rows: list[list[str]] = []
     for route in described:
         for i, target in enumerate(route["targets"]):
-            rows.append([
-                route["model"] if i == 0 else "", route["strategy"] if i == 0 else "",
-                target["target"], target.get("state", "?"),
-                _number(target.get("in_flight")), _number(target.get("requests")),
-                _number(target.get("failures")), _ms(target.get("ttft_ms")),
-                (target.get("last_error") or "")[:60],
-            ])
-    print_table(["ROUTE", "STRATEGY", "TARGET", "STATE", "IN FLIGHT", "REQUESTS", "FAILURES",
-                 "TTFT", "LAST ERROR"], rows)
+            rows.append(
+                [
+                    route["model"] if i == 0 else "",
+                    route["strategy"] if i == 0 else "",
+                    target["target"],
+                    target.get("state", "?"),
+                    _number(target.get("in_flight")),
+                    _number(target.get("requests")),
+                    _number(target.get("failures")),
+                    _ms(target.get("ttft_ms")),
+                    (target.get("last_error") or "")[:60],
+                ]
+            )
+    print_table(
+        ["ROUTE", "STRATEGY", "TARGET", "STATE", "IN FLIGHT", "REQUESTS", "FAILURES", "TTFT", "LAST ERROR"], rows
+    )
     if not live:
         print("(the server is not running: health unknown)")
 
@@ -72,11 +84,30 @@ def usage(
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    rows = [[str(r[by] or "-"), str(r["requests"]), str(r["tokens_in"]), str(r["tokens_out"]),
-             f"${r['cost']:.6f}", str(r["errors"]), f"{r['avg_latency_ms']:.0f} ms"] for r in result["rows"]]
+    rows = [
+        [
+            str(r[by] or "-"),
+            str(r["requests"]),
+            str(r["tokens_in"]),
+            str(r["tokens_out"]),
+            f"${r['cost']:.6f}",
+            str(r["errors"]),
+            f"{r['avg_latency_ms']:.0f} ms",
+        ]
+        for r in result["rows"]
+    ]
     total = result["total"]
-    rows.append(["TOTAL", str(total["requests"]), str(total["tokens_in"]), str(total["tokens_out"]),
-                 f"${total['cost']:.6f}", str(total["errors"]), ""])
+    rows.append(
+        [
+            "TOTAL",
+            str(total["requests"]),
+            str(total["tokens_in"]),
+            str(total["tokens_out"]),
+            f"${total['cost']:.6f}",
+            str(total["errors"]),
+            "",
+        ]
+    )
     print_table([by.upper(), "REQUESTS", "TOKENS IN", "TOKENS OUT", "COST", "ERRORS", "AVG LATENCY"], rows)
 
 

@@ -25,15 +25,19 @@ def _store() -> KeyStore:
 def create(
     name: Annotated[str, typer.Option("--name", help="A unique name; usage and audit rows carry it.")],
     scopes: Annotated[str, typer.Option("--scopes", help="Comma-separated: chat, embed, models, admin.")] = (
-        "chat,embed,models"),
+        "chat,embed,models"
+    ),
     rpm: Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per minute.")] = None,
     tpm: Annotated[int | None, typer.Option("--tpm", min=1, help="Tokens per minute.")] = None,
-    max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", min=1,
-                                                       help="Requests in flight at once.")] = None,
-    budget_usd: Annotated[float | None, typer.Option("--budget-usd", min=0,
-                                                     help="USD to spend per --budget-period.")] = None,
-    budget_tokens: Annotated[int | None, typer.Option("--budget-tokens", min=0,
-                                                      help="Tokens to use per --budget-period.")] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option("--max-concurrent", min=1, help="Requests in flight at once.")
+    ] = None,
+    budget_usd: Annotated[
+        float | None, typer.Option("--budget-usd", min=0, help="USD to spend per --budget-period.")
+    ] = None,
+    budget_tokens: Annotated[
+        int | None, typer.Option("--budget-tokens", min=0, help="Tokens to use per --budget-period.")
+    ] = None,
     budget_period: Annotated[str, typer.Option("--budget-period", help="day, month or total.")] = "month",
     expires: Annotated[str | None, typer.Option("--expires", help="e.g. 30d, 12h or 2026-12-31.")] = None,
 ) -> None:
@@ -42,14 +46,25 @@ def create(
     store = _store()
     try:
         secret, _ = store.create(
-            name, parse_scopes(scopes), rpm=rpm, tpm=tpm, max_concurrent=max_concurrent,
-            budget_usd=budget_usd, budget_tokens=budget_tokens, budget_period=period,
-            expires=parse_expires(expires) if expires else None)
+            name,
+            parse_scopes(scopes),
+            rpm=rpm,
+            tpm=tpm,
+            max_concurrent=max_concurrent,
+            budget_usd=budget_usd,
+            budget_tokens=budget_tokens,
+            budget_period=period,
+            expires=parse_expires(expires) if expires else None,
+        )
     finally:
         store.close()
     # The operator at the console acts as no key: the audit row says what, not who.
-    append_admin(Settings(), "keys.create", None, {"name": name, "scopes": sorted(parse_scopes(scopes)),
-                                                   "rpm": rpm, "tpm": tpm, "budget_usd": budget_usd})
+    append_admin(
+        Settings(),
+        "keys.create",
+        None,
+        {"name": name, "scopes": sorted(parse_scopes(scopes)), "rpm": rpm, "tpm": tpm, "budget_usd": budget_usd},
+    )
     typer.echo(secret)
     typer.echo(f"Key '{name}' created. Store it now: it cannot be shown again.", err=True)
 
@@ -83,8 +98,18 @@ def list_keys() -> None:
         keys = store.list()
     finally:
         store.close()
-    rows = [[k.name, k.prefix + "…", ",".join(sorted(k.scopes)), _limits(k), _when(k.created),
-             _when(k.expires), _when(k.revoked)] for k in keys]
+    rows = [
+        [
+            k.name,
+            k.prefix + "…",
+            ",".join(sorted(k.scopes)),
+            _limits(k),
+            _when(k.created),
+            _when(k.expires),
+            _when(k.revoked),
+        ]
+        for k in keys
+    ]
     print_table(["NAME", "PREFIX", "SCOPES", "LIMITS", "CREATED", "EXPIRES", "REVOKED"], rows)
 
 

@@ -217,9 +217,7 @@ class RichPullView:
             if task is None:
                 task = self._progress.add_task(event.status, total=event.total)
                 self._tasks[event.key] = task
-            self._progress.update(
-                task, description=event.status, total=event.total, completed=event.completed or 0
-            )
+            self._progress.update(task, description=event.status, total=event.total, completed=event.completed or 0)
             return
         if event.status and event.status != self._last_status:
             self._progress.console.print(event.status)

@@ -79,7 +79,7 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     # Compare in blocks first: cheap in Python for the long shared prefixes that matter.
     i = 0
     block = 256
-    while i + block <= n and a[i:i + block] == b[i:i + block]:
+    while i + block <= n and a[i : i + block] == b[i : i + block]:
         i += block
     while i < n and a[i] == b[i]:
         i += 1
@@ -87,8 +87,7 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class BatchScheduler:
-    def __init__(self, ctx: llama_cpp.llama_context_p, model: llama_cpp.llama_model_p,
-                 config: BatchConfig) -> None:
+    def __init__(self, ctx: llama_cpp.llama_context_p, model: llama_cpp.llama_model_p, config: BatchConfig) -> None:
         self._ctx = ctx
         self._config = config
         self._vocab = llama_cpp.llama_model_get_vocab(model)
@@ -115,11 +114,11 @@ class BatchScheduler:
         room = self._config.slot_context - len(prompt)
         limit = room if request.max_tokens is None else min(request.max_tokens, room)
         if limit <= 0:
-            stats = GenerationStats(prompt_tokens=len(prompt), completion_tokens=0,
-                                    prompt_eval_seconds=0.0, eval_seconds=0.0)
+            stats = GenerationStats(
+                prompt_tokens=len(prompt), completion_tokens=0, prompt_eval_seconds=0.0, eval_seconds=0.0
+            )
             return Update(rid=rid, text="", finish="length", stats=stats)
-        chain = SamplerChain.build(request.sampling, n_vocab=self._n_vocab,
-                                   history=self._config.slot_context)
+        chain = SamplerChain.build(request.sampling, n_vocab=self._n_vocab, history=self._config.slot_context)
         if request.grammar is not None:
             try:
                 grammar = GrammarSampler(self._grammars.sampler(request.grammar))
@@ -128,8 +127,7 @@ class BatchScheduler:
                 return Update(rid=rid, text="", error=exc.message)
             self._candidates.prepare()
             chain.constrain(grammar, self._candidates)
-        self._waiting.append(Job(rid=rid, request=request, limit=limit, chain=chain,
-                                 matcher=StopMatcher(request.stop)))
+        self._waiting.append(Job(rid=rid, request=request, limit=limit, chain=chain, matcher=StopMatcher(request.stop)))
         return None
 
     def cancel(self, rid: int) -> None:
@@ -213,8 +211,9 @@ class BatchScheduler:
             slot.feed = []
         room = self._config.batch_tokens - batch.n_tokens
         budget = min(room, self._config.prefill_while_generating) if generating else room
-        reading = sorted((slot for slot in self._slots if slot.job is not None and not slot.generating),
-                         key=lambda s: s.admitted)
+        reading = sorted(
+            (slot for slot in self._slots if slot.job is not None and not slot.generating), key=lambda s: s.admitted
+        )
         for slot in reading:
             if budget <= 0:
                 break
@@ -227,7 +226,7 @@ class BatchScheduler:
             if last_of_prompt:
                 outputs.append((slot, index))
             slot.tokens.extend(chunk)
-            del slot.feed[:len(chunk)]
+            del slot.feed[: len(chunk)]
             budget -= len(chunk)
         return outputs
 
@@ -279,8 +278,7 @@ class BatchScheduler:
             return ()
         return (self._logprobs.read(self._ctx, index, token, job.request.logprobs),)
 
-    def _finish(self, slot: Slot, reason: FinishReason, text: str,
-                logprobs: tuple[TokenLogprob, ...] = ()) -> Update:
+    def _finish(self, slot: Slot, reason: FinishReason, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> Update:
         job = slot.job
         assert job is not None
         if not job.matcher.stopped:

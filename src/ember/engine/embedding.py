@@ -28,8 +28,10 @@ def check_lengths(lengths: list[int], n_ctx: int) -> None:
     for i, n in enumerate(lengths):
         if n > n_ctx:
             which = "the input" if len(lengths) == 1 else f"input[{i}]"
-            raise InputTooLong(f"{which} is {n} tokens, but the embedding context is {n_ctx} tokens; "
-                               "shorten it, or send truncate: true to cut it to fit")
+            raise InputTooLong(
+                f"{which} is {n} tokens, but the embedding context is {n_ctx} tokens; "
+                "shorten it, or send truncate: true to cut it to fit"
+            )
 
 
 @dataclass
@@ -67,7 +69,7 @@ class Embedder:
         tokens = [tokenize(self._vocab, text, add_special=True, parse_special=False) for text in texts]
         if not truncate:
             check_lengths([len(t) for t in tokens], self._n_ctx)
-        inputs = [t[:self._n_ctx] for t in tokens]
+        inputs = [t[: self._n_ctx] for t in tokens]
         vectors: list[list[float]] = [[0.0] * self._n_embd for _ in inputs]
         order = [i for i, tokens in enumerate(inputs) if tokens]  # an empty input has no vector to pool
         for group in self._pack(order, inputs):

@@ -50,8 +50,7 @@ def _open_llama(path: Path, options: LoadOptions, *, embedding: bool, n_ctx: int
     }
     if embedding:
         # Mean pooling gives one vector for causal LMs whose GGUF names no pooling.
-        kwargs.update(embedding=True, n_batch=n_ctx, n_ubatch=n_ctx,
-                      pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+        kwargs.update(embedding=True, n_batch=n_ctx, n_ubatch=n_ctx, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
     else:
         kwargs.update(n_batch=512)
     try:
@@ -182,8 +181,11 @@ class LlamaEngine:
                     produced += 1
                     # As the worker: one entry per completion token, from the raw logits it was
                     # sampled from, sent even while the stop matcher holds its text back.
-                    lps = () if request.logprobs is None else (
-                        self._logprobs.read(llama.ctx, -1, token, request.logprobs),)
+                    lps = (
+                        ()
+                        if request.logprobs is None
+                        else (self._logprobs.read(llama.ctx, -1, token, request.logprobs),)
+                    )
                     piece = llama._model.detokenize([token], special=False)
                     text = matcher.feed(utf8.feed(piece))
                     if text or lps:
@@ -226,8 +228,9 @@ class LlamaEngine:
             n_ctx = min(_EMBED_CTX, self._llama._model.n_ctx_train())
             self._embedder = _open_llama(self._path, self._options, embedding=True, n_ctx=n_ctx)
         if not truncate:  # counted as Llama.embed counts them, before any input is decoded
-            check_lengths([len(self._embedder.tokenize(text.encode("utf-8"))) for text in texts],
-                          self._embedder.n_ctx())
+            check_lengths(
+                [len(self._embedder.tokenize(text.encode("utf-8"))) for text in texts], self._embedder.n_ctx()
+            )
         vectors: list[list[float]] = []
         total = 0
         # One input at a time: the batch size bounds a single input, and mean

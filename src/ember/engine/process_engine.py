@@ -138,9 +138,14 @@ def _merge_ready(item: Item, pending: asyncio.Queue[Item]) -> Item:
         following = pending.get_nowait()
         if not isinstance(following, Update):
             return following
-        item = Update(rid=item.rid, text=item.text + following.text, finish=following.finish,
-                      stats=following.stats, error=following.error,
-                      logprobs=item.logprobs + following.logprobs)
+        item = Update(
+            rid=item.rid,
+            text=item.text + following.text,
+            finish=following.finish,
+            stats=following.stats,
+            error=following.error,
+            logprobs=item.logprobs + following.logprobs,
+        )
     return item
 
 
@@ -507,7 +512,10 @@ def _spawn(name: str) -> _Spawned:
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "ember.engine.worker", str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=_worker_env())
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            env=_worker_env(),
+        )
     except OSError as exc:
         conn.close()
         raise ModelLoadFailed(f"could not start a worker for {name}: {exc}") from exc
@@ -521,8 +529,9 @@ def _discard_spawned(spawned: _Spawned) -> None:
     _stop_process(spawned.process)
 
 
-def _start_worker(path: Path, options: LoadOptions, name: str,
-                  spawned: _Spawned | None = None) -> tuple[_Channel, Ready]:
+def _start_worker(
+    path: Path, options: LoadOptions, name: str, spawned: _Spawned | None = None
+) -> tuple[_Channel, Ready]:
     """Blocking: start the worker (or use a spare one) and wait for its Ready; ModelLoadFailed otherwise."""
     spawned = spawned or _spawn(name)
     process, conn = spawned.process, spawned.conn
@@ -544,5 +553,6 @@ def _start_worker(path: Path, options: LoadOptions, name: str,
     conn.close()
     if isinstance(reply, LoadFailed):
         raise ModelLoadFailed(reply.message)
-    raise ModelLoadFailed(f"could not load {path.name}: the worker exited while loading "
-                          f"({_describe_exit(process.returncode, None)})")
+    raise ModelLoadFailed(
+        f"could not load {path.name}: the worker exited while loading ({_describe_exit(process.returncode, None)})"
+    )

@@ -40,13 +40,15 @@ class SamplerChain:
         seed = params.seed if params.seed is not None else random.getrandbits(32)
         # repeat_last_n -1 means the whole context, as in Ollama.
         last_n = history if params.repeat_last_n < 0 else params.repeat_last_n
-        penalizes = (params.repeat_penalty != 1.0 or params.frequency_penalty != 0.0
-                     or params.presence_penalty != 0.0)
+        penalizes = params.repeat_penalty != 1.0 or params.frequency_penalty != 0.0 or params.presence_penalty != 0.0
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add  # the chain owns what is added
-        add(chain, llama_cpp.llama_sampler_init_penalties(
-            n_vocab, last_n, params.repeat_penalty,
-            params.frequency_penalty, params.presence_penalty))
+        add(
+            chain,
+            llama_cpp.llama_sampler_init_penalties(
+                n_vocab, last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
+            ),
+        )
         if params.temperature <= 0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
         else:
@@ -62,7 +64,7 @@ class SamplerChain:
         """Let the penalties see the prompt, as Ollama and llama-server do."""
         if self.last_n <= 0:
             return
-        for token in tokens[-self.last_n:]:
+        for token in tokens[-self.last_n :]:
             llama_cpp.llama_sampler_accept(self.handle, token)
 
     def constrain(self, grammar: GrammarSampler, candidates: Candidates) -> None:

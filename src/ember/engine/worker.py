@@ -157,9 +157,14 @@ class Outbox:
         for update in updates:
             before = self._pending.get(update.rid)
             if before is not None:
-                update = Update(rid=update.rid, text=before.text + update.text,
-                                finish=update.finish, stats=update.stats, error=update.error,
-                                logprobs=before.logprobs + update.logprobs)
+                update = Update(
+                    rid=update.rid,
+                    text=before.text + update.text,
+                    finish=update.finish,
+                    stats=update.stats,
+                    error=update.error,
+                    logprobs=before.logprobs + update.logprobs,
+                )
             self._pending[update.rid] = update
 
     def flush(self, conn: Connection, *, wait: bool) -> None:
@@ -179,8 +184,9 @@ class Worker:
         slots = model.options.num_parallel
         # llama.cpp may round the context; a slot never holds more than it really has.
         slot_context = min(model.options.num_ctx, llama_cpp.llama_n_ctx_seq(model.ctx))
-        self._scheduler = BatchScheduler(model.ctx, model.model, BatchConfig(
-            slots=slots, slot_context=slot_context, batch_tokens=BATCH_TOKENS))
+        self._scheduler = BatchScheduler(
+            model.ctx, model.model, BatchConfig(slots=slots, slot_context=slot_context, batch_tokens=BATCH_TOKENS)
+        )
         self._embedder: Embedder | None = None
         self._outbox = Outbox()
 
@@ -241,8 +247,7 @@ class Worker:
         except Exception as exc:  # reported to the one request; the worker carries on
             self._conn.send(RequestFailed(rid=message.rid, message=f"embedding failed: {exc}"))
             return
-        self._conn.send(Embedded(rid=message.rid, result=result,
-                                 memory_bytes=self._memory_bytes()))
+        self._conn.send(Embedded(rid=message.rid, result=result, memory_bytes=self._memory_bytes()))
 
     def _memory_bytes(self) -> int:
         return memory_bytes(self._model.options, self._log, self._model.model)
@@ -281,10 +286,14 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # anything else while loading is still a failed load, with a reason
         conn.send(LoadFailed(message=f"could not load {load.path.name}: {exc!r}"))
         return 1
-    conn.send(Ready(context_length=min(load.options.num_ctx, llama_cpp.llama_n_ctx_seq(model.ctx)),
-                    memory_bytes=memory_bytes(load.options, log, model.model),
-                    slots=load.options.num_parallel,
-                    load_seconds=time.perf_counter() - started))
+    conn.send(
+        Ready(
+            context_length=min(load.options.num_ctx, llama_cpp.llama_n_ctx_seq(model.ctx)),
+            memory_bytes=memory_bytes(load.options, log, model.model),
+            slots=load.options.num_parallel,
+            load_seconds=time.perf_counter() - started,
+        )
+    )
     try:
         Worker(conn, model, log).run()
     except Exception:  # tell the server why before going; it fails the requests in flight

@@ -23,8 +23,11 @@ class CircuitBreaker:
 
     @property
     def state(self) -> State:
-        if self._state == "open" and self.opened_at is not None \
-                and self.clock() - self.opened_at >= self.config.cooldown:
+        if (
+            self._state == "open"
+            and self.opened_at is not None
+            and self.clock() - self.opened_at >= self.config.cooldown
+        ):
             return "half-open"
         return self._state
 

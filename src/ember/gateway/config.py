@@ -164,8 +164,11 @@ def load_gateway_config(path: Path | None) -> GatewayConfig:
     unknown = _unknown_key(data)
     if unknown is not None:
         line = _line_of(text, [unknown])
-        raise ConfigError(f"{path}:{line}: {unknown}: not a setting or a gateway table (a typo?)"
-                          if line else f"{path}: {unknown}: not a setting or a gateway table (a typo?)")
+        raise ConfigError(
+            f"{path}:{line}: {unknown}: not a setting or a gateway table (a typo?)"
+            if line
+            else f"{path}: {unknown}: not a setting or a gateway table (a typo?)"
+        )
     try:
         return GatewayConfig.model_validate(_gateway_part(data))
     except ValidationError as exc:
@@ -200,8 +203,14 @@ def _line_of(text: str, loc: list[Any]) -> int | None:
                 return i + 1
         return None
     start = starts[index]
-    end = next((i for i in range(start + 1, len(lines)) if re.match(r"^\s*\[", lines[i])
-                and not re.match(rf"^\s*\[\s*{re.escape(table)}\.", lines[i])), len(lines))
+    end = next(
+        (
+            i
+            for i in range(start + 1, len(lines))
+            if re.match(r"^\s*\[", lines[i]) and not re.match(rf"^\s*\[\s*{re.escape(table)}\.", lines[i])
+        ),
+        len(lines),
+    )
     for key in reversed(rest):
         assignment = re.compile(rf"^\s*{re.escape(key)}\s*=")
         subtable = re.compile(rf"^\s*\[\s*{re.escape(table)}\.{re.escape(key)}\s*\]")

@@ -55,13 +55,15 @@ def make_provider(config: ProviderConfig) -> Provider:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, generation: GenerationService,
-                 embeddings: EmbeddingService, models: ModelService) -> None:
+    def __init__(
+        self, config: GatewayConfig, generation: GenerationService, embeddings: EmbeddingService, models: ModelService
+    ) -> None:
         self.config = config
         self._models = models
         self._embeddings = embeddings
-        local_config = next((p for p in config.providers if p.kind == "local"),
-                            ProviderConfig(name=LOCAL, kind="local"))
+        local_config = next(
+            (p for p in config.providers if p.kind == "local"), ProviderConfig(name=LOCAL, kind="local")
+        )
         self.local = LocalProvider(local_config, generation, embeddings)
         self.providers: dict[str, Provider] = {LOCAL: self.local, local_config.name: self.local}
         for provider in config.providers:
@@ -78,15 +80,20 @@ class Gateway:
 
     def _route(self, config: RouteConfig) -> Route:
         breaker = config.breaker or self.config.breaker
-        return Route(config=config, targets=[self._target(t, config) for t in config.targets],
-                     retry=config.retry or self.config.retry, breaker=breaker)
+        return Route(
+            config=config,
+            targets=[self._target(t, config) for t in config.targets],
+            retry=config.retry or self.config.retry,
+            breaker=breaker,
+        )
 
     def _target(self, label: str, route: RouteConfig | None) -> Target:
         if label not in self.targets:
             provider_name, _, model = label.partition("/")
             breaker = (route.breaker if route and route.breaker else None) or self.config.breaker
-            self.targets[label] = Target(provider=self.providers[provider_name], model=model,
-                                         breaker=CircuitBreaker(breaker))
+            self.targets[label] = Target(
+                provider=self.providers[provider_name], model=model, breaker=CircuitBreaker(breaker)
+            )
         return self.targets[label]
 
     def _route_for(self, name: str) -> Route | None:
@@ -100,8 +107,9 @@ class Gateway:
         if not sep or not model or provider not in self.providers or self.providers[provider] is self.local:
             return None
         config = RouteConfig(model=name, targets=[name])
-        route = Route(config=config, targets=[self._target(name, None)], retry=self.config.retry,
-                      breaker=self.config.breaker)
+        route = Route(
+            config=config, targets=[self._target(name, None)], retry=self.config.retry, breaker=self.config.breaker
+        )
         self._direct_routes[name] = route
         return route
 
@@ -125,8 +133,10 @@ class Gateway:
 
     def describe(self) -> list[dict[str, Any]]:
         """Each route, its strategy and its targets' health (for `ember routes`)."""
-        return [{"model": r.name, "strategy": r.config.strategy,
-                 "targets": [t.health() for t in r.targets]} for r in self.routes.values()]
+        return [
+            {"model": r.name, "strategy": r.config.strategy, "targets": [t.health() for t in r.targets]}
+            for r in self.routes.values()
+        ]
 
     def _digest(self, name: str) -> str:
         if name in self.routes:
@@ -178,16 +188,24 @@ class Gateway:
             else:
                 generation = await self.local.start(request, self.local_model(request.model))
         except EmberError as exc:
-            self.emit(_record(request, ts, started, route=route, provider=None,
-                               status=exc.status_code, error=exc.message))
+            self.emit(
+                _record(request, ts, started, route=route, provider=None, status=exc.status_code, error=exc.message)
+            )
             raise
         if cache_key is not None and self.cache is not None:
             generation = self.cache.record(cache_key, generation)
             generation.cache = "miss"
         return self._observed(generation, request, route, target, started, ts)
 
-    def _observed(self, generation: Generation, request: TextRequest, route: Route | None,
-                  target: Target | None, started: float, ts: float) -> Generation:
+    def _observed(
+        self,
+        generation: Generation,
+        request: TextRequest,
+        route: Route | None,
+        target: Target | None,
+        started: float,
+        ts: float,
+    ) -> Generation:
         """The outermost layer: the end of the stream, however it ends, writes the usage record."""
 
         async def observe(inner: AsyncIterator[GenerationEvent]) -> AsyncGenerator[GenerationEvent, None]:
@@ -212,9 +230,19 @@ class Gateway:
         generation.wrap(observe)
         return generation
 
-    def _finish(self, generation: Generation, request: TextRequest, route: Route | None,
-                target: Target | None, started: float, ts: float, first_at: float | None,
-                final: GenerationEvent | None, status: int, error: str | None) -> None:
+    def _finish(
+        self,
+        generation: Generation,
+        request: TextRequest,
+        route: Route | None,
+        target: Target | None,
+        started: float,
+        ts: float,
+        first_at: float | None,
+        final: GenerationEvent | None,
+        status: int,
+        error: str | None,
+    ) -> None:
         stats = final.stats if final is not None else None
         tokens_in = stats.prompt_tokens if stats else generation.prompt_tokens
         tokens_out = stats.completion_tokens if stats else 0
@@ -234,8 +262,7 @@ class Gateway:
         cost = 0.0
         if provider is not None and generation.cache != "hit":
             cost = (tokens_in * provider.config.price_in + tokens_out * provider.config.price_out) / 1e6
-        record = _record(request, ts, started, route=route, provider=generation.provider,
-                         status=status, error=error)
+        record = _record(request, ts, started, route=route, provider=generation.provider, status=status, error=error)
         record.upstream_model = target.model if target else generation.model
         record.tokens_in, record.tokens_out, record.cost = tokens_in, tokens_out, cost
         record.ttft_ms = ttft_ms
@@ -252,9 +279,17 @@ class Gateway:
 
     # -- embeddings ---------------------------------------------------------------------------
 
-    async def embed(self, model: str, inputs: list[str], *, context: RequestContext | None = None,
-                    keep_alive: float | None = None, load_options: LoadOptions | None = None,
-                    dimensions: int | None = None, truncate: bool = True) -> EmbeddingOutcome:
+    async def embed(
+        self,
+        model: str,
+        inputs: list[str],
+        *,
+        context: RequestContext | None = None,
+        keep_alive: float | None = None,
+        load_options: LoadOptions | None = None,
+        dimensions: int | None = None,
+        truncate: bool = True,
+    ) -> EmbeddingOutcome:
         started = time.perf_counter()
         ts = time.time()
         context = context or RequestContext()
@@ -263,14 +298,20 @@ class Gateway:
         provider_name = LOCAL
         try:
             if route is None:
-                outcome = await self._embeddings.embed(self.local_model(model), inputs, keep_alive=keep_alive,
-                                                       load_options=load_options, dimensions=dimensions,
-                                                       truncate=truncate)
+                outcome = await self._embeddings.embed(
+                    self.local_model(model),
+                    inputs,
+                    keep_alive=keep_alive,
+                    load_options=load_options,
+                    dimensions=dimensions,
+                    truncate=truncate,
+                )
             else:
                 outcome, provider_name = await self._embed_route(route, inputs, dimensions, truncate)
         except EmberError as exc:
-            self.emit(_record(request, ts, started, route=route, provider=None,
-                               status=exc.status_code, error=exc.message))
+            self.emit(
+                _record(request, ts, started, route=route, provider=None, status=exc.status_code, error=exc.message)
+            )
             raise
         record = _record(request, ts, started, route=route, provider=provider_name, status=200, error=None)
         record.tokens_in = outcome.prompt_tokens
@@ -281,15 +322,15 @@ class Gateway:
         self.emit(record)
         return outcome
 
-    async def _embed_route(self, route: Route, inputs: list[str], dimensions: int | None,
-                           truncate: bool) -> tuple[EmbeddingOutcome, str]:
+    async def _embed_route(
+        self, route: Route, inputs: list[str], dimensions: int | None, truncate: bool
+    ) -> tuple[EmbeddingOutcome, str]:
         last: EmberError | None = None
         for target in route.targets:
             if not target.breaker.allow():
                 continue
             try:
-                outcome = await target.provider.embed(target.model, inputs, dimensions=dimensions,
-                                                      truncate=truncate)
+                outcome = await target.provider.embed(target.model, inputs, dimensions=dimensions, truncate=truncate)
             except EmberError as exc:
                 if is_client_error(exc):
                     target.breaker.release()
@@ -314,10 +355,27 @@ class Gateway:
                     log.exception("closing provider %s failed", name)
 
 
-def _record(request: TextRequest, ts: float, started: float, *, route: Route | None,
-            provider: str | None, status: int, error: str | None) -> UsageRecord:
+def _record(
+    request: TextRequest,
+    ts: float,
+    started: float,
+    *,
+    route: Route | None,
+    provider: str | None,
+    status: int,
+    error: str | None,
+) -> UsageRecord:
     ctx = request.context
-    return UsageRecord(ts=ts, endpoint=ctx.endpoint, protocol=ctx.protocol, model=request.model,
-                       provider=provider or "", route=route.name if route else None, key=ctx.key_name,
-                       latency_ms=(time.perf_counter() - started) * 1000, status=status, error=error,
-                       request=request)
+    return UsageRecord(
+        ts=ts,
+        endpoint=ctx.endpoint,
+        protocol=ctx.protocol,
+        model=request.model,
+        provider=provider or "",
+        route=route.name if route else None,
+        key=ctx.key_name,
+        latency_ms=(time.perf_counter() - started) * 1000,
+        status=status,
+        error=error,
+        request=request,
+    )

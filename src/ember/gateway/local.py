@@ -12,8 +12,7 @@ from ember.services.types import TextRequest
 
 
 class LocalProvider:
-    def __init__(self, config: ProviderConfig, generation: GenerationService,
-                 embeddings: EmbeddingService) -> None:
+    def __init__(self, config: ProviderConfig, generation: GenerationService, embeddings: EmbeddingService) -> None:
         self.config = config
         self._generation = generation
         self._embeddings = embeddings
@@ -30,8 +29,9 @@ class LocalProvider:
         # Until the first token the gateway may still fail over (a worker that died, say).
         return await peek_first(generation)
 
-    async def embed(self, model: str, inputs: list[str], *, dimensions: int | None = None,
-                    truncate: bool = True) -> EmbeddingOutcome:
+    async def embed(
+        self, model: str, inputs: list[str], *, dimensions: int | None = None, truncate: bool = True
+    ) -> EmbeddingOutcome:
         return await self._embeddings.embed(model, inputs, dimensions=dimensions, truncate=truncate)
 
     async def aclose(self) -> None:

@@ -26,8 +26,9 @@ class Provider(Protocol):
         """Begin generating `request` with the provider's `model` (the part after "provider/")."""
         ...
 
-    async def embed(self, model: str, inputs: list[str], *, dimensions: int | None = None,
-                    truncate: bool = True) -> EmbeddingOutcome:
+    async def embed(
+        self, model: str, inputs: list[str], *, dimensions: int | None = None, truncate: bool = True
+    ) -> EmbeddingOutcome:
         """One vector per input; truncate=False: an input over the model's limit is a 400, not cut."""
         ...
 

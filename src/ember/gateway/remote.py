@@ -76,8 +76,12 @@ def build_client(config: ProviderConfig, max_connections: int | None = None) -> 
     size = max_connections or config.max_connections
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
     # read=total_timeout is only a backstop: first-token and total deadlines are ours.
-    timeout = httpx.Timeout(connect=config.connect_timeout, read=config.total_timeout,
-                            write=config.total_timeout, pool=config.connect_timeout)
+    timeout = httpx.Timeout(
+        connect=config.connect_timeout,
+        read=config.total_timeout,
+        write=config.total_timeout,
+        pool=config.connect_timeout,
+    )
     # The base path ends in "/" so relative paths are joined under it (".../v1/" + "chat/completions").
     base = config.base_url.rstrip("/") + "/"
     return httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=timeout)
@@ -123,8 +127,11 @@ def status_error(provider: str, response: httpx.Response) -> UpstreamError:
     except (ValueError, UnicodeDecodeError):
         detail = error_message(response.text)
     detail = (detail or response.reason_phrase or "no detail")[:_MAX_MESSAGE]
-    error = UpstreamError(f"{provider}: upstream answered {status}: {detail}", upstream_status=status,
-                          retry_after=parse_retry_after(response.headers.get("retry-after")))
+    error = UpstreamError(
+        f"{provider}: upstream answered {status}: {detail}",
+        upstream_status=status,
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+    )
     if status in _CLIENT_ERRORS:
         # The request itself is wrong (the router answers at once): say so with its own status.
         error.status_code = status
@@ -186,12 +193,22 @@ def token_logprobs(provider: str, entries: Any) -> tuple[TokenLogprob, ...]:
     if not isinstance(entries, list):
         return ()
     try:
-        return tuple(TokenLogprob(token=str(e["token"]), logprob=float(e["logprob"]),
-                                  bytes=_bytes(e.get("bytes"), str(e["token"])),
-                                  top=tuple(TopLogprob(token=str(t["token"]), logprob=float(t["logprob"]),
-                                                       bytes=_bytes(t.get("bytes"), str(t["token"])))
-                                            for t in e.get("top_logprobs") or ()))
-                     for e in entries)
+        return tuple(
+            TokenLogprob(
+                token=str(e["token"]),
+                logprob=float(e["logprob"]),
+                bytes=_bytes(e.get("bytes"), str(e["token"])),
+                top=tuple(
+                    TopLogprob(
+                        token=str(t["token"]),
+                        logprob=float(t["logprob"]),
+                        bytes=_bytes(t.get("bytes"), str(t["token"])),
+                    )
+                    for t in e.get("top_logprobs") or ()
+                ),
+            )
+            for e in entries
+        )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise broken(provider, f"malformed logprobs from upstream: {json.dumps(entries)[:200]}") from exc
 
@@ -217,7 +234,7 @@ async def sse_data(response: httpx.Response) -> AsyncGenerator[str, None]:
             if b"\r" in buffer:
                 buffer = buffer.replace(b"\r\n", b"\n")  # a lone trailing \r waits for its \n
             while (end := buffer.find(b"\n\n")) >= 0:
-                block, buffer = buffer[:end], buffer[end + 2:]
+                block, buffer = buffer[:end], buffer[end + 2 :]
                 data = _event_data(block)
                 if data is not None:
                     yield data
@@ -323,8 +340,9 @@ class RemoteClient:
         except ValueError as exc:
             raise broken(self.name, "upstream answered with a body that is not JSON") from exc
 
-    async def stream(self, path: str, body: dict[str, Any], parse: Parser, model: str,
-                     notes: dict[str, str] | None = None) -> Generation:
+    async def stream(
+        self, path: str, body: dict[str, Any], parse: Parser, model: str, notes: dict[str, str] | None = None
+    ) -> Generation:
         """POST a streaming request; return once the first token (or the end) has arrived.
         `notes` become response headers of the Generation (what the upstream could not be told)."""
         loop = asyncio.get_running_loop()
@@ -345,8 +363,9 @@ class RemoteClient:
                     resources.push_async_callback(events.aclose)
                     first = await anext(events, None)
             except TimeoutError as exc:
-                raise UpstreamTimeout(f"{self.name}: no first token within "
-                                      f"{self.config.first_token_timeout:g}s") from exc
+                raise UpstreamTimeout(
+                    f"{self.name}: no first token within {self.config.first_token_timeout:g}s"
+                ) from exc
             except httpx.HTTPError as exc:
                 raise transport_error(self.name, exc) from exc
             if first is None:
@@ -357,12 +376,20 @@ class RemoteClient:
             raise
         rest = self._rest(first, events, deadline)
         resources.push_async_callback(rest.aclose)
-        return Generation(model=state.model, prompt_tokens=state.prompt_tokens, load_seconds=0.0,
-                          started=state.started, _events=rest, _resources=resources, provider=self.name,
-                          notes=dict(notes or {}))
+        return Generation(
+            model=state.model,
+            prompt_tokens=state.prompt_tokens,
+            load_seconds=0.0,
+            started=state.started,
+            _events=rest,
+            _resources=resources,
+            provider=self.name,
+            notes=dict(notes or {}),
+        )
 
-    async def _rest(self, first: GenerationEvent, events: AsyncIterator[GenerationEvent],
-                    deadline: float) -> AsyncGenerator[GenerationEvent, None]:
+    async def _rest(
+        self, first: GenerationEvent, events: AsyncIterator[GenerationEvent], deadline: float
+    ) -> AsyncGenerator[GenerationEvent, None]:
         yield first
         if first.done:
             return
@@ -377,8 +404,9 @@ class RemoteClient:
             except StopAsyncIteration:
                 raise broken(self.name, "upstream ended the stream before it was complete") from None
             except httpx.TimeoutException as exc:
-                raise UpstreamTimeout(f"{self.name}: the answer took longer than "
-                                      f"{self.config.total_timeout:g}s") from exc
+                raise UpstreamTimeout(
+                    f"{self.name}: the answer took longer than {self.config.total_timeout:g}s"
+                ) from exc
             except httpx.HTTPError as exc:
                 raise transport_error(self.name, exc) from exc
             yield event

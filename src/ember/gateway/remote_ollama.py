@@ -49,11 +49,17 @@ class OllamaProvider:
     async def start(self, request: TextRequest, model: str) -> Generation:
         path = "api/chat" if request.messages is not None else "api/generate"
         dropped = dropped_fields(request)
-        return await self._remote.stream(path, request_body(request, model), partial(parse_stream, self.name),
-                                         model, notes={DROPPED_FIELDS: ", ".join(dropped)} if dropped else None)
+        return await self._remote.stream(
+            path,
+            request_body(request, model),
+            partial(parse_stream, self.name),
+            model,
+            notes={DROPPED_FIELDS: ", ".join(dropped)} if dropped else None,
+        )
 
-    async def embed(self, model: str, inputs: list[str], *, dimensions: int | None = None,
-                    truncate: bool = True) -> EmbeddingOutcome:
+    async def embed(
+        self, model: str, inputs: list[str], *, dimensions: int | None = None, truncate: bool = True
+    ) -> EmbeddingOutcome:
         started = time.perf_counter()
         body: dict[str, Any] = {"model": model, "input": inputs}
         if dimensions is not None:
@@ -67,10 +73,13 @@ class OllamaProvider:
             raise broken(self.name, "embed answer without embeddings") from exc
         if dimensions is not None:  # older nodes ignore "dimensions": shorten here
             vectors = [shorten(v, dimensions) if len(v) > dimensions else v for v in vectors]
-        return EmbeddingOutcome(model=answer.get("model") or model, vectors=vectors,
-                                prompt_tokens=int(answer.get("prompt_eval_count") or 0),
-                                load_seconds=float(answer.get("load_duration") or 0) / _NS,
-                                total_seconds=time.perf_counter() - started)
+        return EmbeddingOutcome(
+            model=answer.get("model") or model,
+            vectors=vectors,
+            prompt_tokens=int(answer.get("prompt_eval_count") or 0),
+            load_seconds=float(answer.get("load_duration") or 0) / _NS,
+            total_seconds=time.perf_counter() - started,
+        )
 
     async def aclose(self) -> None:
         await self._remote.aclose()
@@ -81,9 +90,15 @@ def request_body(request: TextRequest, model: str) -> dict[str, Any]:
     object arguments, tool results named by `tool_name`, images as base64, logprobs."""
     s = request.sampling
     options: dict[str, Any] = {
-        "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p,
-        "typical_p": s.typical_p, "repeat_penalty": s.repeat_penalty, "repeat_last_n": s.repeat_last_n,
-        "presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "top_k": s.top_k,
+        "min_p": s.min_p,
+        "typical_p": s.typical_p,
+        "repeat_penalty": s.repeat_penalty,
+        "repeat_last_n": s.repeat_last_n,
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
     }
     if s.seed is not None:
         options["seed"] = s.seed
@@ -98,8 +113,13 @@ def request_body(request: TextRequest, model: str) -> dict[str, Any]:
         body["messages"] = _messages(request.messages)
         tools = tools_sent(request)
         if tools:
-            body["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,
-                                                               "parameters": t.parameters}} for t in tools]
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+                }
+                for t in tools
+            ]
     else:
         # raw: the prompt is already what the model should see (no template on top).
         body["prompt"] = request.prompt or ""
@@ -151,12 +171,16 @@ def _messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     for i, message in enumerate(messages):
         item: dict[str, Any] = {"role": upstream_role(message.role), "content": message.content}
         if message.attachments:
-            item["images"] = [image_base64(part.source, f"messages[{i}].content")
-                              for part in message.attachments if isinstance(part, ImagePart)]
+            item["images"] = [
+                image_base64(part.source, f"messages[{i}].content")
+                for part in message.attachments
+                if isinstance(part, ImagePart)
+            ]
         if message.tool_calls:
-            item["tool_calls"] = [{"function": {"name": c.name,
-                                                "arguments": _arguments(c.arguments, f"messages[{i}].tool_calls[{j}]")}}
-                                  for j, c in enumerate(message.tool_calls)]
+            item["tool_calls"] = [
+                {"function": {"name": c.name, "arguments": _arguments(c.arguments, f"messages[{i}].tool_calls[{j}]")}}
+                for j, c in enumerate(message.tool_calls)
+            ]
             names.update((c.id, c.name) for c in message.tool_calls)
         if message.role == "tool":
             name = message.name or names.get(message.tool_call_id or "")
@@ -173,8 +197,10 @@ def _arguments(text: str, where: str) -> dict[str, Any]:
     except ValueError:
         value = None
     if not isinstance(value, dict):
-        raise UnsupportedParameter(f"{where}.function.arguments is not a JSON object, and an Ollama provider "
-                                   "takes a call's arguments as one", param=f"{where}.function.arguments")
+        raise UnsupportedParameter(
+            f"{where}.function.arguments is not a JSON object, and an Ollama provider takes a call's arguments as one",
+            param=f"{where}.function.arguments",
+        )
     return value
 
 
@@ -183,8 +209,11 @@ def image_base64(source: str, where: str) -> str:
     if source.startswith("data:"):
         return source.partition(",")[2]
     if source.startswith(("http://", "https://")):
-        raise UnsupportedParameter(f"{where} has an image URL: an Ollama provider takes images as base64 data "
-                                   "(send a data: URL), and ember does not fetch them", param=where)
+        raise UnsupportedParameter(
+            f"{where} has an image URL: an Ollama provider takes images as base64 data "
+            "(send a data: URL), and ember does not fetch them",
+            param=where,
+        )
     return source
 
 
@@ -198,15 +227,22 @@ def _call_deltas(provider: str, calls: Any, first_index: int) -> tuple[ToolCallD
             function = call["function"]
             arguments = function.get("arguments")
             text = arguments if isinstance(arguments, str) else json.dumps(arguments or {}, ensure_ascii=False)
-            out.append(ToolCallDelta(index=first_index + n, id=call.get("id") or f"call_{secrets.token_hex(12)}",
-                                     name=str(function["name"]), arguments=text))
+            out.append(
+                ToolCallDelta(
+                    index=first_index + n,
+                    id=call.get("id") or f"call_{secrets.token_hex(12)}",
+                    name=str(function["name"]),
+                    arguments=text,
+                )
+            )
     except (KeyError, TypeError, AttributeError) as exc:
         raise broken(provider, f"malformed tool_calls from upstream: {json.dumps(calls)[:200]}") from exc
     return tuple(out)
 
 
-async def parse_stream(provider: str, response: httpx.Response,
-                       state: StreamState) -> AsyncGenerator[GenerationEvent, None]:
+async def parse_stream(
+    provider: str, response: httpx.Response, state: StreamState
+) -> AsyncGenerator[GenerationEvent, None]:
     """NDJSON lines -> events (text, each whole tool call as one delta, logprobs), then one done
     event from the final line's counts; finish_reason "tool_calls" when calls came (Ollama says
     "stop")."""
@@ -235,7 +271,8 @@ async def parse_stream(provider: str, response: httpx.Response,
         prompt_tokens=int(final.get("prompt_eval_count") or 0),
         completion_tokens=int(final.get("eval_count") or 0),
         prompt_eval_seconds=float(final["prompt_eval_duration"]) / _NS
-        if final.get("prompt_eval_duration") else prompt_eval,
+        if final.get("prompt_eval_duration")
+        else prompt_eval,
         eval_seconds=float(final["eval_duration"]) / _NS if final.get("eval_duration") else eval_seconds,
     )
     state.prompt_tokens = stats.prompt_tokens

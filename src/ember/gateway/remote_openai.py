@@ -53,11 +53,11 @@ class OpenAIProvider:
     async def start(self, request: TextRequest, model: str) -> Generation:
         chat = request.messages is not None
         path = "chat/completions" if chat else "completions"
-        return await self._remote.stream(path, request_body(request, model),
-                                         partial(parse_stream, self.name), model)
+        return await self._remote.stream(path, request_body(request, model), partial(parse_stream, self.name), model)
 
-    async def embed(self, model: str, inputs: list[str], *, dimensions: int | None = None,
-                    truncate: bool = True) -> EmbeddingOutcome:
+    async def embed(
+        self, model: str, inputs: list[str], *, dimensions: int | None = None, truncate: bool = True
+    ) -> EmbeddingOutcome:
         # OpenAI's API has no truncate: its servers refuse an input over the model's limit, as
         # truncate=False asks; one that cuts inputs (some do) cannot be told not to.
         started = time.perf_counter()
@@ -71,9 +71,13 @@ class OpenAIProvider:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise broken(self.name, "embeddings answer without data[].embedding") from exc
         usage = answer.get("usage") or {}
-        return EmbeddingOutcome(model=answer.get("model") or model, vectors=vectors,
-                                prompt_tokens=int(usage.get("prompt_tokens") or 0), load_seconds=0.0,
-                                total_seconds=time.perf_counter() - started)
+        return EmbeddingOutcome(
+            model=answer.get("model") or model,
+            vectors=vectors,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            load_seconds=0.0,
+            total_seconds=time.perf_counter() - started,
+        )
 
     async def aclose(self) -> None:
         await self._remote.aclose()
@@ -84,9 +88,13 @@ def request_body(request: TextRequest, model: str) -> dict[str, Any]:
     tool results and image parts go as OpenAI spells them (what ember parsed, sent on unchanged)."""
     s = request.sampling
     body: dict[str, Any] = {
-        "model": model, "stream": True, "stream_options": {"include_usage": True},
-        "temperature": s.temperature, "top_p": s.top_p,
-        "presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
+        "model": model,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
     }
     if request.messages is not None:
         body["messages"] = [_message(m) for m in request.messages]
@@ -118,15 +126,20 @@ def _message(message: ChatMessage) -> dict[str, Any]:
     out: dict[str, Any] = {"role": upstream_role(message.role)}
     if message.attachments:
         parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
-        parts += [{"type": "image_url", "image_url": {"url": image_url(part.source)}}
-                  for part in message.attachments if isinstance(part, ImagePart)]
+        parts += [
+            {"type": "image_url", "image_url": {"url": image_url(part.source)}}
+            for part in message.attachments
+            if isinstance(part, ImagePart)
+        ]
         out["content"] = parts
     else:
         # An assistant turn that only calls tools has no content (null, as OpenAI writes it).
         out["content"] = None if message.tool_calls and not message.content else message.content
     if message.tool_calls:
-        out["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                             for c in message.tool_calls]
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
     if message.tool_call_id is not None:
         out["tool_call_id"] = message.tool_call_id
     return out
@@ -196,8 +209,14 @@ class _Calls:
                 out.append(ToolCallDelta(index=index, arguments=arguments))
                 continue
             self._seen.add(index)
-            out.append(ToolCallDelta(index=index, id=entry.get("id") or f"call_{secrets.token_hex(12)}",
-                                     name=function.get("name") or None, arguments=arguments))
+            out.append(
+                ToolCallDelta(
+                    index=index,
+                    id=entry.get("id") or f"call_{secrets.token_hex(12)}",
+                    name=function.get("name") or None,
+                    arguments=arguments,
+                )
+            )
         return tuple(out)
 
 
@@ -210,18 +229,27 @@ def legacy_logprobs(provider: str, value: Any) -> tuple[TokenLogprob, ...]:
     try:
         for i, (token, logprob) in enumerate(zip(value["tokens"], value.get("token_logprobs") or [], strict=False)):
             alternatives = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
-            top = [TopLogprob(token=str(t), logprob=float(lp), bytes=tuple(str(t).encode()))
-                   for t, lp in alternatives.items()]
+            top = [
+                TopLogprob(token=str(t), logprob=float(lp), bytes=tuple(str(t).encode()))
+                for t, lp in alternatives.items()
+            ]
             top.sort(key=lambda t: -t.logprob)
-            out.append(TokenLogprob(token=str(token), logprob=float(logprob if logprob is not None else 0.0),
-                                    bytes=tuple(str(token).encode()), top=tuple(top)))
+            out.append(
+                TokenLogprob(
+                    token=str(token),
+                    logprob=float(logprob if logprob is not None else 0.0),
+                    bytes=tuple(str(token).encode()),
+                    top=tuple(top),
+                )
+            )
     except (TypeError, ValueError) as exc:
         raise broken(provider, f"malformed logprobs from upstream: {json.dumps(value)[:200]}") from exc
     return tuple(out)
 
 
-async def parse_stream(provider: str, response: httpx.Response,
-                       state: StreamState) -> AsyncGenerator[GenerationEvent, None]:
+async def parse_stream(
+    provider: str, response: httpx.Response, state: StreamState
+) -> AsyncGenerator[GenerationEvent, None]:
     """SSE chunks -> events (text, tool-call deltas, logprobs), then one done event once the
     stream has ended."""
     chunks = 0
@@ -260,12 +288,16 @@ async def parse_stream(provider: str, response: httpx.Response,
     prompt_eval, eval_seconds = state.timings()
     if usage:
         details = usage.get("prompt_tokens_details") or {}
-        stats = GenerationStats(prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                                completion_tokens=int(usage.get("completion_tokens") or 0),
-                                prompt_eval_seconds=prompt_eval, eval_seconds=eval_seconds,
-                                cached_prompt_tokens=int(details.get("cached_tokens") or 0))
+        stats = GenerationStats(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            prompt_eval_seconds=prompt_eval,
+            eval_seconds=eval_seconds,
+            cached_prompt_tokens=int(details.get("cached_tokens") or 0),
+        )
     else:  # an upstream that ignores include_usage: one chunk is about one token
-        stats = GenerationStats(prompt_tokens=0, completion_tokens=chunks,
-                                prompt_eval_seconds=prompt_eval, eval_seconds=eval_seconds)
+        stats = GenerationStats(
+            prompt_tokens=0, completion_tokens=chunks, prompt_eval_seconds=prompt_eval, eval_seconds=eval_seconds
+        )
     state.prompt_tokens = stats.prompt_tokens
     yield GenerationEvent(text="", done=True, finish_reason=finish_reason(finish), stats=stats)

@@ -56,8 +56,9 @@ class Router:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    async def start(self, route: Route, request: TextRequest,
-                    exclude: frozenset[str] = frozenset()) -> tuple[Generation, Target]:
+    async def start(
+        self, route: Route, request: TextRequest, exclude: frozenset[str] = frozenset()
+    ) -> tuple[Generation, Target]:
         """Start on the first target that produces a token; `exclude` names targets to skip."""
         started = time.monotonic()
         deadline = started + route.retry.deadline
@@ -67,12 +68,12 @@ class Router:
         for pass_no in range(route.retry.passes):
             order = [t for t in order_fn(route.targets, route.config, request) if t.label not in exclude]
             if route.config.strategy == "race":
-                won, tried = await self._race(order[:route.config.race], request, errors, deadline)
+                won, tried = await self._race(order[: route.config.race], request, errors, deadline)
                 attempts += tried
                 if won is not None:
                     won[0].attempts = attempts
                     return won
-                order = order[route.config.race:]
+                order = order[route.config.race :]
             for target in order:
                 if time.monotonic() >= deadline:
                     break
@@ -121,9 +122,13 @@ class Router:
             target.retry_at = time.monotonic() + float(retry_after)
         log.warning("target %s failed (%s); breaker %s", target.label, exc.message, target.breaker.state)
 
-    async def _race(self, racers: list[Target], request: TextRequest,
-                    errors: list[tuple[Target, EmberError]], deadline: float,
-                    ) -> tuple[tuple[Generation, Target] | None, int]:
+    async def _race(
+        self,
+        racers: list[Target],
+        request: TextRequest,
+        errors: list[tuple[Target, EmberError]],
+        deadline: float,
+    ) -> tuple[tuple[Generation, Target] | None, int]:
         """Start every racer at once; the first to produce a token wins, the rest are cancelled."""
         allowed = [t for t in racers if time.monotonic() >= t.retry_at and t.breaker.allow()]
         if not allowed:
@@ -168,7 +173,7 @@ class Router:
 
     def _backoff(self, retry: RetryConfig, pass_no: int, targets: list[Target]) -> float:
         """Exponential backoff with full jitter, but never shorter than a Retry-After we were given."""
-        ceiling = min(retry.max_backoff, retry.backoff * (2 ** pass_no))
+        ceiling = min(retry.max_backoff, retry.backoff * (2**pass_no))
         pause = self._rng.uniform(ceiling / 2, ceiling) if ceiling > 0 else 0.0
         waits = [t.retry_at - time.monotonic() for t in targets if t.retry_at > time.monotonic()]
         if waits and len(waits) == len(targets):
@@ -179,16 +184,20 @@ class Router:
         if not errors:
             # Every target was skipped: its breaker is open, or it asked us to wait (Retry-After).
             now = time.monotonic()
-            wait = min((max(t.breaker.retry_in(), t.retry_at - now) for t in route.targets),
-                       default=route.breaker.cooldown)
+            wait = min(
+                (max(t.breaker.retry_in(), t.retry_at - now) for t in route.targets), default=route.breaker.cooldown
+            )
             return ServiceUnavailable(
                 f"no target of route '{route.name}' is available (circuit breakers open or "
-                f"rate limited upstream); retry in {wait:.0f}s", retry_after=retry_after_seconds(wait),
-                code="no_healthy_target")
+                f"rate limited upstream); retry in {wait:.0f}s",
+                retry_after=retry_after_seconds(wait),
+                code="no_healthy_target",
+            )
         _, last = errors[-1]
         summary = "; ".join(f"{t.label}: {e.message}" for t, e in errors[-4:])
         if isinstance(last, EmberError) and last.status_code in (429, 503, 504):
             last.message = f"route '{route.name}' failed after {attempts} attempts: {summary}"
             return last
-        return UpstreamError(f"route '{route.name}' failed after {attempts} attempts: {summary}",
-                             code="all_targets_failed")
+        return UpstreamError(
+            f"route '{route.name}' failed after {attempts} attempts: {summary}", code="all_targets_failed"
+        )

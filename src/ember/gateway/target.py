@@ -47,9 +47,15 @@ class Target:
             self.tokens_per_s = rate if self.tokens_per_s is None else (1 - _ALPHA) * self.tokens_per_s + _ALPHA * rate
 
     def health(self) -> dict[str, object]:
-        return {"target": self.label, "kind": self.provider.config.kind, "state": self.breaker.state,
-                "in_flight": self.in_flight, "requests": self.requests, "failures": self.failures,
-                "consecutive_failures": self.breaker.failures,
-                "ttft_ms": None if self.ttft_ms is None else round(self.ttft_ms, 1),
-                "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 1),
-                "last_error": self.last_error}
+        return {
+            "target": self.label,
+            "kind": self.provider.config.kind,
+            "state": self.breaker.state,
+            "in_flight": self.in_flight,
+            "requests": self.requests,
+            "failures": self.failures,
+            "consecutive_failures": self.breaker.failures,
+            "ttft_ms": None if self.ttft_ms is None else round(self.ttft_ms, 1),
+            "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 1),
+            "last_error": self.last_error,
+        }

@@ -17,8 +17,13 @@ from ember.background import BatchWriter
 
 GroupBy = Literal["day", "model", "route", "key", "provider"]
 GROUPS: tuple[GroupBy, ...] = get_args(GroupBy)
-_COLUMNS = {"day": "date(ts, 'unixepoch')", "model": "model", "route": "coalesce(route, '')",
-            "key": "coalesce(key, '')", "provider": "provider"}
+_COLUMNS = {
+    "day": "date(ts, 'unixepoch')",
+    "model": "model",
+    "route": "coalesce(route, '')",
+    "key": "coalesce(key, '')",
+    "provider": "provider",
+}
 
 
 @dataclass
@@ -96,15 +101,36 @@ class UsageLog:
                 "INSERT INTO usage (ts, endpoint, protocol, key, route, provider, model, upstream_model,"
                 " tokens_in, tokens_out, cost, ttft_ms, latency_ms, status, error, attempts, cache)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(r.ts, r.endpoint, r.protocol, r.key, r.route, r.provider, r.model, r.upstream_model,
-                  r.tokens_in, r.tokens_out, r.cost, r.ttft_ms, r.latency_ms, r.status, r.error,
-                  r.attempts, r.cache) for r in rows])
+                [
+                    (
+                        r.ts,
+                        r.endpoint,
+                        r.protocol,
+                        r.key,
+                        r.route,
+                        r.provider,
+                        r.model,
+                        r.upstream_model,
+                        r.tokens_in,
+                        r.tokens_out,
+                        r.cost,
+                        r.ttft_ms,
+                        r.latency_ms,
+                        r.status,
+                        r.error,
+                        r.attempts,
+                        r.cache,
+                    )
+                    for r in rows
+                ],
+            )
 
     def flush(self) -> None:
         self._writer.flush()
 
-    def totals(self, by: GroupBy = "day", since: float | None = None,
-               until: float | None = None) -> list[dict[str, Any]]:
+    def totals(
+        self, by: GroupBy = "day", since: float | None = None, until: float | None = None
+    ) -> list[dict[str, Any]]:
         """Requests, tokens and cost grouped by one column, newest day / largest cost first."""
         self.flush()
         column = _COLUMNS[by]
@@ -115,16 +141,27 @@ class UsageLog:
         if until is not None:
             where.append("ts < ?")
             args.append(until)
-        sql = (f"SELECT {column} AS k, count(*), sum(tokens_in), sum(tokens_out), sum(cost),"
-               f" sum(status >= 400), avg(latency_ms), avg(ttft_ms) FROM usage"
-               f"{' WHERE ' + ' AND '.join(where) if where else ''} GROUP BY k"
-               f" ORDER BY {'k DESC' if by == 'day' else 'sum(cost) DESC, count(*) DESC'}")
+        sql = (
+            f"SELECT {column} AS k, count(*), sum(tokens_in), sum(tokens_out), sum(cost),"
+            f" sum(status >= 400), avg(latency_ms), avg(ttft_ms) FROM usage"
+            f"{' WHERE ' + ' AND '.join(where) if where else ''} GROUP BY k"
+            f" ORDER BY {'k DESC' if by == 'day' else 'sum(cost) DESC, count(*) DESC'}"
+        )
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        return [{by: k, "requests": n, "tokens_in": tin or 0, "tokens_out": tout or 0,
-                 "cost": round(cost or 0.0, 10), "errors": errors or 0,
-                 "avg_latency_ms": round(lat or 0.0, 2), "avg_ttft_ms": round(ttft, 2) if ttft else None}
-                for k, n, tin, tout, cost, errors, lat, ttft in rows]
+        return [
+            {
+                by: k,
+                "requests": n,
+                "tokens_in": tin or 0,
+                "tokens_out": tout or 0,
+                "cost": round(cost or 0.0, 10),
+                "errors": errors or 0,
+                "avg_latency_ms": round(lat or 0.0, 2),
+                "avg_ttft_ms": round(ttft, 2) if ttft else None,
+            }
+            for k, n, tin, tout, cost, errors, lat, ttft in rows
+        ]
 
     def close(self) -> None:
         self._writer.close()
@@ -142,4 +179,3 @@ def summary(by: GroupBy, rows: list[dict[str, Any]]) -> dict[str, Any]:
 def day_start(text: str) -> float:
     """'2026-11-24' -> its midnight UTC as a Unix time."""
     return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
-

@@ -41,13 +41,18 @@ class Guard:
         # The latest record of each key seen at admission: observe() gets only the key's name.
         self._seen: dict[str, KeyRecord] = {}
         if self.enabled:
-            log.info("API keys are required (EMBER_AUTH=%s, bound to %s); make one with "
-                     "`ember keys create --name NAME --scopes chat,embed,models`", settings.auth, settings.host)
+            log.info(
+                "API keys are required (EMBER_AUTH=%s, bound to %s); make one with "
+                "`ember keys create --name NAME --scopes chat,embed,models`",
+                settings.auth,
+                settings.host,
+            )
             try:
                 self.keys.list()  # open now, so a broken store shows in the log at start
             except Exception as exc:  # any failure: requests will get 503, not access
-                log.error("the API key store %s cannot be read: %s; requests needing a key get 503",
-                          self.keys.path, exc)
+                log.error(
+                    "the API key store %s cannot be read: %s; requests needing a key get 503", self.keys.path, exc
+                )
 
     # -- the middleware's questions -----------------------------------------------------------
 
@@ -85,19 +90,30 @@ class Guard:
             return
         if self.redis is not None and self.redis.up:
             try:
-                self.redis.record(key, tokens, record.cost, time.time(),
-                                  fallback=lambda: self.memory.record(key, tokens, record.cost))
+                self.redis.record(
+                    key, tokens, record.cost, time.time(), fallback=lambda: self.memory.record(key, tokens, record.cost)
+                )
                 return
             except RuntimeError:  # no running event loop: count here
                 pass
         self.memory.record(key, tokens, record.cost)
 
-    def reject(self, scope: Any, error: EmberError, key: KeyRecord | None, body: bytes | None,
-               started: float, reason: str | None, *, protocol: str) -> None:
+    def reject(
+        self,
+        scope: Any,
+        error: EmberError,
+        key: KeyRecord | None,
+        body: bytes | None,
+        started: float,
+        reason: str | None,
+        *,
+        protocol: str,
+    ) -> None:
         """Count a refused request in telemetry and report it as a usage record."""
         if reason is None:
-            reason = {Unauthorized: "auth", Forbidden: "scope", PayloadTooLarge: "size",
-                      RateLimited: "rpm"}.get(type(error), "auth" if error.status_code == 503 else "size")
+            reason = {Unauthorized: "auth", Forbidden: "scope", PayloadTooLarge: "size", RateLimited: "rpm"}.get(
+                type(error), "auth" if error.status_code == 503 else "size"
+            )
         count = getattr(self.telemetry, "count_rejection", None)
         if count is not None:
             try:
@@ -109,11 +125,19 @@ class Guard:
         if gateway is None:
             return
         path = scope["path"]
-        gateway.emit(UsageRecord(
-            ts=time.time(), endpoint=path, protocol=protocol,
-            model=_model_of(body), provider="", key=key.name if key else None,
-            latency_ms=(time.perf_counter() - started) * 1000, status=error.status_code,
-            error=f"{reason}: {error.message}"))
+        gateway.emit(
+            UsageRecord(
+                ts=time.time(),
+                endpoint=path,
+                protocol=protocol,
+                model=_model_of(body),
+                provider="",
+                key=key.name if key else None,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                status=error.status_code,
+                error=f"{reason}: {error.message}",
+            )
+        )
 
     def _redis_state(self, up: bool) -> None:
         report = getattr(self.telemetry, "set_redis_up", None)

@@ -174,11 +174,13 @@ def append(db: sqlite3.Connection, entries: list[Entry], cipher: AESGCM | None) 
                 fields["prompt"] = encrypt_prompt(cipher, seq, text)
             data = canonical(fields)
             digest = chain_hash(prev, data)
-            db.execute("INSERT INTO audit (seq, data, prev_hash, hash) VALUES (?, ?, ?, ?)",
-                       (seq, data, prev, digest))
+            db.execute("INSERT INTO audit (seq, data, prev_hash, hash) VALUES (?, ?, ?, ?)", (seq, data, prev, digest))
             prev = digest
-        db.execute("INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?)"
-                   " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash", (seq, prev))
+        db.execute(
+            "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            (seq, prev),
+        )
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
@@ -186,22 +188,40 @@ def append(db: sqlite3.Connection, entries: list[Entry], cipher: AESGCM | None) 
 
 
 def request_fields(record: UsageRecord) -> dict[str, Any]:
-    return {"kind": "request", "ts": record.ts, "key": record.key, "endpoint": record.endpoint,
-            "protocol": record.protocol, "route": record.route, "model": record.model,
-            "provider": record.provider, "upstream_model": record.upstream_model,
-            "tokens_in": record.tokens_in, "tokens_out": record.tokens_out, "cost": record.cost,
-            "latency_ms": round(record.latency_ms, 3), "status": record.status, "error": record.error,
-            "cache": record.cache}
+    return {
+        "kind": "request",
+        "ts": record.ts,
+        "key": record.key,
+        "endpoint": record.endpoint,
+        "protocol": record.protocol,
+        "route": record.route,
+        "model": record.model,
+        "provider": record.provider,
+        "upstream_model": record.upstream_model,
+        "tokens_in": record.tokens_in,
+        "tokens_out": record.tokens_out,
+        "cost": record.cost,
+        "latency_ms": round(record.latency_ms, 3),
+        "status": record.status,
+        "error": record.error,
+        "cache": record.cache,
+    }
 
 
-def admin_fields(action: str, key_name: str | None, detail: dict[str, Any] | None,
-                 status: int) -> dict[str, Any]:
-    return {"kind": "admin", "ts": time.time(), "action": action, "key": key_name,
-            "detail": detail or {}, "status": status}
+def admin_fields(action: str, key_name: str | None, detail: dict[str, Any] | None, status: int) -> dict[str, Any]:
+    return {
+        "kind": "admin",
+        "ts": time.time(),
+        "action": action,
+        "key": key_name,
+        "detail": detail or {},
+        "status": status,
+    }
 
 
-def append_admin(settings: Settings, action: str, key_name: str | None,
-                 detail: dict[str, Any] | None = None, status: int = 200) -> None:
+def append_admin(
+    settings: Settings, action: str, key_name: str | None, detail: dict[str, Any] | None = None, status: int = 200
+) -> None:
     """One chained admin row, written now (for CLI commands that run without a server)."""
     db = connect(audit_path(settings))
     try:
@@ -225,8 +245,7 @@ class AuditLog:
         # The text is read and encrypted on the writer thread, off the request's path.
         self._writer.put(Entry(request_fields(record), record.request if self._cipher else None))
 
-    def admin(self, action: str, key_name: str | None, detail: dict[str, Any] | None = None,
-              status: int = 200) -> None:
+    def admin(self, action: str, key_name: str | None, detail: dict[str, Any] | None = None, status: int = 200) -> None:
         """One audit row per admin action (pull, delete, copy, key management)."""
         self._writer.put(Entry(admin_fields(action, key_name, detail, status)))
 
@@ -266,14 +285,12 @@ def open_readonly(path: Path) -> sqlite3.Connection:
 
 
 def rows(db: sqlite3.Connection) -> Iterator[Row]:
-    for seq, data, prev_hash, digest in db.execute(
-            "SELECT seq, data, prev_hash, hash FROM audit ORDER BY seq"):
+    for seq, data, prev_hash, digest in db.execute("SELECT seq, data, prev_hash, hash FROM audit ORDER BY seq"):
         yield Row(int(seq), str(data), str(prev_hash), str(digest))
 
 
 def tail(db: sqlite3.Connection, n: int) -> list[Row]:
-    found = db.execute("SELECT seq, data, prev_hash, hash FROM audit ORDER BY seq DESC LIMIT ?",
-                       (n,)).fetchall()
+    found = db.execute("SELECT seq, data, prev_hash, hash FROM audit ORDER BY seq DESC LIMIT ?", (n,)).fetchall()
     return [Row(int(s), str(d), str(p), str(h)) for s, d, p, h in reversed(found)]
 
 
@@ -296,15 +313,17 @@ def verify(db: sqlite3.Connection) -> tuple[int, list[str]]:
         following = all_rows[i + 1] if i + 1 < len(all_rows) else None
         # A row the chain skips over: its successor links to the row before it, it lies past
         # the recorded tip, or it takes a seq the chain has already passed.
-        if (row.seq < expected_seq or row.seq > head_seq
-                or (following is not None and following.prev_hash == expected_prev)):
+        if (
+            row.seq < expected_seq
+            or row.seq > head_seq
+            or (following is not None and following.prev_hash == expected_prev)
+        ):
             problems.append(f"seq {row.seq}: inserted (not part of the chain)")
             if row.seq == expected_seq:
                 expected_seq += 1  # honest writers number past a forged row: no gap to report
             continue
         fields = row.fields()
-        intact = row.hash == chain_hash(row.prev_hash, row.data) and fields is not None \
-            and fields.get("seq") == row.seq
+        intact = row.hash == chain_hash(row.prev_hash, row.data) and fields is not None and fields.get("seq") == row.seq
         if row.seq > expected_seq:
             problems.append(f"{_span(expected_seq, row.seq - 1)}: deleted")
         elif not intact:

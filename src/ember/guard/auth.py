@@ -32,12 +32,24 @@ ANY = ""  # a valid key, whatever its scopes
 
 _OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 _EXACT = {
-    "/v1/chat/completions": "chat", "/v1/completions": "chat", "/api/chat": "chat", "/api/generate": "chat",
-    "/v1/embeddings": "embed", "/api/embed": "embed", "/api/embeddings": "embed",
-    "/v1/models": "models", "/api/tags": "models", "/api/ps": "models", "/api/show": "models",
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "chat",
+    "/api/chat": "chat",
+    "/api/generate": "chat",
+    "/v1/embeddings": "embed",
+    "/api/embed": "embed",
+    "/api/embeddings": "embed",
+    "/v1/models": "models",
+    "/api/tags": "models",
+    "/api/ps": "models",
+    "/api/show": "models",
     "/api/version": "models",
-    "/api/pull": "admin", "/api/delete": "admin", "/api/copy": "admin", "/api/push": "admin",
-    "/api/create": "admin", "/metrics": "admin",
+    "/api/pull": "admin",
+    "/api/delete": "admin",
+    "/api/copy": "admin",
+    "/api/push": "admin",
+    "/api/create": "admin",
+    "/metrics": "admin",
 }
 _PREFIXES = (("/v1/models/", "models"), ("/admin/", "admin"), ("/api/blobs/", "admin"))
 # Bodies of these are peeked at for the message and max_tokens caps.
@@ -113,8 +125,11 @@ def check_caps(settings: Settings, path: str, body: bytes) -> None:
     if limit is None:
         return
     options = data.get("options")
-    asked = [("max_tokens", data.get("max_tokens")), ("max_completion_tokens", data.get("max_completion_tokens")),
-             ("num_predict", options.get("num_predict") if isinstance(options, dict) else None)]
+    asked = [
+        ("max_tokens", data.get("max_tokens")),
+        ("max_completion_tokens", data.get("max_completion_tokens")),
+        ("num_predict", options.get("num_predict") if isinstance(options, dict) else None),
+    ]
     for param, value in asked:
         if isinstance(value, int) and not isinstance(value, bool) and value > limit:
             raise BadRequest(f"{param} {value} is above this server's limit of {limit}", param=param)
@@ -158,8 +173,9 @@ def replay(body: bytes, receive: Receive) -> Receive:
 ErrorBody = Callable[[Scope, EmberError], dict[str, Any]]
 
 
-async def send_error(send: Send, body_of: dict[str, Any], error: EmberError,
-                     extra: dict[str, str] | None = None) -> None:
+async def send_error(
+    send: Send, body_of: dict[str, Any], error: EmberError, extra: dict[str, str] | None = None
+) -> None:
     body = json.dumps(body_of).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in {**(extra or {}), **error.headers}.items()]
@@ -186,8 +202,9 @@ class GuardMiddleware:
         self._protocol_name = protocol_name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        services = getattr(getattr(scope.get("app"), "state", None), "services", None) \
-            if scope["type"] == "http" else None
+        services = (
+            getattr(getattr(scope.get("app"), "state", None), "services", None) if scope["type"] == "http" else None
+        )
         guard: Guard | None = getattr(services, "guard", None)
         if guard is None:  # lifespan not run (or not HTTP): nothing is served without it anyway
             await self.app(scope, receive, send)

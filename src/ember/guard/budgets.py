@@ -32,8 +32,9 @@ def window(period: Period, now: float) -> PeriodWindow:
         return PeriodWindow(f"day:{start:%Y-%m-%d}", start.timestamp(), start.timestamp() + 86400)
     if period == "month":
         start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        following = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(
-            month=start.month + 1)
+        following = (
+            start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+        )
         return PeriodWindow(f"month:{start:%Y-%m}", start.timestamp(), following.timestamp())
     return PeriodWindow("total", 0.0, None)
 
@@ -73,8 +74,9 @@ def spent_in_log(usage_db: Path, key_name: str, since: float) -> Spend:
     try:
         db = sqlite3.connect(f"file:{usage_db}?mode=ro", uri=True, timeout=2)
         try:
-            row = db.execute("SELECT sum(tokens_in + tokens_out), sum(cost) FROM usage WHERE key = ? AND ts >= ?",
-                             (key_name, since)).fetchone()
+            row = db.execute(
+                "SELECT sum(tokens_in + tokens_out), sum(cost) FROM usage WHERE key = ? AND ts >= ?", (key_name, since)
+            ).fetchone()
         finally:
             db.close()
     except sqlite3.Error as exc:

@@ -38,11 +38,26 @@ CREATE TABLE IF NOT EXISTS keys (
     created REAL NOT NULL, expires REAL, revoked REAL
 );
 """
-_COLUMNS = ("name, prefix, hash, scopes, rpm, tpm, max_concurrent, budget_usd, budget_tokens,"
-            " budget_period, created, expires, revoked")
+_COLUMNS = (
+    "name, prefix, hash, scopes, rpm, tpm, max_concurrent, budget_usd, budget_tokens,"
+    " budget_period, created, expires, revoked"
+)
 # One row of _COLUMNS as sqlite3 reads it (budget_period is only ever written from a Period).
-_Row = tuple[str, str, str, str, int | None, int | None, int | None, float | None, int | None, Period,
-             float, float | None, float | None]
+_Row = tuple[
+    str,
+    str,
+    str,
+    str,
+    int | None,
+    int | None,
+    int | None,
+    float | None,
+    int | None,
+    Period,
+    float,
+    float | None,
+    float | None,
+]
 
 
 @dataclass(frozen=True)
@@ -67,8 +82,9 @@ class KeyRecord:
     @property
     def limited(self) -> bool:
         """Whether admission has anything to count for this key."""
-        return any(v is not None for v in (self.rpm, self.tpm, self.max_concurrent,
-                                           self.budget_usd, self.budget_tokens))
+        return any(
+            v is not None for v in (self.rpm, self.tpm, self.max_concurrent, self.budget_usd, self.budget_tokens)
+        )
 
 
 def generate_key() -> str:
@@ -118,9 +134,21 @@ def parse_expires(text: str, now: float | None = None) -> float:
 
 def _record(row: _Row) -> KeyRecord:
     (name, prefix, digest, scopes, rpm, tpm, conc, usd, tokens, period, created, expires, revoked) = row
-    return KeyRecord(name=name, prefix=prefix, hash=digest, scopes=frozenset(scopes.split(",")), rpm=rpm,
-                     tpm=tpm, max_concurrent=conc, budget_usd=usd, budget_tokens=tokens,
-                     budget_period=period, created=created, expires=expires, revoked=revoked)
+    return KeyRecord(
+        name=name,
+        prefix=prefix,
+        hash=digest,
+        scopes=frozenset(scopes.split(",")),
+        rpm=rpm,
+        tpm=tpm,
+        max_concurrent=conc,
+        budget_usd=usd,
+        budget_tokens=tokens,
+        budget_period=period,
+        created=created,
+        expires=expires,
+        revoked=revoked,
+    )
 
 
 class KeyStore:
@@ -188,23 +216,56 @@ class KeyStore:
 
     # -- management (CLI) ------------------------------------------------------------------------
 
-    def create(self, name: str, scopes: frozenset[str], *, rpm: int | None = None, tpm: int | None = None,
-               max_concurrent: int | None = None, budget_usd: float | None = None,
-               budget_tokens: int | None = None, budget_period: Period = "month",
-               expires: float | None = None) -> tuple[str, KeyRecord]:
+    def create(
+        self,
+        name: str,
+        scopes: frozenset[str],
+        *,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        max_concurrent: int | None = None,
+        budget_usd: float | None = None,
+        budget_tokens: int | None = None,
+        budget_period: Period = "month",
+        expires: float | None = None,
+    ) -> tuple[str, KeyRecord]:
         """A new key: the secret (shown once, never stored) and its record."""
         if not re.match(r"^[A-Za-z0-9_.@-]{1,64}$", name):
             raise BadRequest(f"invalid key name {name!r}: use letters, digits, '_', '.', '@' or '-'")
         secret = generate_key()
-        record = KeyRecord(name=name, prefix=secret[:12], hash=hash_key(secret), scopes=scopes, rpm=rpm,
-                           tpm=tpm, max_concurrent=max_concurrent, budget_usd=budget_usd,
-                           budget_tokens=budget_tokens, budget_period=budget_period, expires=expires)
+        record = KeyRecord(
+            name=name,
+            prefix=secret[:12],
+            hash=hash_key(secret),
+            scopes=scopes,
+            rpm=rpm,
+            tpm=tpm,
+            max_concurrent=max_concurrent,
+            budget_usd=budget_usd,
+            budget_tokens=budget_tokens,
+            budget_period=budget_period,
+            expires=expires,
+        )
         try:
             with self._lock:
                 self._conn().execute(
                     f"INSERT INTO keys ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (record.name, record.prefix, record.hash, ",".join(sorted(scopes)), rpm, tpm,
-                     max_concurrent, budget_usd, budget_tokens, budget_period, record.created, expires, None))
+                    (
+                        record.name,
+                        record.prefix,
+                        record.hash,
+                        ",".join(sorted(scopes)),
+                        rpm,
+                        tpm,
+                        max_concurrent,
+                        budget_usd,
+                        budget_tokens,
+                        budget_period,
+                        record.created,
+                        expires,
+                        None,
+                    ),
+                )
         except sqlite3.IntegrityError:
             raise Conflict(f"a key named '{name}' already exists") from None
         return secret, record
@@ -217,7 +278,8 @@ class KeyStore:
     def revoke(self, name: str) -> None:
         with self._lock:
             cursor = self._conn().execute(
-                "UPDATE keys SET revoked = ? WHERE name = ? AND revoked IS NULL", (time.time(), name))
+                "UPDATE keys SET revoked = ? WHERE name = ? AND revoked IS NULL", (time.time(), name)
+            )
             if cursor.rowcount == 0:
                 exists = self._conn().execute("SELECT 1 FROM keys WHERE name = ?", (name,)).fetchone()
                 if not exists:

@@ -45,13 +45,21 @@ def rate_headers(key: KeyRecord, req: tuple[int, float] | None, tok: tuple[int, 
     """x-ratelimit-* for the limits a key has: (remaining, seconds until full) of each."""
     headers: dict[str, str] = {}
     if key.rpm is not None and req is not None:
-        headers.update({"x-ratelimit-limit-requests": str(key.rpm),
-                        "x-ratelimit-remaining-requests": str(req[0]),
-                        "x-ratelimit-reset-requests": format_reset(req[1])})
+        headers.update(
+            {
+                "x-ratelimit-limit-requests": str(key.rpm),
+                "x-ratelimit-remaining-requests": str(req[0]),
+                "x-ratelimit-reset-requests": format_reset(req[1]),
+            }
+        )
     if key.tpm is not None and tok is not None:
-        headers.update({"x-ratelimit-limit-tokens": str(key.tpm),
-                        "x-ratelimit-remaining-tokens": str(tok[0]),
-                        "x-ratelimit-reset-tokens": format_reset(tok[1])})
+        headers.update(
+            {
+                "x-ratelimit-limit-tokens": str(key.tpm),
+                "x-ratelimit-remaining-tokens": str(tok[0]),
+                "x-ratelimit-reset-tokens": format_reset(tok[1]),
+            }
+        )
     return headers
 
 
@@ -100,19 +108,29 @@ class MemoryLimiter:
                 return Admission(False, "budget", verdict.message, verdict.retry_after)
         tok = gcra_state(state.tok_tat, now, key.tpm) if key.tpm is not None else None
         if key.tpm is not None and state.tok_tat - now >= MINUTE:
-            return Admission(False, "tpm", f"this key's limit of {key.tpm} tokens per minute is reached",
-                             state.tok_tat - now - MINUTE + 0.001, rate_headers(key, None, tok))
+            return Admission(
+                False,
+                "tpm",
+                f"this key's limit of {key.tpm} tokens per minute is reached",
+                state.tok_tat - now - MINUTE + 0.001,
+                rate_headers(key, None, tok),
+            )
         if key.max_concurrent is not None and state.active >= key.max_concurrent:
-            return Admission(False, "concurrency",
-                             f"this key's limit of {key.max_concurrent} concurrent requests is reached", 1.0)
+            return Admission(
+                False, "concurrency", f"this key's limit of {key.max_concurrent} concurrent requests is reached", 1.0
+            )
         req = None
         if key.rpm is not None:
             interval = MINUTE / key.rpm
             new_tat = max(state.req_tat, now) + interval
             if new_tat - now > MINUTE + 1e-9:
-                return Admission(False, "rpm", f"this key's limit of {key.rpm} requests per minute is reached",
-                                 new_tat - now - MINUTE,
-                                 rate_headers(key, gcra_state(state.req_tat, now, key.rpm), tok))
+                return Admission(
+                    False,
+                    "rpm",
+                    f"this key's limit of {key.rpm} requests per minute is reached",
+                    new_tat - now - MINUTE,
+                    rate_headers(key, gcra_state(state.req_tat, now, key.rpm), tok),
+                )
             state.req_tat = new_tat
             req = gcra_state(new_tat, now, key.rpm)
         if key.max_concurrent is not None:

@@ -103,13 +103,13 @@ def _keys(key: KeyRecord, period_id: str) -> list[str]:
 
 
 class RedisLimiter:
-    def __init__(self, url: str, usage_db: Path | None = None,
-                 on_state: Callable[[bool], None] | None = None) -> None:
+    def __init__(self, url: str, usage_db: Path | None = None, on_state: Callable[[bool], None] | None = None) -> None:
         self.url = url
         self.usage_db = usage_db
         self.on_state = on_state
-        self.client = aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5,
-                                              retry_on_timeout=False)
+        self.client = aioredis.Redis.from_url(
+            url, socket_timeout=0.5, socket_connect_timeout=0.5, retry_on_timeout=False
+        )
         self._admit = self.client.register_script(_ADMIT)
         self._record = self.client.register_script(_RECORD)
         self.up = True
@@ -130,11 +130,21 @@ class RedisLimiter:
         seed = self._seed(key, win.id, win.start) if has_budget(key) else Spend()
         ttl = 0 if win.end is None else int(win.end - wall) + 86400
         lease = secrets.token_hex(8)
-        reply = await self._admit(keys=_keys(key, win.id), args=[
-            key.rpm or 0, key.tpm or 0, key.max_concurrent or 0,
-            -1 if key.budget_tokens is None else key.budget_tokens,
-            -1 if key.budget_usd is None else key.budget_usd,
-            lease, LEASE_MS, seed.tokens, repr(seed.cost), ttl])
+        reply = await self._admit(
+            keys=_keys(key, win.id),
+            args=[
+                key.rpm or 0,
+                key.tpm or 0,
+                key.max_concurrent or 0,
+                -1 if key.budget_tokens is None else key.budget_tokens,
+                -1 if key.budget_usd is None else key.budget_usd,
+                lease,
+                LEASE_MS,
+                seed.tokens,
+                repr(seed.cost),
+                ttl,
+            ],
+        )
         ok, reason, retry_ms, req_rem, req_reset, tok_rem, tok_reset = (int(v) for v in reply)
         req = (req_rem, req_reset / 1000) if req_rem >= 0 else None
         tok = (tok_rem, tok_reset / 1000) if tok_rem >= 0 else None
@@ -143,13 +153,18 @@ class RedisLimiter:
             return Admission(True, headers=headers, lease=lease if key.max_concurrent else None)
         if reason in (1, 2):
             # The same wording as in memory: judge() builds it from an exhausted spend.
-            spent = Spend(tokens=key.budget_tokens or 0, cost=key.budget_usd or 0.0) if reason == 1 else Spend(
-                cost=key.budget_usd or 0.0)
+            spent = (
+                Spend(tokens=key.budget_tokens or 0, cost=key.budget_usd or 0.0)
+                if reason == 1
+                else Spend(cost=key.budget_usd or 0.0)
+            )
             verdict = judge(key, spent, win, wall)
             return Admission(False, "budget", verdict.message, verdict.retry_after)
-        messages = {3: f"this key's limit of {key.tpm} tokens per minute is reached",
-                    4: f"this key's limit of {key.max_concurrent} concurrent requests is reached",
-                    5: f"this key's limit of {key.rpm} requests per minute is reached"}
+        messages = {
+            3: f"this key's limit of {key.tpm} tokens per minute is reached",
+            4: f"this key's limit of {key.max_concurrent} concurrent requests is reached",
+            5: f"this key's limit of {key.rpm} requests per minute is reached",
+        }
         return Admission(False, _REASONS[reason], messages[reason], max(retry_ms, 1) / 1000, headers)
 
     def release(self, key: KeyRecord, lease: str) -> None:
@@ -159,8 +174,7 @@ class RedisLimiter:
         with suppress(RedisError):  # the lease expires by itself
             await self.client.zrem(_keys(key, "")[2], lease)
 
-    def record(self, key: KeyRecord, tokens: int, cost: float, wall: float,
-               fallback: Callable[[], None]) -> None:
+    def record(self, key: KeyRecord, tokens: int, cost: float, wall: float, fallback: Callable[[], None]) -> None:
         """Count a finished request's usage in Redis, in the background; `fallback` if Redis fails."""
         win = window(key.budget_period, wall)
         ttl = 0 if win.end is None else int(win.end - wall) + 86400
@@ -168,8 +182,10 @@ class RedisLimiter:
 
         async def run() -> None:
             try:
-                await self._record(keys=[keys[1], keys[3]], args=[
-                    key.tpm or 0, tokens, repr(cost), ttl, "1" if has_budget(key) else "0"])
+                await self._record(
+                    keys=[keys[1], keys[3]],
+                    args=[key.tpm or 0, tokens, repr(cost), ttl, "1" if has_budget(key) else "0"],
+                )
             except RedisError as exc:
                 self.mark_down(exc)
                 fallback()
@@ -184,8 +200,11 @@ class RedisLimiter:
     def mark_down(self, exc: BaseException) -> None:
         if self.up:
             self.up = False
-            log.warning("Redis at %s is unreachable (%s): limits and budgets are local to this replica "
-                        "until it is back", self.url, exc)
+            log.warning(
+                "Redis at %s is unreachable (%s): limits and budgets are local to this replica until it is back",
+                self.url,
+                exc,
+            )
             if self.on_state:
                 self.on_state(False)
         if self._probe is None or self._probe.done():

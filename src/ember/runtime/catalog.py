@@ -70,7 +70,7 @@ def _parse(text: str, origin: str) -> dict[str, CatalogEntry]:
         raise BadRequest(f"{origin} is not valid TOML: {exc}") from exc
     models = data.get("models", {})
     if not isinstance(models, dict):
-        raise BadRequest(f"{origin}: [models] must be a table of entries like [models.\"name:tag\"]")
+        raise BadRequest(f'{origin}: [models] must be a table of entries like [models."name:tag"]')
     entries: dict[str, CatalogEntry] = {}
     for raw_name, table in models.items():
         entry = _entry(canonical_name(raw_name), table, origin)
@@ -84,7 +84,7 @@ def _entry(name: str, table: Any, origin: str) -> CatalogEntry:
         raise BadRequest(f"{where}: expected a table with at least `source`")
     source = table.get("source")
     if not isinstance(source, str) or not (source == "pypi" or source.startswith(_URL_PREFIXES)):
-        raise BadRequest(f"{where}: `source` must be \"pypi\", \"hf://owner/repo/file.gguf\" or an http(s) URL")
+        raise BadRequest(f'{where}: `source` must be "pypi", "hf://owner/repo/file.gguf" or an http(s) URL')
     packages = _strings(table.get("packages", []), "packages", where)
     files = _strings(table.get("files", []), "files", where)
     if source == "pypi" and not (packages and files):

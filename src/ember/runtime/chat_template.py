@@ -139,9 +139,16 @@ def render_chat_parts(
     such a text otherwise (splits it, escapes it, changes its case) is a 400, because the text
     could not be kept apart from the markup.
     """
+
     def render(these: list[dict[str, Any]]) -> str:
-        return render_chat(template, these, bos_token=bos_token, eos_token=eos_token,
-                           add_generation_prompt=add_generation_prompt, tools=tools)
+        return render_chat(
+            template,
+            these,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            add_generation_prompt=add_generation_prompt,
+            tools=tools,
+        )
 
     prompt = render(messages)
     nonce = secrets.token_hex(8)
@@ -154,7 +161,7 @@ def render_chat_parts(
         if not core:
             continue
         start = text.index(core)
-        lead, trail = text[:start], text[start + len(core):]
+        lead, trail = text[:start], text[start + len(core) :]
         container[key] = f"{lead}\ue000{nonce}:{len(texts)}\ue001{trail}"
         texts.append((lead, core, trail))
     pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", render(marked))  # markup, index, markup, ...
@@ -164,7 +171,7 @@ def render_chat_parts(
         if lead and pieces[i - 1].endswith(lead):
             pieces[i - 1], core = pieces[i - 1][: -len(lead)], lead + core
         if trail and pieces[i + 1].startswith(trail):
-            pieces[i + 1], core = pieces[i + 1][len(trail):], core + trail
+            pieces[i + 1], core = pieces[i + 1][len(trail) :], core + trail
         pieces[i] = core
     parts = [PromptPart(piece, special=not i % 2) for i, piece in enumerate(pieces) if piece]
     if "".join(part.text for part in parts) != prompt:

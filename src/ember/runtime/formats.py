@@ -54,8 +54,7 @@ class ModelMetadata:
         # Ignore keys a newer ember may have added; default the optional ones an older one lacked.
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in d.items() if k in known}
-        for optional in ("embedding_length", "chat_template", "bos_token", "eos_token", "name",
-                         "kv_bytes_per_token"):
+        for optional in ("embedding_length", "chat_template", "bos_token", "eos_token", "name", "kv_bytes_per_token"):
             values.setdefault(optional, None)
         return cls(**values)
 
@@ -91,7 +90,7 @@ def _one_significant_decimal(value: float) -> str:
 
 
 def sniff_format(path: Path) -> str:
-    """"gguf", "safetensors", "onnx" or "unknown", from the first bytes of the file."""
+    """ "gguf", "safetensors", "onnx" or "unknown", from the first bytes of the file."""
     with open(path, "rb") as f:
         head = f.read(_SNIFF_BYTES)
         size = f.seek(0, 2)
@@ -196,6 +195,7 @@ def _metadata_from_reader(reader: Any, file_size: int) -> ModelMetadata:
 
 def kv_bytes_per_token(scalar: Callable[[str], Any], arch: str) -> int | None:
     """f16 K and V bytes per token of context over all layers, from GGUF keys read by `scalar`."""
+
     def number(key: str) -> int | None:
         value = scalar(key)
         if isinstance(value, list):  # per-layer counts in some architectures: size for the largest

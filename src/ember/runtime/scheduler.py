@@ -75,8 +75,7 @@ class Scheduler:
 
     def default_options(self) -> LoadOptions:
         s = self._settings
-        return LoadOptions(num_ctx=s.num_ctx, num_thread=s.num_thread, num_gpu=s.num_gpu,
-                           num_parallel=s.num_parallel)
+        return LoadOptions(num_ctx=s.num_ctx, num_thread=s.num_thread, num_gpu=s.num_gpu, num_parallel=s.num_parallel)
 
     def running(self) -> list[Runner]:
         return sorted(self._runners.values(), key=lambda r: r.key)
@@ -94,7 +93,9 @@ class Scheduler:
             raise ServiceUnavailable(
                 f"model '{key}' is busy: {runner.engine.parallel} requests running and "
                 f"{runner.queued} waiting (EMBER_MAX_QUEUE={self._settings.max_queue}); retry shortly",
-                retry_after=1, code="queue_full")
+                retry_after=1,
+                code="queue_full",
+            )
         runner.in_flight += 1
         runner.last_used = time.monotonic()
         if runner._timer is not None:
@@ -115,8 +116,7 @@ class Scheduler:
                 self._arm_expiry(runner)
             await self._notify()
 
-    async def load(self, model: str, *, options: LoadOptions | None = None,
-                   keep_alive: float | None = None) -> Lease:
+    async def load(self, model: str, *, options: LoadOptions | None = None, keep_alive: float | None = None) -> Lease:
         """Load without generating (Ollama's empty-prompt request); returns the finished lease."""
         async with self.lease(model, options=options, keep_alive=keep_alive) as lease:
             return lease
@@ -151,9 +151,7 @@ class Scheduler:
         parallel = self._settings.model_parallel.get(str(record.ref), options.num_parallel)
         return replace(options, num_ctx=min(options.num_ctx, trained), num_parallel=parallel)
 
-    async def _get_or_load(
-        self, key: str, record: ModelRecord, options: LoadOptions
-    ) -> tuple[Runner, bool, float]:
+    async def _get_or_load(self, key: str, record: ModelRecord, options: LoadOptions) -> tuple[Runner, bool, float]:
         while True:
             runner = self._runners.get(key)
             if runner is not None and not runner.engine.alive:
@@ -192,8 +190,14 @@ class Scheduler:
         engine = await self._loader.load(record.path, options, name=key)
         seconds = time.perf_counter() - started
         log.info("loaded %s in %.2fs (ctx %d)", key, seconds, options.num_ctx)
-        runner = Runner(key=key, record=record, engine=engine, options=options,
-                        load_seconds=seconds, keep_alive=self._settings.keep_alive)
+        runner = Runner(
+            key=key,
+            record=record,
+            engine=engine,
+            options=options,
+            load_seconds=seconds,
+            keep_alive=self._settings.keep_alive,
+        )
         self._runners[key] = runner
         return runner
 
@@ -205,7 +209,8 @@ class Scheduler:
             raise ServiceUnavailable(
                 f"model '{incoming}' needs about {needed / 2**20:.0f} MiB, more than the memory budget "
                 f"of {budget / 2**20:.0f} MiB (EMBER_MAX_MEMORY); lower num_ctx or EMBER_NUM_PARALLEL",
-                code="insufficient_memory")
+                code="insufficient_memory",
+            )
 
         def crowded() -> bool:
             # `incoming` is already in _loading, hence the -1.

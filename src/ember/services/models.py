@@ -61,8 +61,11 @@ class ModelService:
         """Start a pull; errors found before any progress (unknown name, bad URL) raise here."""
         if self.store.source_kind(source) == "local":
             # A server must not read arbitrary paths for its clients; the CLI imports locally.
-            raise BadRequest("the server pulls catalog names, hf:// paths and URLs; "
-                             "add a local file with `ember import PATH --name NAME`", param="model")
+            raise BadRequest(
+                "the server pulls catalog names, hf:// paths and URLs; "
+                "add a local file with `ember import PATH --name NAME`",
+                param="model",
+            )
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancel = threading.Event()

@@ -60,8 +60,7 @@ async def chat_prompt_tokens(
         prompt = render_chat(template, messages, bos_token=bos_token, eos_token=eos_token, tools=tools)
         # Templates that write the BOS token themselves must not get a second one.
         return await engine.tokenize(prompt, add_special=not _starts_with(prompt, bos_token))
-    parts = render_chat_parts(template, messages, plain=plain, bos_token=bos_token, eos_token=eos_token,
-                              tools=tools)
+    parts = render_chat_parts(template, messages, plain=plain, bos_token=bos_token, eos_token=eos_token, tools=tools)
     tokens: list[int] = []
     for part in parts:
         tokens += await engine.tokenize(part.text, add_special=False, parse_special=part.special)

@@ -29,8 +29,9 @@ def chat_messages(messages: list[Message]) -> list[ChatMessage]:
         if m.role == "tool":
             match = next((c for c in reversed(pending) if m.tool_name in (None, c.name)), None)
             if match is None:
-                raise BadRequest(_unanswerable(i, m.tool_name),
-                                 param=f"messages[{i}].tool_name" if m.tool_name else f"messages[{i}]")
+                raise BadRequest(
+                    _unanswerable(i, m.tool_name), param=f"messages[{i}].tool_name" if m.tool_name else f"messages[{i}]"
+                )
             pending.remove(match)
             call_id = match.id
         out.append(
@@ -48,8 +49,10 @@ def chat_messages(messages: list[Message]) -> list[ChatMessage]:
 
 def _unanswerable(i: int, tool_name: str | None) -> str:
     if tool_name:
-        return (f"messages[{i}] is a tool result from '{tool_name}', but no earlier assistant message "
-                f"has an unanswered call of '{tool_name}' in its tool_calls")
+        return (
+            f"messages[{i}] is a tool result from '{tool_name}', but no earlier assistant message "
+            f"has an unanswered call of '{tool_name}' in its tool_calls"
+        )
     return f"messages[{i}] is a tool result, but no earlier assistant message has an unanswered call in its tool_calls"
 
 

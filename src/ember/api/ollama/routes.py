@@ -92,9 +92,14 @@ def _max_tokens(options: Options) -> int | None:
 
 def _details(record: ModelRecord) -> dict[str, Any]:
     meta = record.metadata
-    return {"parent_model": "", "format": record.format, "family": meta.architecture,
-            "families": [meta.architecture], "parameter_size": meta.parameter_size(),
-            "quantization_level": meta.quantization}
+    return {
+        "parent_model": "",
+        "format": record.format,
+        "family": meta.architecture,
+        "families": [meta.architecture],
+        "parameter_size": meta.parameter_size(),
+        "quantization_level": meta.quantization,
+    }
 
 
 def _final_fields(generation: Generation, finish: FinishReason | None, stats: GenerationStats | None) -> dict[str, Any]:
@@ -111,8 +116,9 @@ def _final_fields(generation: Generation, finish: FinishReason | None, stats: Ge
     }
 
 
-async def _load_or_unload(svc: Services, model: str, body: ChatRequest | GenerateRequest,
-                          shape: dict[str, Any]) -> dict[str, Any]:
+async def _load_or_unload(
+    svc: Services, model: str, body: ChatRequest | GenerateRequest, shape: dict[str, Any]
+) -> dict[str, Any]:
     """An empty prompt loads the model; with keep_alive 0 it unloads it (how `ollama stop` works)."""
     started = time.perf_counter()
     timings: dict[str, int] = {}
@@ -121,11 +127,9 @@ async def _load_or_unload(svc: Services, model: str, body: ChatRequest | Generat
         await svc.scheduler.unload(model)
         reason = "unload"
     else:
-        lease = await svc.scheduler.load(model, options=_load_options(svc, body.options),
-                                         keep_alive=body.keep_alive)
+        lease = await svc.scheduler.load(model, options=_load_options(svc, body.options), keep_alive=body.keep_alive)
         reason = "load"
-        timings = {"total_duration": _ns(time.perf_counter() - started),
-                   "load_duration": _ns(lease.load_seconds)}
+        timings = {"total_duration": _ns(time.perf_counter() - started), "load_duration": _ns(lease.load_seconds)}
     return {"model": model, "created_at": _now(), **shape, "done": True, "done_reason": reason, **timings}
 
 
@@ -133,8 +137,9 @@ def _refuse_unsupported(body: ChatRequest | GenerateRequest) -> None:
     """A field that would change the answer but that ember cannot act on is a 400 naming it,
     never a quiet answer to another question (an empty one is as good as none)."""
     if body.think not in (None, False):
-        raise UnsupportedParameter(f"'think' is not supported: model '{body.model}' does not support thinking",
-                                   param="think")
+        raise UnsupportedParameter(
+            f"'think' is not supported: model '{body.model}' does not support thinking", param="think"
+        )
     if isinstance(body, ChatRequest):
         for i, message in enumerate(body.messages):
             if message.images:
@@ -143,40 +148,53 @@ def _refuse_unsupported(body: ChatRequest | GenerateRequest) -> None:
     if body.images:
         raise _no_images(body.model, "images")
     if body.template:
-        raise UnsupportedParameter("'template' is not supported: ember applies the model's own chat template "
-                                   "(Jinja, from the GGUF) and cannot run an Ollama Go template; apply yours "
-                                   "to the prompt and send it with raw: true", param="template")
+        raise UnsupportedParameter(
+            "'template' is not supported: ember applies the model's own chat template "
+            "(Jinja, from the GGUF) and cannot run an Ollama Go template; apply yours "
+            "to the prompt and send it with raw: true",
+            param="template",
+        )
     if body.context:
-        raise UnsupportedParameter("'context' is not supported: ember's /api/generate answers carry no context "
-                                   "to send back; keep a conversation as messages on /api/chat", param="context")
+        raise UnsupportedParameter(
+            "'context' is not supported: ember's /api/generate answers carry no context "
+            "to send back; keep a conversation as messages on /api/chat",
+            param="context",
+        )
     if body.suffix:
         raise UnsupportedParameter("'suffix' (fill-in-the-middle) is not supported", param="suffix")
 
 
 def _no_images(model: str, field: str) -> UnsupportedParameter:
-    return UnsupportedParameter(f"'{field}' is not supported: model '{model}' does not support images "
-                                "(ember serves text-only models)", param=field)
+    return UnsupportedParameter(
+        f"'{field}' is not supported: model '{model}' does not support images (ember serves text-only models)",
+        param=field,
+    )
 
 
-async def _respond(svc: Services, request: TextRequest, body: ChatRequest | GenerateRequest, *,
-                   chat: bool) -> Response:
+async def _respond(svc: Services, request: TextRequest, body: ChatRequest | GenerateRequest, *, chat: bool) -> Response:
     try:
         return await _start_response(svc, request, body.stream, chat=chat)
     except ContextLengthExceeded as exc:
         if not body.truncate:  # false, or unset: the 400 is what was asked for, or ember's default
             raise
-        raise ContextLengthExceeded(f"{exc.message} ('truncate': ember does not cut prompts to fit)",
-                                    param="truncate") from exc
+        raise ContextLengthExceeded(
+            f"{exc.message} ('truncate': ember does not cut prompts to fit)", param="truncate"
+        ) from exc
 
 
 async def _start_response(svc: Services, request: TextRequest, stream: bool, *, chat: bool) -> Response:
     want_logprobs = request.logprobs is not None
     if not stream:
         done, answer = await svc.gateway.complete(request)
-        return JSONResponse({"model": done.model, "created_at": _now(),
-                             **render.answer_fields(answer, chat=chat, want_logprobs=want_logprobs),
-                             **_final_fields(done, answer.finish_reason, answer.stats)},
-                            headers=done.response_headers())
+        return JSONResponse(
+            {
+                "model": done.model,
+                "created_at": _now(),
+                **render.answer_fields(answer, chat=chat, want_logprobs=want_logprobs),
+                **_final_fields(done, answer.finish_reason, answer.stats),
+            },
+            headers=done.response_headers(),
+        )
     generation = await svc.gateway.start(request)
     model = generation.model
     chunks = render.ChunkRenderer(chat=chat, want_logprobs=want_logprobs)
@@ -186,8 +204,12 @@ async def _start_response(svc: Services, request: TextRequest, stream: bool, *, 
             for fields in chunks.chunks(event):
                 yield {"model": model, "created_at": _now(), **fields, "done": False}
             if event.done:
-                yield {"model": model, "created_at": _now(), **chunks.final(),
-                       **_final_fields(generation, event.finish_reason, event.stats)}
+                yield {
+                    "model": model,
+                    "created_at": _now(),
+                    **chunks.final(),
+                    **_final_fields(generation, event.finish_reason, event.stats),
+                }
 
     return stream_response(OLLAMA, events(), headers=generation.response_headers())
 
@@ -196,14 +218,23 @@ async def _start_response(svc: Services, request: TextRequest, stream: bool, *, 
 async def chat(body: ChatRequest, http: Request, svc: Services = Depends(services)) -> Response:
     _refuse_unsupported(body)
     if not body.messages:
-        return JSONResponse(await _load_or_unload(
-            svc, svc.gateway.local_model(body.model), body, {"message": {"role": "assistant", "content": ""}}))
+        return JSONResponse(
+            await _load_or_unload(
+                svc, svc.gateway.local_model(body.model), body, {"message": {"role": "assistant", "content": ""}}
+            )
+        )
     request = TextRequest(
-        model=body.model, messages=parse.chat_messages(body.messages), max_tokens=_max_tokens(body.options),
-        stop=tuple(body.options.stop or ()), sampling=_sampling(body.options),
-        load_options=_load_options(svc, body.options), keep_alive=body.keep_alive,
-        tools=parse.tools(body), response_format=parse.response_format(body.format),
-        logprobs=parse.logprobs(body), context=request_context(http),
+        model=body.model,
+        messages=parse.chat_messages(body.messages),
+        max_tokens=_max_tokens(body.options),
+        stop=tuple(body.options.stop or ()),
+        sampling=_sampling(body.options),
+        load_options=_load_options(svc, body.options),
+        keep_alive=body.keep_alive,
+        tools=parse.tools(body),
+        response_format=parse.response_format(body.format),
+        logprobs=parse.logprobs(body),
+        context=request_context(http),
     )
     validate_request(request)
     return await _respond(svc, request, body, chat=True)
@@ -221,11 +252,17 @@ async def generate(body: GenerateRequest, http: Request, svc: Services = Depends
         turns = [ChatMessage(role="system", content=body.system)] if body.system else []
         prompt, messages = None, [*turns, ChatMessage(role="user", content=body.prompt)]
     request = TextRequest(
-        model=body.model, messages=messages, prompt=prompt,
-        max_tokens=_max_tokens(body.options), stop=tuple(body.options.stop or ()),
-        sampling=_sampling(body.options), load_options=_load_options(svc, body.options),
-        keep_alive=body.keep_alive, response_format=parse.response_format(body.format),
-        logprobs=parse.logprobs(body), context=request_context(http),
+        model=body.model,
+        messages=messages,
+        prompt=prompt,
+        max_tokens=_max_tokens(body.options),
+        stop=tuple(body.options.stop or ()),
+        sampling=_sampling(body.options),
+        load_options=_load_options(svc, body.options),
+        keep_alive=body.keep_alive,
+        response_format=parse.response_format(body.format),
+        logprobs=parse.logprobs(body),
+        context=request_context(http),
     )
     validate_request(request)
     return await _respond(svc, request, body, chat=False)
@@ -234,37 +271,70 @@ async def generate(body: GenerateRequest, http: Request, svc: Services = Depends
 @router.post("/embed")
 async def embed(body: EmbedRequest, http: Request, svc: Services = Depends(services)) -> dict[str, Any]:
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    outcome = await svc.gateway.embed(body.model, inputs, keep_alive=body.keep_alive,
-                                      load_options=_load_options(svc, body.options),
-                                      dimensions=body.dimensions, truncate=body.truncate,
-                                      context=request_context(http))
-    return {"model": outcome.model, "embeddings": outcome.vectors,
-            "total_duration": _ns(outcome.total_seconds), "load_duration": _ns(outcome.load_seconds),
-            "prompt_eval_count": outcome.prompt_tokens}
+    outcome = await svc.gateway.embed(
+        body.model,
+        inputs,
+        keep_alive=body.keep_alive,
+        load_options=_load_options(svc, body.options),
+        dimensions=body.dimensions,
+        truncate=body.truncate,
+        context=request_context(http),
+    )
+    return {
+        "model": outcome.model,
+        "embeddings": outcome.vectors,
+        "total_duration": _ns(outcome.total_seconds),
+        "load_duration": _ns(outcome.load_seconds),
+        "prompt_eval_count": outcome.prompt_tokens,
+    }
 
 
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingsRequest, http: Request, svc: Services = Depends(services)) -> dict[str, Any]:
-    outcome = await svc.gateway.embed(body.model, [body.prompt] if body.prompt else [],
-                                      keep_alive=body.keep_alive, context=request_context(http),
-                                      load_options=_load_options(svc, body.options))
+    outcome = await svc.gateway.embed(
+        body.model,
+        [body.prompt] if body.prompt else [],
+        keep_alive=body.keep_alive,
+        context=request_context(http),
+        load_options=_load_options(svc, body.options),
+    )
     return {"embedding": outcome.vectors[0] if outcome.vectors else []}
 
 
 def _route_tag(name: str) -> dict[str, Any]:
-    return {"name": name, "model": name, "modified_at": _timestamp(datetime.fromtimestamp(0, UTC)),
-            "size": 0, "digest": "", "details": {"parent_model": "", "format": "route", "family": "route",
-                                                  "families": ["route"], "parameter_size": "",
-                                                  "quantization_level": ""}}
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": _timestamp(datetime.fromtimestamp(0, UTC)),
+        "size": 0,
+        "digest": "",
+        "details": {
+            "parent_model": "",
+            "format": "route",
+            "family": "route",
+            "families": ["route"],
+            "parameter_size": "",
+            "quantization_level": "",
+        },
+    }
 
 
 @router.get("/tags")
 async def tags(svc: Services = Depends(services)) -> dict[str, Any]:
-    return {"models": [_route_tag(name) for name in svc.gateway.route_names()] + [
-        {"name": str(r.ref), "model": str(r.ref), "modified_at": _timestamp(r.modified_at),
-         "size": r.size, "digest": r.digest.removeprefix("sha256:"), "details": _details(r)}
-        for r in svc.models.list()
-    ]}
+    return {
+        "models": [_route_tag(name) for name in svc.gateway.route_names()]
+        + [
+            {
+                "name": str(r.ref),
+                "model": str(r.ref),
+                "modified_at": _timestamp(r.modified_at),
+                "size": r.size,
+                "digest": r.digest.removeprefix("sha256:"),
+                "details": _details(r),
+            }
+            for r in svc.models.list()
+        ]
+    }
 
 
 def _expires(runner: Runner) -> datetime:
@@ -277,14 +347,25 @@ def _expires(runner: Runner) -> datetime:
 
 @router.get("/ps")
 async def ps(svc: Services = Depends(services)) -> dict[str, Any]:
-    return {"models": [
-        {"name": r.key, "model": r.key, "size": r.engine.memory_bytes,
-         "digest": r.record.digest.removeprefix("sha256:"), "details": _details(r.record),
-         "expires_at": _timestamp(_expires(r)), "size_vram": 0,
-         "context_length": r.engine.context_length, "in_flight": r.in_flight,
-         "slots": r.engine.parallel, "slots_busy": r.slots_busy, "queue": r.queued}
-        for r in svc.scheduler.running()
-    ]}
+    return {
+        "models": [
+            {
+                "name": r.key,
+                "model": r.key,
+                "size": r.engine.memory_bytes,
+                "digest": r.record.digest.removeprefix("sha256:"),
+                "details": _details(r.record),
+                "expires_at": _timestamp(_expires(r)),
+                "size_vram": 0,
+                "context_length": r.engine.context_length,
+                "in_flight": r.in_flight,
+                "slots": r.engine.parallel,
+                "slots_busy": r.slots_busy,
+                "queue": r.queued,
+            }
+            for r in svc.scheduler.running()
+        ]
+    }
 
 
 @router.post("/show")
@@ -295,10 +376,16 @@ async def show(body: ShowRequest, svc: Services = Depends(services)) -> dict[str
     template = template_for(meta.chat_template, meta.architecture)
     modelfile = f'# Modelfile generated by ember\nFROM {record.path}\nTEMPLATE """{template}"""\n'
 
-    return {"license": "", "modelfile": modelfile, "parameters": parameters,
-            "template": template, "details": _details(record),
-            "model_info": meta.gguf_info(), "capabilities": ["completion"],
-            "modified_at": _timestamp(record.modified_at)}
+    return {
+        "license": "",
+        "modelfile": modelfile,
+        "parameters": parameters,
+        "template": template,
+        "details": _details(record),
+        "model_info": meta.gguf_info(),
+        "capabilities": ["completion"],
+        "modified_at": _timestamp(record.modified_at),
+    }
 
 
 @router.delete("/delete", response_model=None)

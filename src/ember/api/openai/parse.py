@@ -101,8 +101,10 @@ def response_format(value: ResponseFormatIn | None) -> ResponseFormat:
     spec = value.json_schema
     if spec is None or spec.schema_ is None:
         where = "response_format.json_schema" + (".schema" if spec is not None else "")
-        raise BadRequest(f"{where} is missing: a json_schema response format needs the JSON schema the answer "
-                         "must follow", param=where)
+        raise BadRequest(
+            f"{where} is missing: a json_schema response format needs the JSON schema the answer must follow",
+            param=where,
+        )
     check_schema(spec.schema_, "response_format.json_schema.schema", want_object=False)  # OpenAI's name
     return ResponseFormat(type="json_schema", schema=spec.schema_, name=spec.name, strict=bool(spec.strict))
 

@@ -31,6 +31,7 @@ from ember.services.validation import validate_request
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
 
+
 def _sampling(body: _Sampling) -> SamplingParams:
     # Unset fields keep ember's defaults (repeat penalty included), as Ollama's
     # OpenAI layer does: small models loop without it.
@@ -47,8 +48,12 @@ def _sampling(body: _Sampling) -> SamplingParams:
 
 
 def _model_card(record: ModelRecord) -> dict[str, Any]:
-    return {"id": str(record.ref), "object": "model",
-            "created": int(record.modified_at.timestamp()), "owned_by": "ember"}
+    return {
+        "id": str(record.ref),
+        "object": "model",
+        "created": int(record.modified_at.timestamp()),
+        "owned_by": "ember",
+    }
 
 
 def _route_card(name: str) -> dict[str, Any]:
@@ -76,29 +81,38 @@ def _refuse_unsupported(body: _Sampling) -> None:
     if isinstance(body, ChatCompletionRequest):
         if body.audio is not None or any(m != "text" for m in body.modalities or ()):
             field = "audio" if body.audio is not None else "modalities"
-            raise UnsupportedParameter(f"'{field}' is not supported: model '{body.model}' answers in text only",
-                                       param=field)
+            raise UnsupportedParameter(
+                f"'{field}' is not supported: model '{body.model}' answers in text only", param=field
+            )
         if body.reasoning_effort not in (None, "none"):
-            raise UnsupportedParameter(f"'reasoning_effort' is not supported: model '{body.model}' does not "
-                                       "reason", param="reasoning_effort")
+            raise UnsupportedParameter(
+                f"'reasoning_effort' is not supported: model '{body.model}' does not reason", param="reasoning_effort"
+            )
     if isinstance(body, CompletionRequest):
         if body.suffix:
             raise UnsupportedParameter("'suffix' (fill-in-the-middle) is not supported", param="suffix")
         if body.best_of is not None and body.best_of > body.n:
-            raise UnsupportedParameter("'best_of' larger than 'n' is not supported: ember does not rank "
-                                       "candidate answers", param="best_of")
+            raise UnsupportedParameter(
+                "'best_of' larger than 'n' is not supported: ember does not rank candidate answers", param="best_of"
+            )
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(body: ChatCompletionRequest, http: Request,
-                           svc: Services = Depends(services)) -> Response:
+async def chat_completions(body: ChatCompletionRequest, http: Request, svc: Services = Depends(services)) -> Response:
     _refuse_unsupported(body)
-    request = TextRequest(model=body.model, messages=parse.chat_messages(body.messages),
-                          max_tokens=body.token_limit(), stop=body.stop_list(), sampling=_sampling(body),
-                          tools=parse.tools(body), tool_choice=parse.tool_choice(body),
-                          parallel_tool_calls=body.parallel_tool_calls is not False,
-                          response_format=parse.response_format(body.response_format),
-                          logprobs=parse.chat_logprobs(body), context=request_context(http))
+    request = TextRequest(
+        model=body.model,
+        messages=parse.chat_messages(body.messages),
+        max_tokens=body.token_limit(),
+        stop=body.stop_list(),
+        sampling=_sampling(body),
+        tools=parse.tools(body),
+        tool_choice=parse.tool_choice(body),
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        response_format=parse.response_format(body.response_format),
+        logprobs=parse.chat_logprobs(body),
+        context=request_context(http),
+    )
     validate_request(request)
     return await _serve(svc, [request], body, chat=True)
 
@@ -112,9 +126,18 @@ async def completions(body: CompletionRequest, http: Request, svc: Services = De
     if len(prompts) > 1 and body.stream:
         raise BadRequest("streaming takes a single prompt", param="prompt")
     context = request_context(http)
-    requests = [TextRequest(model=body.model, prompt=p, max_tokens=body.max_tokens, stop=body.stop_list(),
-                            sampling=_sampling(body), logprobs=parse.completion_logprobs(body), context=context)
-                for p in prompts]
+    requests = [
+        TextRequest(
+            model=body.model,
+            prompt=p,
+            max_tokens=body.max_tokens,
+            stop=body.stop_list(),
+            sampling=_sampling(body),
+            logprobs=parse.completion_logprobs(body),
+            context=context,
+        )
+        for p in prompts
+    ]
     for request in requests:
         validate_request(request)
     return await _serve(svc, requests, body, chat=False, echo=body.echo)
@@ -125,8 +148,9 @@ def _stats(stats: GenerationStats | None) -> GenerationStats:
     return stats
 
 
-async def _serve(svc: Services, requests: list[TextRequest], body: _Sampling, *, chat: bool,
-                 echo: bool = False) -> Response:
+async def _serve(
+    svc: Services, requests: list[TextRequest], body: _Sampling, *, chat: bool, echo: bool = False
+) -> Response:
     """`n` answers to each request (a streamed response takes exactly one request)."""
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
@@ -136,8 +160,11 @@ async def _serve(svc: Services, requests: list[TextRequest], body: _Sampling, *,
         # prompt is still an HTTP error rather than an error event.
         first = await svc.gateway.start(requests[0])
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return stream_response(OPENAI, _stream(svc, requests[0], first, body.n, ident, created, chat, include_usage,
-                                               logprobs), headers=first.response_headers())
+        return stream_response(
+            OPENAI,
+            _stream(svc, requests[0], first, body.n, ident, created, chat, include_usage, logprobs),
+            headers=first.response_headers(),
+        )
     choices: list[dict[str, Any]] = []
     prompt_tokens = completion_tokens = cached_tokens = 0
     served: Generation | None = None
@@ -154,18 +181,33 @@ async def _serve(svc: Services, requests: list[TextRequest], body: _Sampling, *,
                 choices.append(render.completion_choice(len(choices), answer, logprobs, prefix))
         prompt_tokens += answer.stats.prompt_tokens  # each prompt counts once, however many answers it got
     assert served is not None, "requests and n are never empty"
-    return JSONResponse({
-        "id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
-        "model": served.model, "system_fingerprint": "ember", "choices": choices,
-        "usage": render.usage(prompt_tokens, completion_tokens, cached_tokens),
-    }, headers=served.response_headers())
+    return JSONResponse(
+        {
+            "id": ident,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": created,
+            "model": served.model,
+            "system_fingerprint": "ember",
+            "choices": choices,
+            "usage": render.usage(prompt_tokens, completion_tokens, cached_tokens),
+        },
+        headers=served.response_headers(),
+    )
 
 
-async def _stream(svc: Services, request: TextRequest, first: Generation, n: int, ident: str,
-                  created: int, chat: bool, include_usage: bool, logprobs: bool) -> AsyncIterator[dict[str, Any]]:
+async def _stream(
+    svc: Services,
+    request: TextRequest,
+    first: Generation,
+    n: int,
+    ident: str,
+    created: int,
+    chat: bool,
+    include_usage: bool,
+    logprobs: bool,
+) -> AsyncIterator[dict[str, Any]]:
     obj = "chat.completion.chunk" if chat else "text_completion"
-    base = {"id": ident, "object": obj, "created": created, "model": first.model,
-            "system_fingerprint": "ember"}
+    base = {"id": ident, "object": obj, "created": created, "model": first.model, "system_fingerprint": "ember"}
     extra = {"usage": None} if include_usage else {}
 
     def chunk(choice: dict[str, Any]) -> dict[str, Any]:
@@ -187,8 +229,11 @@ async def _stream(svc: Services, request: TextRequest, first: Generation, n: int
                     prompt_tokens = stats.prompt_tokens
                     cached_tokens = max(cached_tokens, stats.cached_prompt_tokens)
                     completion_tokens += stats.completion_tokens
-                yield chunk(render.chat_delta(index, event, logprobs) if chat
-                            else render.completion_delta(index, event, logprobs))
+                yield chunk(
+                    render.chat_delta(index, event, logprobs)
+                    if chat
+                    else render.completion_delta(index, event, logprobs)
+                )
             generation = None
         if include_usage:
             yield {**base, "choices": [], "usage": render.usage(prompt_tokens, completion_tokens, cached_tokens)}
@@ -206,12 +251,19 @@ async def embeddings(body: EmbeddingRequest, http: Request, svc: Services = Depe
         raise BadRequest("token arrays are not supported as input; send text", param="input")
     if any(item == "" for item in inputs):
         raise BadRequest("input must not contain empty strings", param="input")
-    outcome = await svc.gateway.embed(body.model, [str(i) for i in inputs], dimensions=body.dimensions,
-                                      context=request_context(http))
-    data = [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
-            for i, v in enumerate(outcome.vectors)]
-    return {"object": "list", "data": data, "model": outcome.model,
-            "usage": {"prompt_tokens": outcome.prompt_tokens, "total_tokens": outcome.prompt_tokens}}
+    outcome = await svc.gateway.embed(
+        body.model, [str(i) for i in inputs], dimensions=body.dimensions, context=request_context(http)
+    )
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
+        for i, v in enumerate(outcome.vectors)
+    ]
+    return {
+        "object": "list",
+        "data": data,
+        "model": outcome.model,
+        "usage": {"prompt_tokens": outcome.prompt_tokens, "total_tokens": outcome.prompt_tokens},
+    }
 
 
 def _encode(vector: list[float], encoding: str) -> list[float] | str:

@@ -14,10 +14,13 @@ from ember.services.types import TextRequest
 
 def is_demanding(rule: AutoRule, request: TextRequest) -> bool:
     chars = len(request.prompt or "") + sum(len(m.content) for m in request.messages or [])
-    return (chars > rule.max_prompt_chars
-            or request.max_tokens is None or request.max_tokens > rule.max_tokens
-            or (rule.tools_to_strong and request.has_tools)
-            or (request.context.priority or "").lower() == rule.priority_header.lower())
+    return (
+        chars > rule.max_prompt_chars
+        or request.max_tokens is None
+        or request.max_tokens > rule.max_tokens
+        or (rule.tools_to_strong and request.has_tools)
+        or (request.context.priority or "").lower() == rule.priority_header.lower()
+    )
 
 
 def auto(targets: list[Target], route: RouteConfig, request: TextRequest) -> list[Target]:

@@ -9,8 +9,9 @@ from ember.gateway.target import Target
 from ember.services.types import TextRequest
 
 
-def weighted(targets: list[Target], route: RouteConfig, request: TextRequest,
-             rng: random.Random | None = None) -> list[Target]:
+def weighted(
+    targets: list[Target], route: RouteConfig, request: TextRequest, rng: random.Random | None = None
+) -> list[Target]:
     uniform = rng.uniform if rng is not None else random.uniform  # the module's shared generator by default
     weights = dict(zip(route.targets, route.weights or [1.0] * len(route.targets), strict=True))
     pool = [(t, weights.get(t.label, 1.0)) for t in targets]
