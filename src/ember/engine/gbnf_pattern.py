@@ -21,8 +21,8 @@ import re
 
 # The parser behind `re` and its opcodes: private modules, but what `re` itself is built on
 # (typeshed has no stubs for them).
-import re._constants as sre  # type: ignore[import-not-found]
-import re._parser as sre_parse  # type: ignore[import-not-found]
+import re._constants as sre  # type: ignore[import-not-found]  # the stdlib regex parser is private: no stubs
+import re._parser as sre_parse  # type: ignore[import-not-found]  # likewise
 
 MAX_REPEAT = 2000  # the most repetitions a pattern may require; larger upper bounds are lowered to this
 _UNICODE_MAX = 0x10FFFF
