@@ -93,6 +93,18 @@ class Update:
     error: str | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
 
+    def then(self, following: Update) -> Update:
+        """This update and the next of the same request as one: texts and logprobs joined, the
+        later one's end (finish, stats, error) kept."""
+        return Update(
+            rid=self.rid,
+            text=self.text + following.text,
+            finish=following.finish,
+            stats=following.stats,
+            error=following.error,
+            logprobs=self.logprobs + following.logprobs,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Step:

@@ -138,14 +138,7 @@ def _merge_ready(item: Item, pending: asyncio.Queue[Item]) -> Item:
         following = pending.get_nowait()
         if not isinstance(following, Update):
             return following
-        item = Update(
-            rid=item.rid,
-            text=item.text + following.text,
-            finish=following.finish,
-            stats=following.stats,
-            error=following.error,
-            logprobs=item.logprobs + following.logprobs,
-        )
+        item = item.then(following)
     return item
 
 

@@ -157,14 +157,7 @@ class Outbox:
         for update in updates:
             before = self._pending.get(update.rid)
             if before is not None:
-                update = Update(
-                    rid=update.rid,
-                    text=before.text + update.text,
-                    finish=update.finish,
-                    stats=update.stats,
-                    error=update.error,
-                    logprobs=before.logprobs + update.logprobs,
-                )
+                update = before.then(update)
             self._pending[update.rid] = update
 
     def flush(self, conn: Connection, *, wait: bool) -> None:
