@@ -82,6 +82,30 @@ def start_upstream(log_dir: Path, token_delay: float = 0.0) -> UpstreamHandle:
     raise RuntimeError(f"the fake upstream did not answer:\n{handle.log()}")
 
 
+@pytest.fixture(scope="module")
+def logs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A log folder per test module, for its servers and upstreams."""
+    return tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1] + "-logs")
+
+
+@pytest.fixture(scope="module")
+def fake(logs: Path) -> Iterator[UpstreamHandle]:
+    """One fake upstream for a whole module; modules that share it use `clean_fake` too."""
+    handle = start_upstream(logs)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def clean_fake(fake: UpstreamHandle) -> Iterator[None]:
+    """The module's fake upstream reset before and after each test (mode, script, counters)."""
+    fake.reset()
+    yield
+    fake.reset()
+
+
 @pytest.fixture
 def upstream_factory(tmp_path: Path) -> Iterator[Callable[..., UpstreamHandle]]:
     """Start fake upstreams (`factory(token_delay=0.0)`); all are stopped after the test."""

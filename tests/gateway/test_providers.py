@@ -22,32 +22,11 @@ import pytest
 
 from ember.bench.upstream import _vector
 from tests.conftest import ServerHandle, start_server
-from tests.gateway.conftest import UpstreamHandle, start_upstream, write_config
+from tests.gateway.conftest import UpstreamHandle, write_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_fake")]
 
 NODE_MODEL = "smollm2:135m"
-
-
-@pytest.fixture(scope="module")
-def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("provider-logs")
-
-
-@pytest.fixture(scope="module")
-def fake(logs: Path) -> Iterator[UpstreamHandle]:
-    handle = start_upstream(logs)
-    try:
-        yield handle
-    finally:
-        handle.stop()
-
-
-@pytest.fixture(autouse=True)
-def _clean_fake(fake: UpstreamHandle) -> Iterator[None]:
-    fake.reset()
-    yield
-    fake.reset()
 
 
 @pytest.fixture(scope="module")
@@ -413,7 +392,7 @@ async def test_refused_and_status_errors_map_to_upstream_errors(fake: UpstreamHa
 
 
 async def test_total_timeout_and_a_malformed_stream_fail_the_iteration(fake: UpstreamHandle) -> None:
-    from ember.errors import UpstreamError, UpstreamTimeout
+    from ember.errors import UpstreamTimeout
 
     provider = _provider("ollama", fake.url, total_timeout=1)
     try:

@@ -20,9 +20,9 @@ import ollama
 import openai
 import pytest
 from tests.conftest import DEFAULT_MODEL, ServerHandle, start_server
-from tests.gateway.conftest import UpstreamHandle, start_upstream, write_config
+from tests.gateway.conftest import UpstreamHandle, write_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_fake")]
 
 DROPPED = "x-ember-dropped-fields"
 WEATHER_PARAMS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -47,27 +47,6 @@ OLLAMA_TOOLS: Any = [
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
 CALLS = [{"name": "weather", "arguments": {"city": "Oslo"}}, {"name": "clock", "arguments": {}}]
 QUESTION: Any = [{"role": "user", "content": "What is the weather in Oslo?"}]
-
-
-@pytest.fixture(scope="module")
-def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("tool-forwarding-logs")
-
-
-@pytest.fixture(scope="module")
-def fake(logs: Path) -> Iterator[UpstreamHandle]:
-    handle = start_upstream(logs)
-    try:
-        yield handle
-    finally:
-        handle.stop()
-
-
-@pytest.fixture(autouse=True)
-def _clean_fake(fake: UpstreamHandle) -> Iterator[None]:
-    fake.reset()
-    yield
-    fake.reset()
 
 
 @pytest.fixture(scope="module")
