@@ -252,6 +252,22 @@ def test_ollama_client_with_a_python_function(ollama_client: ollama.Client) -> N
     whole(streamed, chunks[-1].done_reason)
 
 
+@pytest.mark.parametrize("num_predict", [14, 22])  # cut after the name; cut in the arguments
+def test_ollama_client_takes_a_call_cut_off_by_num_predict(ollama_client: ollama.Client, num_predict: int) -> None:
+    """A call cut off mid-arguments is no object, which Ollama's clients refuse: it comes back as
+    the text the model wrote, with done_reason length, and the client parses the reply."""
+    messages = [{"role": "user", "content": "Call the tool get_weather with city Paris."}]
+    options = {"temperature": 0, "num_predict": num_predict}
+    reply = ollama_client.chat(model=MODEL, messages=messages, tools=[get_weather], options=options)
+    assert reply.done_reason == "length"
+    assert not reply.message.tool_calls
+    assert "get_weather" in (reply.message.content or "")
+    chunks = list(ollama_client.chat(model=MODEL, messages=messages, tools=[get_weather], options=options, stream=True))
+    assert chunks[-1].done_reason == "length"
+    assert not any(chunk.message.tool_calls for chunk in chunks)
+    assert "".join(chunk.message.content or "" for chunk in chunks) == reply.message.content
+
+
 def whole(calls, done_reason: str | None) -> None:
     """Each call is whole: its arguments an object (a last call cut by num_predict may not be)."""
     assert done_reason in ("stop", "length")

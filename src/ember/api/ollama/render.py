@@ -31,13 +31,30 @@ def done_reason(reason: FinishReason | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def tool_call(call: ToolCall) -> dict[str, Any]:
-    """Ollama's call: the arguments as an object (OpenAI carries JSON text)."""
-    try:
-        arguments: Any = json.loads(call.arguments) if call.arguments else {}
+def tool_call(call: ToolCall) -> dict[str, Any] | None:
+    """Ollama's call: the arguments as an object (OpenAI carries JSON text). None for a call whose
+    arguments are not a JSON object (cut off by num_predict, or a remote model's slip): Ollama's
+    clients only take an object there, so such a call is not sent as a call."""
+    try:  # "" too: a call cut off right after its name (a finished call has at least "{}")
+        arguments: Any = json.loads(call.arguments)
     except ValueError:
-        arguments = call.arguments  # not JSON (a remote model's slip): passed on as it came
+        return None
+    if not isinstance(arguments, dict):
+        return None
     return {"function": {"name": call.name, "arguments": arguments}}
+
+
+def tool_calls(calls: tuple[ToolCall, ...] | list[ToolCall]) -> tuple[list[dict[str, Any]], str]:
+    """The calls Ollama can carry, and the text of the ones it cannot (so nothing is lost: the
+    client sees what the model wrote, as content)."""
+    rendered, leftover = [], []
+    for call in calls:
+        wire = tool_call(call)
+        if wire is None:
+            leftover.append(json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False))
+        else:
+            rendered.append(wire)
+    return rendered, "".join(leftover)
 
 
 def logprobs(entries: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
@@ -56,9 +73,10 @@ def answer_fields(answer: Answer, *, chat: bool, want_logprobs: bool) -> dict[st
     """The content part of a whole (non-streamed) answer."""
     fields: dict[str, Any]
     if chat:
-        message: dict[str, Any] = {"role": "assistant", "content": answer.text}
-        if answer.tool_calls:
-            message["tool_calls"] = [tool_call(c) for c in answer.tool_calls]
+        calls, leftover = tool_calls(answer.tool_calls)
+        message: dict[str, Any] = {"role": "assistant", "content": answer.text + leftover}
+        if calls:
+            message["tool_calls"] = calls
         fields = {"message": message}
     else:
         fields = {"response": answer.text}
@@ -93,12 +111,13 @@ class ChunkRenderer:
         if not self._calls or not self._chat:  # generate has no tools
             self._calls.clear()
             return []
-        calls = [
-            tool_call(ToolCall(id=p[0], name=p[1], arguments="".join(p[2:]))) for _, p in sorted(self._calls.items())
-        ]
+        calls, leftover = tool_calls(
+            [ToolCall(id=p[0], name=p[1], arguments="".join(p[2:])) for _, p in sorted(self._calls.items())]
+        )
         self._calls.clear()
-        chunk = self._content("")
-        chunk["message"]["tool_calls"] = calls
+        chunk = self._content(leftover)
+        if calls:
+            chunk["message"]["tool_calls"] = calls
         return [chunk]
 
     def _content(self, text: str, lps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
