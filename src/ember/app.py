@@ -26,6 +26,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from ember.api.ollama.routes import router as ollama_router
     from ember.api.openai.routes import router as openai_router
     from ember.api.protocols import ProtocolMiddleware, error_body_for, protocol_name
+    from ember.api.responses.routes import router as responses_router
+    from ember.api.responses.store import ResponseStore
     from ember.cache import build_cache
     from ember.gateway import Gateway, UsageLog, load_gateway_config
     from ember.guard import GuardMiddleware, build_guard
@@ -58,6 +60,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         guard = build_guard(settings, telemetry)
         audit = AuditLog(settings)
         cache = build_cache(settings, telemetry)
+        responses = ResponseStore(settings.state_dir / "responses.db")
         gateway.cache = cache
         # Every request's usage record reaches each of these once, when it ends.
         gateway.observers += [usage.add, guard.observe, audit.observe, telemetry.observe]
@@ -70,6 +73,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             guard=guard,
             audit=audit,
             telemetry=telemetry,
+            responses=responses,
             cache=cache,
         )
         telemetry.bind(services)
@@ -82,6 +86,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             await guard.aclose()
             usage.close()
             audit.close()
+            responses.close()
             telemetry.close()
             if cache is not None:
                 await cache.aclose()
@@ -98,6 +103,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ProtocolMiddleware)  # added last: runs first, so everything after knows the protocol
     install_error_handlers(app)
     app.include_router(openai_router)
+    app.include_router(responses_router)
     app.include_router(ollama_router)
     app.include_router(admin_router)
     app.include_router(metrics_router)

@@ -14,6 +14,7 @@ from ember.services.models import ModelService
 from ember.services.types import RequestContext
 
 if TYPE_CHECKING:
+    from ember.api.responses.store import ResponseStore
     from ember.cache import ResponseCache
     from ember.gateway import Gateway, UsageLog
     from ember.guard import Guard
@@ -31,6 +32,7 @@ class Services:
     guard: Guard
     audit: AuditLog
     telemetry: Telemetry
+    responses: ResponseStore  # stored /v1/responses (api/responses/store.py)
     cache: ResponseCache | None = None
 
 

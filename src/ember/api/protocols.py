@@ -13,6 +13,7 @@ from typing import Any
 
 from ember.api.ollama import render as ollama_render
 from ember.api.openai import render as openai_render
+from ember.api.responses import render as responses_render
 from ember.errors import EmberError
 
 Scope = MutableMapping[str, Any]
@@ -51,7 +52,16 @@ OLLAMA = WireProtocol(
     stream_end=ollama_render.STREAM_END,
     media_type=ollama_render.MEDIA_TYPE,
 )
-PROTOCOLS = (OPENAI, OLLAMA)
+# The Responses API: OpenAI's error shape, named SSE events (`event: <type>`), no [DONE].
+RESPONSES = WireProtocol(
+    name="responses",
+    prefixes=("/v1/responses",),
+    error_body=responses_render.error_body,
+    frame=responses_render.frame,
+    stream_end=responses_render.STREAM_END,
+    media_type=responses_render.MEDIA_TYPE,
+)
+PROTOCOLS = (OPENAI, OLLAMA, RESPONSES)
 
 _BY_PREFIX = sorted(((prefix, p) for p in PROTOCOLS for prefix in p.prefixes), key=lambda item: -len(item[0]))
 

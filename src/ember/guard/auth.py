@@ -34,6 +34,7 @@ _OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/red
 _EXACT = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "chat",
+    "/v1/responses": "chat",
     "/api/chat": "chat",
     "/api/generate": "chat",
     "/v1/embeddings": "embed",
@@ -51,9 +52,9 @@ _EXACT = {
     "/api/create": "admin",
     "/metrics": "admin",
 }
-_PREFIXES = (("/v1/models/", "models"), ("/admin/", "admin"), ("/api/blobs/", "admin"))
+_PREFIXES = (("/v1/models/", "models"), ("/v1/responses/", "chat"), ("/admin/", "admin"), ("/api/blobs/", "admin"))
 # Bodies of these are peeked at for the message and max_tokens caps.
-_GENERATION = frozenset({"/v1/chat/completions", "/v1/completions", "/api/chat", "/api/generate"})
+_GENERATION = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/api/chat", "/api/generate"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -128,6 +129,7 @@ def check_caps(settings: Settings, path: str, body: bytes) -> None:
     asked = [
         ("max_tokens", data.get("max_tokens")),
         ("max_completion_tokens", data.get("max_completion_tokens")),
+        ("max_output_tokens", data.get("max_output_tokens")),  # /v1/responses
         ("num_predict", options.get("num_predict") if isinstance(options, dict) else None),
     ]
     for param, value in asked:

@@ -1,0 +1,242 @@
+"""Responses API requests -> the neutral request's parts (services/types.py).
+
+What only the Responses shapes can get wrong is refused here, each with the `input[i]...` path
+of the offending field; checks every protocol shares are services/validation.py's.
+"""
+
+from __future__ import annotations
+
+from ember.api.responses.protocol import ContentPartIn, InputItem, ResponseCreateRequest, ToolChoiceIn
+from ember.errors import BadRequest, UnsupportedParameter
+from ember.services.types import ChatMessage, ContentPart, ImagePart, ResponseFormat, Tool, ToolCall, ToolChoice
+from ember.services.validation import check_schema
+
+MESSAGE_ROLES = ("user", "assistant", "system", "developer")
+# `include` values ember honours: encrypted reasoning is empty for models that do not reason.
+HARMLESS_INCLUDES = frozenset({"reasoning.encrypted_content"})
+_METADATA_PAIRS, _METADATA_KEY, _METADATA_VALUE = 16, 64, 512
+
+
+def refuse_unsupported(body: ResponseCreateRequest) -> None:
+    """A field that would change the answer but that ember cannot act on is a 400 naming it,
+    never a quiet answer to another question; an unknown field is one too (as at OpenAI)."""
+    for name in body.model_extra or {}:
+        raise BadRequest(f"unknown parameter '{name}'", param=name, code="unknown_parameter")
+    if body.background:
+        raise UnsupportedParameter(
+            "'background' responses are not supported: send the request without it (or stream it)", param="background"
+        )
+    reasoning = body.reasoning
+    if reasoning is not None and reasoning.effort not in (None, "none"):
+        raise UnsupportedParameter(
+            f"'reasoning.effort' {reasoning.effort!r} is not supported: model '{body.model}' does not reason",
+            param="reasoning.effort",
+        )
+    if reasoning is not None and (reasoning.summary or reasoning.generate_summary):
+        raise UnsupportedParameter(
+            f"'reasoning.summary' is not supported: model '{body.model}' does not reason", param="reasoning.summary"
+        )
+    for i, value in enumerate(body.include or ()):
+        if value not in HARMLESS_INCLUDES:
+            raise UnsupportedParameter(f"include[{i}] {value!r} is not supported", param=f"include[{i}]")
+    if body.truncation not in (None, "disabled"):
+        raise UnsupportedParameter(
+            "'truncation' 'auto' is not supported: a prompt over the context is refused, never cut", param="truncation"
+        )
+    if body.top_logprobs:
+        raise UnsupportedParameter("'top_logprobs' is not supported on /v1/responses", param="top_logprobs")
+    if body.max_tool_calls is not None:
+        raise UnsupportedParameter("'max_tool_calls' is not supported", param="max_tool_calls")
+    if body.conversation is not None:
+        raise UnsupportedParameter(
+            "'conversation' is not supported: continue with previous_response_id", param="conversation"
+        )
+    if body.prompt is not None:
+        raise UnsupportedParameter("'prompt' (stored prompt templates) is not supported", param="prompt")
+    _check_metadata(body.metadata or {})
+
+
+def _check_metadata(metadata: dict[str, str]) -> None:
+    if len(metadata) > _METADATA_PAIRS:
+        raise BadRequest(f"metadata has {len(metadata)} pairs, at most {_METADATA_PAIRS}", param="metadata")
+    for key, value in metadata.items():
+        if len(key) > _METADATA_KEY:
+            raise BadRequest(f"metadata key {key[:20]!r}... is longer than {_METADATA_KEY}", param="metadata")
+        if len(value) > _METADATA_VALUE:
+            raise BadRequest(f"metadata[{key!r}] is longer than {_METADATA_VALUE} characters", param="metadata")
+
+
+def input_messages(body: ResponseCreateRequest, earlier_calls: dict[str, str]) -> list[ChatMessage]:
+    """The request's `input` as messages. `earlier_calls` (call_id -> function name) are the calls
+    of the conversation it continues; a function_call_output must answer one of those or a
+    function_call earlier in this input."""
+    if body.input is None:
+        raise BadRequest("missing required field 'input'", param="input")
+    if isinstance(body.input, str):
+        if not body.input:
+            raise BadRequest("input must not be empty", param="input")
+        return [ChatMessage(role="user", content=body.input)]
+    if not body.input:
+        raise BadRequest("input must contain at least one item", param="input")
+    calls = dict(earlier_calls)
+    messages: list[ChatMessage] = []
+    for i, item in enumerate(body.input):
+        kind = item.type or ("message" if item.role is not None else None)
+        if kind == "message":
+            messages.append(_message(i, item))
+        elif kind == "function_call":
+            call = _function_call(i, item)
+            calls[call.id] = call.name
+            _add_call(messages, call)
+        elif kind == "function_call_output":
+            messages.append(_function_output(i, item, calls))
+        elif kind is None:
+            raise BadRequest(f"input[{i}] has neither a type nor a role", param=f"input[{i}].type")
+        else:
+            raise BadRequest(
+                f"input[{i}] is a '{kind}' item: ember takes message, function_call and function_call_output items",
+                param=f"input[{i}].type",
+            )
+    return messages
+
+
+def _message(i: int, item: InputItem) -> ChatMessage:
+    if item.role not in MESSAGE_ROLES:
+        raise BadRequest(
+            f"input[{i}].role {item.role!r} is not one of {', '.join(MESSAGE_ROLES)}", param=f"input[{i}].role"
+        )
+    if item.content is None:
+        raise BadRequest(f"input[{i}] is a message without content", param=f"input[{i}].content")
+    texts, attachments = _parts(item.content, f"input[{i}].content")
+    return ChatMessage(role=item.role, content="".join(texts), attachments=tuple(attachments))
+
+
+def _parts(content: str | list[ContentPartIn], where: str) -> tuple[list[str], list[ContentPart]]:
+    if isinstance(content, str):
+        return [content], []
+    texts: list[str] = []
+    attachments: list[ContentPart] = []
+    for j, part in enumerate(content):
+        if part.type in ("input_text", "output_text"):
+            if part.text is None:
+                raise BadRequest(f"{where}[{j}] is an '{part.type}' part without text", param=f"{where}[{j}].text")
+            texts.append(part.text)
+        elif part.type == "refusal":
+            texts.append(part.refusal or "")
+        elif part.type == "input_image" and part.image_url:
+            attachments.append(ImagePart(source=part.image_url))  # the provider decides if it can see it
+        else:
+            what = "an input_image by file_id" if part.type == "input_image" else f"a '{part.type}' part"
+            raise UnsupportedParameter(
+                f"{where}[{j}] is {what}: ember takes input_text, output_text and input_image (image_url) parts",
+                param=f"{where}[{j}].type",
+            )
+    return texts, attachments
+
+
+def _function_call(i: int, item: InputItem) -> ToolCall:
+    for field in ("call_id", "name"):
+        if not getattr(item, field):
+            raise BadRequest(f"input[{i}] is a function_call without '{field}'", param=f"input[{i}].{field}")
+    assert item.call_id is not None and item.name is not None
+    return ToolCall(id=item.call_id, name=item.name, arguments=item.arguments or "{}")
+
+
+def _add_call(messages: list[ChatMessage], call: ToolCall) -> None:
+    """Calls of one turn join the assistant message just before them, as chat completions
+    carry them: one assistant message with its text and its calls."""
+    last = messages[-1] if messages else None
+    if last is not None and last.role == "assistant":
+        messages[-1] = ChatMessage(
+            role="assistant", content=last.content, attachments=last.attachments, tool_calls=(*last.tool_calls, call)
+        )
+    else:
+        messages.append(ChatMessage(role="assistant", tool_calls=(call,)))
+
+
+def _function_output(i: int, item: InputItem, calls: dict[str, str]) -> ChatMessage:
+    if not item.call_id:
+        raise BadRequest(f"input[{i}] is a function_call_output without 'call_id'", param=f"input[{i}].call_id")
+    if item.call_id not in calls:
+        raise BadRequest(
+            f"input[{i}] is the output of call_id '{item.call_id}', which no earlier function_call made",
+            param=f"input[{i}].call_id",
+        )
+    if item.output is None:
+        raise BadRequest(f"input[{i}] is a function_call_output without 'output'", param=f"input[{i}].output")
+    texts, attachments = _parts(item.output, f"input[{i}].output")
+    return ChatMessage(
+        role="tool",
+        content="".join(texts),
+        attachments=tuple(attachments),
+        tool_call_id=item.call_id,
+        name=calls[item.call_id],
+    )
+
+
+def tools(body: ResponseCreateRequest) -> tuple[Tool, ...]:
+    out = []
+    for i, tool in enumerate(body.tools or ()):
+        if tool.type != "function":
+            raise UnsupportedParameter(
+                f"tools[{i}] is a '{tool.type}' tool: ember runs no built-in tools; declare a function tool",
+                param=f"tools[{i}].type",
+            )
+        if not tool.name:
+            hint = " (Responses tools are flat: {type, name, parameters}, not {type, function: {...}})"
+            raise BadRequest(
+                f"tools[{i}] has no name" + (hint if tool.function is not None else ""), param=f"tools[{i}].name"
+            )
+        out.append(
+            Tool(
+                name=tool.name,
+                description=tool.description or "",
+                parameters=tool.parameters if tool.parameters is not None else {"type": "object", "properties": {}},
+                strict=tool.strict is not False,
+            )
+        )
+    return tuple(out)
+
+
+def tool_choice(body: ResponseCreateRequest) -> ToolChoice:
+    choice: str | ToolChoiceIn | None = body.tool_choice
+    if choice is None or choice == "auto":
+        return ToolChoice()
+    if choice == "none":
+        return ToolChoice(mode="none")
+    if choice == "required":
+        return ToolChoice(mode="required")
+    if isinstance(choice, str):
+        raise BadRequest(
+            f"tool_choice {choice!r} is not one of auto, none, required or {{type: function, name}}",
+            param="tool_choice",
+        )
+    if choice.type != "function":
+        raise UnsupportedParameter(
+            f"tool_choice of type '{choice.type}' is not supported: use auto, none, required or a function",
+            param="tool_choice.type",
+        )
+    if not choice.name:
+        raise BadRequest("tool_choice of type 'function' needs a name", param="tool_choice.name")
+    return ToolChoice(mode="function", name=choice.name)
+
+
+def response_format(body: ResponseCreateRequest) -> ResponseFormat:
+    form = body.text.format if body.text is not None else None
+    if form is None or form.type == "text":
+        return ResponseFormat()
+    if form.type == "json_object":
+        return ResponseFormat(type="json_object")
+    if form.type != "json_schema":
+        raise BadRequest(
+            f"text.format.type {form.type!r} is not one of text, json_object, json_schema", param="text.format.type"
+        )
+    if form.schema_ is None:
+        raise BadRequest(
+            "text.format.schema is missing: a json_schema format needs the JSON schema the answer must follow",
+            param="text.format.schema",
+        )
+    if not form.name:
+        raise BadRequest("text.format.name is missing: a json_schema format needs a name", param="text.format.name")
+    check_schema(form.schema_, "text.format.schema", want_object=False)
+    return ResponseFormat(type="json_schema", schema=form.schema_, name=form.name, strict=bool(form.strict))

@@ -1,0 +1,267 @@
+"""The Responses wire format: response objects, output items, stream events, errors, framing.
+
+A stream is rendered by one `StreamRenderer` per response; it numbers every event
+(`sequence_number` 0, 1, 2, ...) and keeps the output items it has opened, so the final
+`response.completed` carries exactly the items the deltas built. Rules both paths keep:
+- a message item holds the answer's text; it is left out when the answer is only tool calls
+  (whitespace around the calls is not a message);
+- each tool call is one function_call item (`id` fc_..., `call_id` the call's id);
+- an answer cut by max_output_tokens is `status: "incomplete"` with
+  `incomplete_details.reason = "max_output_tokens"`, and so are its unfinished items.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any, Literal
+
+from ember.api.openai.render import error_body, error_type
+from ember.engine.types import GenerationStats
+from ember.errors import EmberError
+from ember.services.types import Answer, FinishReason, GenerationEvent, ToolCall
+
+__all__ = ["MEDIA_TYPE", "STREAM_END", "StreamRenderer", "error_body", "frame"]
+
+Status = Literal["completed", "incomplete", "failed", "in_progress"]
+MEDIA_TYPE = "text/event-stream"
+STREAM_END = ""  # a Responses stream ends with its response.completed event, no [DONE]
+
+
+def frame(payload: dict[str, Any]) -> str:
+    """One server-sent event, named by its type (an error body without one is an `error` event,
+    which the openai SDK raises as an APIError)."""
+    kind = payload.get("type", "error")
+    return f"event: {kind}\ndata: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+def status_of(reason: FinishReason) -> Status:
+    return "incomplete" if reason == "length" else "completed"
+
+
+def usage(stats: GenerationStats) -> dict[str, Any]:
+    return {
+        "input_tokens": stats.prompt_tokens,
+        # cached_tokens: prompt tokens whose KV cache an earlier request left behind (prefix reuse).
+        "input_tokens_details": {"cached_tokens": stats.cached_prompt_tokens, "cache_write_tokens": 0},
+        "output_tokens": stats.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": stats.prompt_tokens + stats.completion_tokens,
+    }
+
+
+def text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def message_item(item_id: str, text: str | None, status: Status) -> dict[str, Any]:
+    """A message; `text` None: just opened, no content part yet."""
+    content = [] if text is None else [text_part(text)]
+    return {"type": "message", "id": item_id, "role": "assistant", "status": status, "content": content}
+
+
+def function_call_item(item_id: str, call: ToolCall, status: Status) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": item_id,
+        "call_id": call.id,
+        "name": call.name,
+        "arguments": call.arguments,
+        "status": status,
+    }
+
+
+def output_items(answer: Answer) -> list[dict[str, Any]]:
+    status = status_of(answer.finish_reason)
+    items = []
+    if answer.text.strip() or not answer.tool_calls:
+        items.append(message_item(new_id("msg"), answer.text, status))
+    items += [function_call_item(new_id("fc"), call, status) for call in answer.tool_calls]
+    return items
+
+
+def output_text(items: list[dict[str, Any]]) -> str:
+    """The SDK's `output_text`: the text of every output_text part of every message, joined."""
+    return "".join(
+        part["text"]
+        for item in items
+        if item["type"] == "message"
+        for part in item["content"]
+        if part["type"] == "output_text"
+    )
+
+
+def response_object(
+    base: dict[str, Any],
+    *,
+    status: Status,
+    output: list[dict[str, Any]],
+    stats: GenerationStats | None = None,
+    error: EmberError | None = None,
+) -> dict[str, Any]:
+    """`base` holds id, created_at, model and the request's echoes (routes.echo)."""
+    incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
+    return {
+        **base,
+        "status": status,
+        "error": None
+        if error is None
+        else {"code": error.code or error_type(error.status_code), "message": error.message},
+        "incomplete_details": incomplete,
+        "output": output,
+        "output_text": output_text(output),
+        "usage": None if stats is None else usage(stats),
+    }
+
+
+class StreamRenderer:
+    """Neutral events -> Responses stream events, numbered, with the output items they build."""
+
+    def __init__(self, base: dict[str, Any]) -> None:
+        self._base = base
+        self._seq = 0
+        self._items: list[dict[str, Any]] = []  # by output_index
+        self._message: int | None = None  # output_index of the open message, if any
+        self._text: list[str] = []  # the open message's text so far
+        self._held = ""  # whitespace not yet known to be a message (it may only surround calls)
+        self._calls: dict[int, int] = {}  # tool-call index -> output_index (open until the end)
+        self._args: dict[int, list[str]] = {}  # output_index -> argument fragments
+
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        event = {"type": kind, "sequence_number": self._seq, **fields}
+        self._seq += 1
+        return event
+
+    def start(self) -> list[dict[str, Any]]:
+        snapshot = response_object(self._base, status="in_progress", output=[])
+        return [
+            self._event("response.created", response=snapshot),
+            self._event("response.in_progress", response=snapshot),
+        ]
+
+    def feed(self, event: GenerationEvent) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if event.text:
+            out += self._add_text(event.text)
+        for delta in event.tool_calls:
+            index = self._calls.get(delta.index)
+            if index is None:
+                out += self._close_message("completed")
+                call = ToolCall(id=delta.id or new_id("call"), name=delta.name or "", arguments="")
+                index = len(self._items)
+                self._calls[delta.index] = index
+                self._args[index] = []
+                self._items.append(function_call_item(new_id("fc"), call, "in_progress"))
+                out.append(self._event("response.output_item.added", output_index=index, item=dict(self._items[index])))
+            if delta.arguments:
+                self._args[index].append(delta.arguments)
+                out.append(
+                    self._event(
+                        "response.function_call_arguments.delta",
+                        item_id=self._items[index]["id"],
+                        output_index=index,
+                        delta=delta.arguments,
+                    )
+                )
+        return out
+
+    def _add_text(self, text: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if self._message is None:
+            text = self._held + text
+            if not text.strip():
+                self._held = text
+                return out
+            self._held = ""
+            out += self._open_message()
+        assert self._message is not None
+        self._text.append(text)
+        out.append(
+            self._event(
+                "response.output_text.delta",
+                item_id=self._items[self._message]["id"],
+                output_index=self._message,
+                content_index=0,
+                delta=text,
+                logprobs=[],
+            )
+        )
+        return out
+
+    def _open_message(self) -> list[dict[str, Any]]:
+        index = len(self._items)
+        self._message = index
+        self._text = []
+        item = message_item(new_id("msg"), None, "in_progress")
+        self._items.append(item)
+        return [
+            self._event("response.output_item.added", output_index=index, item=dict(item, content=[])),
+            self._event(
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                part=text_part(""),
+            ),
+        ]
+
+    def _close_message(self, status: Status) -> list[dict[str, Any]]:
+        index = self._message
+        if index is None:
+            return []
+        self._message = None
+        text = "".join(self._text)
+        item = self._items[index] = message_item(self._items[index]["id"], text, status)
+        common = {"item_id": item["id"], "output_index": index, "content_index": 0}
+        return [
+            self._event("response.output_text.done", **common, text=text, logprobs=[]),
+            self._event("response.content_part.done", **common, part=text_part(text)),
+            self._event("response.output_item.done", output_index=index, item=item),
+        ]
+
+    def _close_calls(self, status: Status) -> list[dict[str, Any]]:
+        out = []
+        for index in sorted(self._calls.values()):
+            arguments = "".join(self._args[index])
+            item = self._items[index] = {**self._items[index], "arguments": arguments, "status": status}
+            out.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    name=item["name"],
+                    arguments=arguments,
+                )
+            )
+            out.append(self._event("response.output_item.done", output_index=index, item=item))
+        self._calls.clear()
+        return out
+
+    def finish(self, final: GenerationEvent) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The closing events, and the finished response object (to store)."""
+        assert final.stats is not None, "the final event carries stats"
+        status = status_of(final.finish_reason or "stop")
+        out: list[dict[str, Any]] = []
+        if not self._items:  # no call and no visible text: the answer is a message, even if empty
+            out += self._open_message()
+            out += self._add_text(self._held) if self._held else []
+        out += self._close_message(status)
+        out += self._close_calls(status)
+        response = response_object(self._base, status=status, output=list(self._items), stats=final.stats)
+        kind = "response.completed" if status == "completed" else "response.incomplete"
+        out.append(self._event(kind, response=response))
+        return out, response
+
+    def fail(self, error: EmberError) -> list[dict[str, Any]]:
+        """An error after the stream began: response.failed, then an `error` event (whose `error`
+        object makes the openai SDK raise it)."""
+        response = response_object(self._base, status="failed", output=list(self._items), error=error)
+        body = error_body(error)["error"]
+        return [
+            self._event("response.failed", response=response),
+            self._event("error", code=body["code"], message=body["message"], param=body["param"], error=body),
+        ]

@@ -1,0 +1,238 @@
+"""/v1/responses: create (whole or streamed), retrieve and delete responses, through the gateway.
+
+A created response is stored (unless `store: false`) with the conversation it ends, so that a
+later request with `previous_response_id` is that conversation plus its new input; the prompt
+then starts with the tokens the earlier request left in the KV cache, which prefix reuse skips.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from ember.api.deps import Services, request_context, services
+from ember.api.protocols import RESPONSES
+from ember.api.responses import parse, render
+from ember.api.responses.protocol import ResponseCreateRequest
+from ember.api.responses.store import ResponseStore, StoredResponse
+from ember.api.streaming import stream_response
+from ember.engine.grammar import GrammarError
+from ember.engine.types import SamplingParams
+from ember.errors import EmberError, NotFound, UnsupportedParameter
+from ember.services.generation import DROPPED_FIELDS, Generation
+from ember.services.types import Answer, ChatMessage, GenerationEvent, TextRequest, ToolCall
+from ember.services.validation import validate_request
+
+router = APIRouter(prefix="/v1", tags=["OpenAI Responses"])
+
+
+def _sampling(body: ResponseCreateRequest) -> SamplingParams:
+    # As /v1/chat/completions: unset fields keep ember's defaults (repeat penalty included), so
+    # the same messages at the same settings get the same answer on both endpoints.
+    defaults = SamplingParams()
+    return SamplingParams(
+        temperature=body.temperature if body.temperature is not None else defaults.temperature,
+        top_p=body.top_p if body.top_p is not None else defaults.top_p,
+        top_k=defaults.top_k,
+        min_p=defaults.min_p,
+    )
+
+
+def _not_found(response_id: str, param: str | None = None) -> NotFound:
+    code = "previous_response_not_found" if param == "previous_response_id" else "not_found"
+    return NotFound(f"Response with id '{response_id}' not found.", param=param, code=code)
+
+
+def _echo(body: ResponseCreateRequest, request: TextRequest, store: bool) -> dict[str, Any]:
+    """What the response object repeats of the request, as OpenAI's does."""
+    text: dict[str, Any] = {"format": {"type": request.response_format.type}}
+    form = request.response_format
+    if form.type == "json_schema":
+        spec = body.text.format if body.text is not None else None
+        text["format"] = {
+            "type": "json_schema",
+            "name": form.name,
+            "schema": form.schema,
+            "strict": form.strict,
+            "description": spec.description if spec is not None else None,
+        }
+    if body.text is not None and body.text.verbosity is not None:
+        text["verbosity"] = body.text.verbosity
+    choice = request.tool_choice
+    return {
+        "instructions": body.instructions,
+        "max_output_tokens": body.max_output_tokens,
+        "metadata": body.metadata or {},
+        "parallel_tool_calls": request.parallel_tool_calls,
+        "previous_response_id": body.previous_response_id,
+        "reasoning": {"effort": None, "summary": None},
+        "service_tier": body.service_tier or "default",
+        "store": store,
+        "temperature": request.sampling.temperature,
+        "text": text,
+        "tool_choice": {"type": "function", "name": choice.name} if choice.mode == "function" else choice.mode,
+        "tools": [
+            {
+                "type": "function",
+                "name": t.name,
+                "description": t.description or None,
+                "parameters": t.parameters,
+                "strict": t.strict,
+            }
+            for t in request.tools
+        ],
+        "top_p": request.sampling.top_p,
+        "truncation": "disabled",
+        "user": body.user,
+        "background": False,
+    }
+
+
+def _turn(items: list[dict[str, Any]]) -> ChatMessage:
+    """The output items as the assistant message a continuation sends back to the model."""
+    calls = tuple(
+        ToolCall(id=i["call_id"], name=i["name"], arguments=i["arguments"])
+        for i in items
+        if i["type"] == "function_call"
+    )
+    return ChatMessage(role="assistant", content=render.output_text(items), tool_calls=calls)
+
+
+class _Plan:
+    """One create request, parsed: the neutral request, the conversation so far, the ids."""
+
+    def __init__(self, body: ResponseCreateRequest, http: Request, store: ResponseStore) -> None:
+        parse.refuse_unsupported(body)
+        context = request_context(http)
+        history: tuple[ChatMessage, ...] = ()
+        if body.previous_response_id is not None:
+            previous = store.get(body.previous_response_id, context.key_name)
+            if previous is None:
+                raise _not_found(body.previous_response_id, "previous_response_id")
+            history = previous.conversation
+        earlier_calls = {c.id: c.name for m in history for c in m.tool_calls}
+        self.inputs = [*history, *parse.input_messages(body, earlier_calls)]
+        system = [ChatMessage(role="system", content=body.instructions)] if body.instructions else []
+        self.request = TextRequest(
+            model=body.model,
+            messages=system + self.inputs,
+            max_tokens=body.max_output_tokens,
+            sampling=_sampling(body),
+            tools=parse.tools(body),
+            tool_choice=parse.tool_choice(body),
+            parallel_tool_calls=body.parallel_tool_calls is not False,
+            response_format=parse.response_format(body),
+            context=context,
+        )
+        validate_request(self.request)
+        self.key = context.key_name
+        self.keep = body.store is not False
+        self.id = render.new_id("resp")
+        self.created_at = int(time.time())
+        self.echo = _echo(body, self.request, self.keep)
+        self.dropped = ["text.verbosity"] if body.text is not None and body.text.verbosity is not None else []
+
+    def base(self, generation: Generation) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "model": generation.model,
+            **self.echo,
+        }
+
+    def headers(self, generation: Generation) -> dict[str, str]:
+        headers = generation.response_headers()
+        dropped = [d for d in (headers.get(DROPPED_FIELDS), *self.dropped) if d]
+        if dropped:
+            headers[DROPPED_FIELDS] = ", ".join(dropped)
+        return headers
+
+    def save(self, store: ResponseStore, response: dict[str, Any]) -> None:
+        if self.keep:
+            conversation = (*self.inputs, _turn(response["output"]))
+            store.put(StoredResponse(self.id, self.key, self.created_at, response, conversation))
+
+
+def _format_error(exc: GrammarError) -> GrammarError:
+    """The grammar compiler names chat's `response_format`; here the field is text.format."""
+    message = exc.message.removeprefix("response_format: ")
+    return GrammarError(
+        f"text.format.schema: {message}", keyword=exc.keyword, path=exc.path, param="text.format.schema"
+    )
+
+
+async def _complete(svc: Services, request: TextRequest) -> tuple[Generation, Answer]:
+    try:
+        return await svc.gateway.complete(request)
+    except GrammarError as exc:
+        raise _format_error(exc) from None
+
+
+async def _start(svc: Services, request: TextRequest) -> Generation:
+    try:
+        return await svc.gateway.start(request)
+    except GrammarError as exc:
+        raise _format_error(exc) from None
+
+
+@router.post("/responses", response_model=None)
+async def create_response(body: ResponseCreateRequest, http: Request, svc: Services = Depends(services)) -> Response:
+    plan = _Plan(body, http, svc.responses)
+    if body.stream:
+        # Started before the response is, so a bad model or an over-long prompt is an HTTP error.
+        generation = await _start(svc, plan.request)
+        return stream_response(RESPONSES, _stream(svc, plan, generation), headers=plan.headers(generation))
+    generation, answer = await _complete(svc, plan.request)
+    output = render.output_items(answer)
+    status = render.status_of(answer.finish_reason)
+    response = render.response_object(plan.base(generation), status=status, output=output, stats=answer.stats)
+    plan.save(svc.responses, response)
+    return JSONResponse(response, headers=plan.headers(generation))
+
+
+async def _stream(svc: Services, plan: _Plan, generation: Generation) -> AsyncIterator[dict[str, Any]]:
+    renderer = render.StreamRenderer(plan.base(generation))
+    try:
+        for event in renderer.start():
+            yield event
+        final: GenerationEvent | None = None
+        async for piece in generation:
+            for event in renderer.feed(piece):
+                yield event
+            if piece.done:
+                final = piece
+        if final is None:
+            raise EmberError("the answer ended without its final event")
+        closing, response = renderer.finish(final)
+        plan.save(svc.responses, response)  # before response.completed: a follow-up may come at once
+        for event in closing:
+            yield event
+    except EmberError as exc:  # the stream has begun: the failure goes in-band
+        for event in renderer.fail(exc):
+            yield event
+    finally:
+        await generation.aclose()
+
+
+@router.get("/responses/{response_id}")
+async def get_response(
+    response_id: str, http: Request, stream: bool = False, svc: Services = Depends(services)
+) -> dict[str, Any]:
+    if stream:
+        raise UnsupportedParameter("streaming a stored response again is not supported", param="stream")
+    stored = svc.responses.get(response_id, request_context(http).key_name)
+    if stored is None:
+        raise _not_found(response_id)
+    return stored.body
+
+
+@router.delete("/responses/{response_id}")
+async def delete_response(response_id: str, http: Request, svc: Services = Depends(services)) -> dict[str, Any]:
+    if not svc.responses.delete(response_id, request_context(http).key_name):
+        raise _not_found(response_id)
+    return {"id": response_id, "object": "response", "deleted": True}
