@@ -63,11 +63,21 @@ def serve(
 
     app = build_app(settings)
     print(f"ember {__version__} listening on {settings.base_url}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, host=addr, port=port, log_level=settings.log_level.lower()))
+    config = uvicorn.Config(
+        app, host=addr, port=port, log_level=settings.log_level.lower(), timeout_keep_alive=KEEP_ALIVE_SECONDS
+    )
+    server = uvicorn.Server(config)
     server.run()
     if not server.started:
         # uvicorn has already logged why (a failed lifespan startup, a lost bind race).
         raise typer.Exit(1)
+
+
+# How long an idle client connection is kept open. uvicorn's 5 s equals the idle expiry of the
+# httpx pools inside the openai and anthropic SDKs, so a client could send on a connection at the
+# moment ember closes it (the client sees a ReadError). Longer than common clients' pools (httpx 5 s,
+# aiohttp 15 s, Go 90 s), the client always closes first.
+KEEP_ALIVE_SECONDS = 100
 
 
 def version() -> None:

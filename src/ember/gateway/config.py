@@ -35,6 +35,9 @@ class ProviderConfig(_Strict):
     first_token_timeout: float = Field(60.0, gt=0)
     total_timeout: float = Field(600.0, gt=0)
     max_connections: int = Field(256, ge=1)
+    # Idle pooled connections are dropped after this long: below the upstream's own keep-alive
+    # (uvicorn's and llama-server's is 5 s), so ember never sends on one the upstream is closing.
+    keepalive_expiry: float = Field(2.0, ge=0)
     headers: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -30,7 +31,11 @@ from ember.gateway.config import ProviderConfig
 from ember.services.generation import Generation
 from ember.services.types import FinishReason, GenerationEvent
 
+log = logging.getLogger("ember.gateway")
 _CLIENT_ERRORS = frozenset({400, 413, 422})
+# What a connection that broke before the answer's first byte raises (httpx maps "server
+# disconnected without sending a response" and a reset on send or on the first read to these).
+_BROKEN_BEFORE_ANSWER = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 _MAX_MESSAGE = 500  # characters of an upstream's error body we pass on
 
 
@@ -74,7 +79,9 @@ def build_client(config: ProviderConfig, max_connections: int | None = None) -> 
     if key:
         headers["Authorization"] = f"Bearer {key}"
     size = max_connections or config.max_connections
-    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    limits = httpx.Limits(
+        max_connections=size, max_keepalive_connections=size, keepalive_expiry=config.keepalive_expiry
+    )
     # read=total_timeout is only a backstop: first-token and total deadlines are ours.
     timeout = httpx.Timeout(
         connect=config.connect_timeout,
@@ -326,7 +333,10 @@ class RemoteClient:
         shard = self.pool.acquire()
         try:
             async with asyncio.timeout(self.config.total_timeout):
-                response = await shard.http.post(self.url(path), json=body)
+                try:
+                    response = await shard.http.post(self.url(path), json=body)
+                except _BROKEN_BEFORE_ANSWER:  # a stale keep-alive connection, as in _send
+                    response = await shard.http.post(self.url(path), json=body)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"{self.name}: no answer within {self.config.total_timeout:g}s") from exc
         except httpx.HTTPError as exc:
@@ -355,7 +365,7 @@ class RemoteClient:
         try:
             try:
                 async with asyncio.timeout_at(first_deadline):
-                    response = await resources.enter_async_context(shard.http.stream("POST", self.url(path), json=body))
+                    response = await self._send(resources, shard, path, body)
                     if response.is_error:
                         await response.aread()
                         raise status_error(self.name, response)
@@ -386,6 +396,18 @@ class RemoteClient:
             provider=self.name,
             notes=dict(notes or {}),
         )
+
+    async def _send(self, resources: AsyncExitStack, shard: _Shard, path: str, body: dict[str, Any]) -> httpx.Response:
+        """The streamed POST, sent once more if the connection broke before any byte of an answer:
+        almost always a pooled keep-alive connection the upstream closed as we sent on it, so it
+        never read the request. The broken connection has left the pool; the retry takes another."""
+        try:
+            return await resources.enter_async_context(shard.http.stream("POST", self.url(path), json=body))
+        except _BROKEN_BEFORE_ANSWER as exc:
+            log.info(
+                "%s: connection broke before an answer (%s: %s); sending once more", self.name, type(exc).__name__, exc
+            )
+        return await resources.enter_async_context(shard.http.stream("POST", self.url(path), json=body))
 
     async def _rest(
         self, first: GenerationEvent, events: AsyncIterator[GenerationEvent], deadline: float
