@@ -19,6 +19,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     # Imported here so `import ember` stays light for the CLI.
     from ember import __version__
     from ember.api.admin import router as admin_router
+    from ember.api.anthropic.routes import router as anthropic_router
     from ember.api.deps import Services
     from ember.api.errors import install_error_handlers
     from ember.api.json_body import JsonBodyMiddleware
@@ -112,6 +113,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     @app.head("/", response_class=PlainTextResponse, include_in_schema=False)
     async def root() -> str:
         return "ember is running"
+    app.include_router(anthropic_router)
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, str]:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from ember.api.anthropic import render as anthropic_render
 from ember.api.ollama import render as ollama_render
 from ember.api.openai import render as openai_render
 from ember.api.responses import render as responses_render
@@ -52,6 +53,14 @@ OLLAMA = WireProtocol(
     stream_end=ollama_render.STREAM_END,
     media_type=ollama_render.MEDIA_TYPE,
 )
+ANTHROPIC = WireProtocol(
+    name="anthropic",
+    prefixes=("/v1/messages",),
+    error_body=anthropic_render.error_body,
+    frame=anthropic_render.frame,
+    stream_end=anthropic_render.STREAM_END,
+    media_type=anthropic_render.MEDIA_TYPE,
+)
 # The Responses API: OpenAI's error shape, named SSE events (`event: <type>`), no [DONE].
 RESPONSES = WireProtocol(
     name="responses",
@@ -61,7 +70,7 @@ RESPONSES = WireProtocol(
     stream_end=responses_render.STREAM_END,
     media_type=responses_render.MEDIA_TYPE,
 )
-PROTOCOLS = (OPENAI, OLLAMA, RESPONSES)
+PROTOCOLS = (OPENAI, OLLAMA, ANTHROPIC, RESPONSES)
 
 _BY_PREFIX = sorted(((prefix, p) for p in PROTOCOLS for prefix in p.prefixes), key=lambda item: -len(item[0]))
 

@@ -26,6 +26,7 @@ class CachedAnswer:
     served_by: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     notes: tuple[tuple[str, str], ...] = ()
+    stop_sequence: str | None = None  # the stop string that ended it (GenerationEvent.stop_sequence)
 
     @property
     def text(self) -> str:
@@ -43,6 +44,7 @@ class CachedAnswer:
                 "finish_reason": self.finish_reason,
                 "calls": [[c.id, c.name, c.arguments] for c in self.tool_calls],
                 "notes": self.notes,
+                "stop": self.stop_sequence,
                 "stats": [
                     s.prompt_tokens,
                     s.completion_tokens,
@@ -78,6 +80,7 @@ class CachedAnswer:
                 served_by=data.get("served_by"),
                 tool_calls=tuple(ToolCall(id=str(i), name=str(n), arguments=str(a)) for i, n, a in data["calls"]),
                 notes=tuple((str(k), str(v)) for k, v in data["notes"]),
+                stop_sequence=None if data.get("stop") is None else str(data["stop"]),
             )
         except (ValueError, KeyError, TypeError):
             return None

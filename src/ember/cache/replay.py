@@ -24,7 +24,9 @@ def replay(answer: CachedAnswer) -> Generation:
             yield GenerationEvent(
                 tool_calls=(ToolCallDelta(index=index, id=call.id, name=call.name, arguments=call.arguments),)
             )
-        yield GenerationEvent(text="", done=True, finish_reason=answer.finish_reason, stats=answer.stats)
+        yield GenerationEvent(
+            done=True, finish_reason=answer.finish_reason, stats=answer.stats, stop_sequence=answer.stop_sequence
+        )
 
     stream = events()
     resources = AsyncExitStack()
@@ -83,6 +85,7 @@ def recording(generation: Generation, store: Store, *, max_chars: int) -> Genera
                         served_by=generation.served_by,
                         tool_calls=whole.answer().tool_calls,
                         notes=tuple(generation.notes.items()),
+                        stop_sequence=event.stop_sequence,
                     )
                 )
             yield event

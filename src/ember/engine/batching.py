@@ -293,7 +293,9 @@ class BatchScheduler:
             cached_prompt_tokens=job.cached,
         )
         self._release(slot)
-        return Update(rid=job.rid, text=text, finish=reason, stats=stats, logprobs=logprobs)
+        return Update(
+            rid=job.rid, text=text, finish=reason, stats=stats, logprobs=logprobs, stop_sequence=job.matcher.matched
+        )
 
     def _release(self, slot: Slot) -> None:
         assert slot.job is not None

@@ -92,10 +92,11 @@ class Update:
     stats: GenerationStats | None = None
     error: str | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
+    stop_sequence: str | None = None  # with finish "stop": the stop string that matched, if one did
 
     def then(self, following: Update) -> Update:
         """This update and the next of the same request as one: texts and logprobs joined, the
-        later one's end (finish, stats, error) kept."""
+        later one's end (finish, stats, error, stop_sequence) kept."""
         return Update(
             rid=self.rid,
             text=self.text + following.text,
@@ -103,6 +104,7 @@ class Update:
             stats=following.stats,
             error=following.error,
             logprobs=self.logprobs + following.logprobs,
+            stop_sequence=following.stop_sequence,
         )
 
 

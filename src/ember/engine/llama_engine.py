@@ -149,6 +149,7 @@ class LlamaEngine:
         first_token_at: float | None = None
         produced = 0
         finish: FinishReason = "length"
+        matched: str | None = None  # the stop string that ended the answer
         if cancel.is_set() or limit <= 0:
             finish = "cancelled" if cancel.is_set() else "length"
         else:
@@ -191,7 +192,7 @@ class LlamaEngine:
                     if text or lps:
                         emit(GenerationEvent(text=text, logprobs=lps))
                     if matcher.stopped:
-                        finish = "stop"
+                        finish, matched = "stop", matcher.matched
                         break
                     if produced >= limit:
                         finish = "length"
@@ -208,6 +209,7 @@ class LlamaEngine:
             text="",
             done=True,
             finish_reason=finish,
+            stop_sequence=matched,
             stats=GenerationStats(
                 prompt_tokens=n_prompt,
                 completion_tokens=produced,

@@ -357,7 +357,13 @@ class ProcessEngine:
                     yield GenerationEvent(text=item.text, logprobs=item.logprobs)
                 if item.finish is not None:
                     finished = True
-                    yield GenerationEvent(text="", done=True, finish_reason=item.finish, stats=item.stats)
+                    yield GenerationEvent(
+                        text="",
+                        done=True,
+                        finish_reason=item.finish,
+                        stats=item.stats,
+                        stop_sequence=item.stop_sequence,
+                    )
                     return
         finally:
             channel.close_request(rid)

@@ -16,6 +16,7 @@ class StopMatcher:
         self._stops = tuple(s for s in stops if s)
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text, once stopped
 
     def feed(self, text: str) -> str:
         if self.stopped:
@@ -24,9 +25,12 @@ class StopMatcher:
         if not self._stops:
             self._held = ""
             return buffer
-        first = min((i for i in (buffer.find(s) for s in self._stops) if i >= 0), default=-1)
-        if first >= 0:
+        # The earliest match wins; at one position, the stop listed first.
+        found = min(((i, n) for n, i in enumerate(buffer.find(s) for s in self._stops) if i >= 0), default=None)
+        if found is not None:
+            first = found[0]
             self.stopped = True
+            self.matched = self._stops[found[1]]
             self._held = ""
             return buffer[:first]
         keep = self._partial_suffix(buffer)

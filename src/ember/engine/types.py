@@ -85,6 +85,7 @@ class GenerationEvent:
     finish_reason: FinishReason | None = None
     stats: GenerationStats | None = None
     logprobs: tuple[TokenLogprob, ...] = ()  # one per token in `text`, when they were asked for
+    stop_sequence: str | None = None  # on the done event: the stop string that ended the answer
 
 
 @dataclass(frozen=True)

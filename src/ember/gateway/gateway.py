@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Protocol
 
 from ember.engine.types import LoadOptions
-from ember.errors import EmberError, InvalidModelName, ModelNotFound, UpstreamError
+from ember.errors import EmberError, InvalidModelName, ModelNotFound, ServiceUnavailable, UpstreamError
 from ember.gateway.breaker import CircuitBreaker
 from ember.gateway.config import LOCAL, GatewayConfig, ProviderConfig, RouteConfig
 from ember.gateway.local import LocalProvider
@@ -281,6 +281,31 @@ class Gateway:
 
     async def embed(
         self,
+    async def count_tokens(self, request: TextRequest) -> int:
+        """The prompt's size in tokens, as the model that would serve `request` counts it: a
+        local model tokenizes the rendered prompt; a route asks its targets in order (skipping
+        open breakers) until one answers. No usage record: nothing is served to the client."""
+        route = self._route_for(request.model)
+        if route is None:
+            return await self.local.count_tokens(request, self.local_model(request.model))
+        last: EmberError | None = None
+        for target in route.targets:
+            if not target.breaker.allow():
+                continue
+            try:
+                counted = await target.provider.count_tokens(request, target.model)
+            except EmberError as exc:
+                target.breaker.release()  # a count is no verdict on the target's health
+                if is_client_error(exc):
+                    raise
+                last = exc
+                continue
+            target.breaker.release()
+            return counted
+        if last is not None:
+            raise last
+        raise ServiceUnavailable(f"no target of route '{route.name}' is available to count tokens")
+
         model: str,
         inputs: list[str],
         *,

@@ -29,6 +29,9 @@ class LocalProvider:
         # Until the first token the gateway may still fail over (a worker that died, say).
         return await peek_first(generation)
 
+    async def count_tokens(self, request: TextRequest, model: str) -> int:
+        return await self._generation.count_prompt_tokens(_with_model(request, model))
+
     async def embed(
         self, model: str, inputs: list[str], *, dimensions: int | None = None, truncate: bool = True
     ) -> EmbeddingOutcome:

@@ -8,8 +8,10 @@ that the Generation streams, and a failure mid-stream ends the stream with an er
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Protocol
 
+from ember.errors import UpstreamError
 from ember.gateway.config import ProviderConfig
 from ember.services.embeddings import EmbeddingOutcome
 from ember.services.generation import Generation
@@ -26,6 +28,11 @@ class Provider(Protocol):
         """Begin generating `request` with the provider's `model` (the part after "provider/")."""
         ...
 
+    async def count_tokens(self, request: TextRequest, model: str) -> int:
+        """How many tokens the prompt of `request` is for the provider's `model`, as its usage
+        would report them (cached prompt tokens included)."""
+        ...
+
     async def embed(
         self, model: str, inputs: list[str], *, dimensions: int | None = None, truncate: bool = True
     ) -> EmbeddingOutcome:
@@ -33,6 +40,17 @@ class Provider(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+async def count_by_generating(provider: Provider, request: TextRequest, model: str) -> int:
+    """For an API with no way to count a prompt (OpenAI's, Ollama's): generate one token and
+    read the prompt's size from the usage. Exact, as the upstream's tokenizer and template
+    count it, at the price of one token and a prompt evaluation."""
+    generation = await provider.start(replace(request, max_tokens=1), model)
+    answer = await generation.collect()
+    if answer.stats.prompt_tokens <= 0:
+        raise UpstreamError(f"provider '{provider.name}' did not say how many tokens the prompt was")
+    return answer.stats.prompt_tokens
 
 
 async def peek_first(generation: Generation) -> Generation:

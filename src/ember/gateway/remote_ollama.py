@@ -20,6 +20,7 @@ import httpx
 from ember.engine.types import GenerationStats
 from ember.errors import UnsupportedParameter
 from ember.gateway.config import ProviderConfig
+from ember.gateway.provider import count_by_generating
 from ember.gateway.remote import (
     RemoteClient,
     StreamState,
@@ -56,6 +57,9 @@ class OllamaProvider:
             model,
             notes={DROPPED_FIELDS: ", ".join(dropped)} if dropped else None,
         )
+
+    async def count_tokens(self, request: TextRequest, model: str) -> int:
+        return await count_by_generating(self, request, model)
 
     async def embed(
         self, model: str, inputs: list[str], *, dimensions: int | None = None, truncate: bool = True

@@ -17,6 +17,7 @@ import httpx
 
 from ember.engine.types import GenerationStats, TokenLogprob, TopLogprob
 from ember.gateway.config import ProviderConfig
+from ember.gateway.provider import count_by_generating
 from ember.gateway.remote import (
     RemoteClient,
     StreamState,
@@ -54,6 +55,9 @@ class OpenAIProvider:
         chat = request.messages is not None
         path = "chat/completions" if chat else "completions"
         return await self._remote.stream(path, request_body(request, model), partial(parse_stream, self.name), model)
+
+    async def count_tokens(self, request: TextRequest, model: str) -> int:
+        return await count_by_generating(self, request, model)
 
     async def embed(
         self, model: str, inputs: list[str], *, dimensions: int | None = None, truncate: bool = True

@@ -162,6 +162,16 @@ class GenerationService:
             generation.notes[DROPPED_FIELDS] = ", ".join(unenforced)
         return generation
 
+    async def count_prompt_tokens(self, request: TextRequest) -> int:
+        """How many tokens `request`'s prompt is, exactly as `start` would feed it to the model
+        (chat template, tools and tool instructions included); nothing is generated."""
+        _refuse_attachments(request)
+        async with self._scheduler.lease(
+            request.model, options=request.load_options, keep_alive=request.keep_alive
+        ) as lease:
+            tokens, _ = await self._prompt_tokens(lease, request)
+        return len(tokens)
+
     async def _prompt_tokens(self, lease: Lease, request: TextRequest) -> tuple[list[int], ToolPlan | None]:
         """The prompt's tokens, and the tool plan of a chat with tools or a tool history (a tool
         schema the grammar cannot enforce is a 400 raised here, naming the tool)."""
@@ -221,6 +231,7 @@ async def _neutral(produced: AsyncIterator[engine_types.GenerationEvent]) -> Asy
             done=event.done,
             finish_reason=event.finish_reason,
             stats=event.stats,
+            stop_sequence=event.stop_sequence,
         )
 
 
@@ -238,4 +249,4 @@ async def _tool_calls(
             yield GenerationEvent(text=text, tool_calls=calls, logprobs=event.logprobs)
         if event.done:
             reason = "tool_calls" if parser.calls and event.finish_reason == "stop" else event.finish_reason
-            yield GenerationEvent(done=True, finish_reason=reason, stats=event.stats)
+            yield GenerationEvent(done=True, finish_reason=reason, stats=event.stats, stop_sequence=event.stop_sequence)

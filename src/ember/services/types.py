@@ -162,6 +162,9 @@ class GenerationEvent:
     done: bool = False
     finish_reason: FinishReason | None = None
     stats: GenerationStats | None = None
+    # On the done event of an answer a stop string ended: that string (None when the provider
+    # does not say, as OpenAI-speaking upstreams do not).
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,7 @@ class Answer:
     logprobs: tuple[TokenLogprob, ...]
     finish_reason: FinishReason
     stats: GenerationStats
+    stop_sequence: str | None = None
 
 
 class AnswerBuilder:
@@ -212,4 +216,5 @@ class AnswerBuilder:
             logprobs=tuple(self._logprobs),
             finish_reason=final.finish_reason or "stop",
             stats=final.stats,
+            stop_sequence=final.stop_sequence,
         )

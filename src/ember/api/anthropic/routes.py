@@ -1,0 +1,54 @@
+"""/v1/messages: the Anthropic Messages API over the shared services (the gateway).
+
+`?beta=true` (what the SDK's client.beta adds) and the `anthropic-version` and
+`anthropic-beta` headers are accepted and change nothing: ember has one version of this API,
+and a beta it does not know is not an error (its fields, if any, are judged by themselves).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from ember.api.anthropic import parse, render
+from ember.api.anthropic.protocol import CountTokensRequest, MessagesRequest
+from ember.api.deps import Services, request_context, services
+from ember.api.protocols import ANTHROPIC
+from ember.api.streaming import stream_response
+from ember.services.generation import Generation
+
+router = APIRouter(prefix="/v1", tags=["Anthropic"])
+
+
+@router.post("/messages", response_model=None)
+async def messages(body: MessagesRequest, http: Request, svc: Services = Depends(services)) -> Response:
+    request = parse.text_request(body, request_context(http))
+    ident = render.message_id()
+    if body.stream:
+        # Started before the response is, so a bad model or an over-long prompt is still an
+        # HTTP error; a failure after that is an `error` event.
+        generation = await svc.gateway.start(request)
+        return stream_response(
+            ANTHROPIC,
+            _stream(ident, generation),
+            headers=generation.response_headers(),
+        )
+    generation, answer = await svc.gateway.complete(request)
+    return JSONResponse(render.message(ident, generation.model, answer), headers=generation.response_headers())
+
+
+async def _stream(ident: str, generation: Generation) -> AsyncIterator[dict[str, Any]]:
+    try:
+        async for event in render.stream_events(ident, generation.model, generation.prompt_tokens, generation):
+            yield event
+    finally:  # the client may have gone away: stop generating and give the model back
+        await generation.aclose()
+
+
+@router.post("/messages/count_tokens")
+async def count_tokens(body: CountTokensRequest, http: Request, svc: Services = Depends(services)) -> dict[str, int]:
+    request = parse.text_request(body, request_context(http))
+    return {"input_tokens": await svc.gateway.count_tokens(request)}
