@@ -26,8 +26,8 @@ class _Strict(BaseModel):
 
 class ProviderConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    kind: Literal["local", "openai", "ollama"]
-    base_url: str | None = None  # openai: ".../v1"; ollama: the node's root URL
+    kind: Literal["local", "openai", "ollama", "anthropic"]
+    base_url: str | None = None  # openai: ".../v1"; ollama, anthropic: the server's root URL
     api_key_env: str | None = None  # the environment variable holding the key
     price_in: float = Field(0.0, ge=0)  # USD per million prompt tokens
     price_out: float = Field(0.0, ge=0)  # USD per million completion tokens
@@ -39,6 +39,10 @@ class ProviderConfig(_Strict):
     # (uvicorn's and llama-server's is 5 s), so ember never sends on one the upstream is closing.
     keepalive_expiry: float = Field(2.0, ge=0)
     headers: dict[str, str] = Field(default_factory=dict)
+    # kind = "anthropic" only: the anthropic-version header (None: "2023-06-01"), and the
+    # max_tokens sent when a request has none, which Anthropic's API requires (None: 4096).
+    anthropic_version: str | None = Field(None, min_length=1)
+    default_max_tokens: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _url_for_remote(self) -> ProviderConfig:
@@ -46,6 +50,16 @@ class ProviderConfig(_Strict):
             raise ValueError(f"provider '{self.name}' of kind {self.kind} needs base_url")
         if self.base_url and not re.match(r"^https?://", self.base_url):
             raise ValueError(f"base_url must start with http:// or https://, not {self.base_url!r}")
+        if self.kind == "anthropic" and self.base_url and self.base_url.rstrip("/").endswith("/v1"):
+            # The paths add /v1 (as the anthropic SDK's do): ".../v1/v1/messages" would be a 404.
+            raise ValueError(
+                f"base_url of an anthropic provider is the API's root, without /v1 (as the anthropic SDK's "
+                f"base_url): {self.base_url.rstrip('/').removesuffix('/v1')!r}, not {self.base_url!r}"
+            )
+        if self.kind != "anthropic":
+            for key in ("anthropic_version", "default_max_tokens"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} is for providers of kind anthropic, not {self.kind}")
         return self
 
 

@@ -51,6 +51,10 @@ def make_provider(config: ProviderConfig) -> Provider:
         from ember.gateway.remote_ollama import OllamaProvider
 
         return OllamaProvider(config)
+    if config.kind == "anthropic":
+        from ember.gateway.remote_anthropic import AnthropicProvider
+
+        return AnthropicProvider(config)
     raise ValueError(f"provider kind {config.kind} is built by the gateway itself")
 
 
@@ -277,10 +281,6 @@ class Gateway:
             except Exception:  # an observer's bug must not break serving
                 log.exception("usage observer %r failed", observer)
 
-    # -- embeddings ---------------------------------------------------------------------------
-
-    async def embed(
-        self,
     async def count_tokens(self, request: TextRequest) -> int:
         """The prompt's size in tokens, as the model that would serve `request` counts it: a
         local model tokenizes the rendered prompt; a route asks its targets in order (skipping
@@ -306,6 +306,10 @@ class Gateway:
             raise last
         raise ServiceUnavailable(f"no target of route '{route.name}' is available to count tokens")
 
+    # -- embeddings ---------------------------------------------------------------------------
+
+    async def embed(
+        self,
         model: str,
         inputs: list[str],
         *,

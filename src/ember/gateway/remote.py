@@ -71,13 +71,23 @@ Parser = Callable[[httpx.Response, StreamState], AsyncGenerator[GenerationEvent,
 CONNECTIONS_PER_CLIENT = 8
 
 
-def build_client(config: ProviderConfig, max_connections: int | None = None) -> httpx.AsyncClient:
+# The headers that carry a provider's key (read from api_key_env; None when it is unset) and
+# whatever its API wants on every request beside it.
+Credentials = Callable[[str | None], dict[str, str]]
+
+
+def bearer(key: str | None) -> dict[str, str]:
+    """OpenAI's and Ollama's way: Authorization: Bearer <key>, nothing without a key."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def build_client(
+    config: ProviderConfig, max_connections: int | None = None, credentials: Credentials = bearer
+) -> httpx.AsyncClient:
     """A pooled client for a provider; connects are bounded here, reads by our own deadlines."""
     assert config.base_url is not None, "remote providers have a base_url (checked by the config)"
-    headers = {"User-Agent": "ember-gateway", **config.headers}
     key = os.environ.get(config.api_key_env) if config.api_key_env else None
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
+    headers = {"User-Agent": "ember-gateway", **config.headers, **credentials(key or None)}
     size = max_connections or config.max_connections
     limits = httpx.Limits(
         max_connections=size, max_keepalive_connections=size, keepalive_expiry=config.keepalive_expiry
@@ -114,7 +124,8 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def error_message(body: Any) -> str | None:
-    """The message in an OpenAI ({"error": {"message"}}), Ollama ({"error": "..."}) or other error body."""
+    """The message in an OpenAI or Anthropic ({"error": {"message"}}), Ollama ({"error": "..."}) or
+    other error body."""
     if isinstance(body, dict):
         error = body.get("error", body.get("detail", body.get("message")))
         if isinstance(error, dict):
@@ -280,8 +291,11 @@ class _Shard:
 class ClientPool:
     """Small httpx clients, made as load needs them, up to the provider's max_connections."""
 
-    def __init__(self, config: ProviderConfig, per_client: int = CONNECTIONS_PER_CLIENT) -> None:
+    def __init__(
+        self, config: ProviderConfig, per_client: int = CONNECTIONS_PER_CLIENT, credentials: Credentials = bearer
+    ) -> None:
         self._config = config
+        self._credentials = credentials
         self._per_client = min(per_client, config.max_connections)
         self._most = max(1, -(-config.max_connections // self._per_client))
         self._shards: list[_Shard] = []
@@ -293,7 +307,7 @@ class ClientPool:
     def acquire(self) -> _Shard:
         shard = min(self._shards, key=lambda s: s.in_flight, default=None)
         if (shard is None or shard.in_flight >= self._per_client) and len(self._shards) < self._most:
-            shard = _Shard(build_client(self._config, self._per_client))
+            shard = _Shard(build_client(self._config, self._per_client, self._credentials))
             self._shards.append(shard)
         assert shard is not None
         shard.in_flight += 1
@@ -311,9 +325,9 @@ class ClientPool:
 class RemoteClient:
     """One provider's HTTP side: its pooled clients, its timeouts and its error mapping."""
 
-    def __init__(self, config: ProviderConfig) -> None:
+    def __init__(self, config: ProviderConfig, credentials: Credentials = bearer) -> None:
         self.config = config
-        self.pool = ClientPool(config)
+        self.pool = ClientPool(config, credentials=credentials)
         self._urls: dict[str, httpx.URL] = {}
 
     def url(self, path: str) -> httpx.URL:
