@@ -19,6 +19,7 @@ import pytest
 
 from ember.guard import required_scope
 from tests.conftest import DEFAULT_MODEL, ServerHandle, start_server
+from tests.gateway.conftest import UpstreamHandle, start_upstream, write_config
 from tests.guard import copy_home, make_key
 
 MODEL = DEFAULT_MODEL
@@ -413,3 +414,89 @@ def test_get_unknown_and_bad_paths(srv: ServerHandle, keys: Keys) -> None:
     not_json = httpx.post(srv.url("/v1/responses"), content=b"{", timeout=30,
                           headers={"Authorization": f"Bearer {keys.alice}"})
     assert not_json.status_code == 400 and "error" in not_json.json()
+
+
+# -- through a route to another server ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerHandle, UpstreamHandle]]:
+    """A server with no model of its own whose route `cloud` goes to a fake OpenAI upstream."""
+    base = tmp_path_factory.mktemp("responses-gw")
+    upstream = start_upstream(base)
+    config = write_config(base, (
+        f'[[providers]]\nname = "fake"\nkind = "openai"\nbase_url = "{upstream.v1}"\n\n'
+        '[[routes]]\nmodel = "cloud"\ntargets = ["fake/gpt-test"]\n'
+    ))
+    home = base / "home"
+    home.mkdir()
+    handle = start_server(home, base, EMBER_CONFIG=str(config))
+    try:
+        yield handle, upstream
+    finally:
+        handle.stop()
+        upstream.stop()
+
+
+def script(upstream: UpstreamHandle, body: dict[str, Any]) -> None:
+    httpx.post(upstream.url + "/_script", json=body, timeout=5).raise_for_status()
+
+
+CALLS = [{"name": "get_weather", "arguments": {"city": "Oslo"}}, {"name": "get_weather", "arguments": {"city": "Rome"}}]
+
+
+def test_route_text_then_two_calls(gw: tuple[ServerHandle, UpstreamHandle]) -> None:
+    handle, upstream = gw
+    upstream.reset()
+    script(upstream, {"text": "Checking.", "tool_calls": CALLS})
+    client = openai.OpenAI(base_url=handle.url("/v1"), api_key="none", max_retries=0)
+    whole = client.responses.create(model="cloud", input="Weather in Oslo and Rome?", tools=[WEATHER], store=False)
+    with client.responses.stream(model="cloud", input="Weather in Oslo and Rome?", tools=[WEATHER]) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    for response in (whole, final):
+        assert [item.type for item in response.output] == ["message", "function_call", "function_call"]
+        assert response.output_text == "Checking."
+        calls = [item for item in response.output if item.type == "function_call"]
+        assert [json.loads(c.arguments)["city"] for c in calls] == ["Oslo", "Rome"]
+        assert [c.call_id for c in calls] == ["call_fake0", "call_fake1"]
+    kinds = [(e.type, getattr(e, "output_index", None)) for e in events if "output_item" in e.type]
+    assert kinds == [("response.output_item.added", 0), ("response.output_item.done", 0),
+                     ("response.output_item.added", 1), ("response.output_item.added", 2),
+                     ("response.output_item.done", 1), ("response.output_item.done", 2)]
+
+
+def test_route_continuation_sends_the_conversation(gw: tuple[ServerHandle, UpstreamHandle]) -> None:
+    handle, upstream = gw
+    upstream.reset()
+    script(upstream, {"tool_calls": CALLS})
+    client = openai.OpenAI(base_url=handle.url("/v1"), api_key="none", max_retries=0)
+    first = client.responses.create(model="cloud", instructions="Be brief.", input="Weather?", tools=[WEATHER])
+    script(upstream, {})
+    outputs: Any = [{"type": "function_call_output", "call_id": f"call_fake{i}", "output": f"{i} C"} for i in (0, 1)]
+    second = client.responses.create(model="cloud", previous_response_id=first.id, input=outputs, tools=[WEATHER])
+    assert second.output_text.startswith("tok0")
+    sent = httpx.get(upstream.url + "/_last", timeout=5).json()["body"]["messages"]
+    # Instructions are not carried over; the stored turn and the new outputs are.
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool"]
+    assert [c["id"] for c in sent[1]["tool_calls"]] == ["call_fake0", "call_fake1"]
+    assert [m["tool_call_id"] for m in sent[2:]] == ["call_fake0", "call_fake1"] and sent[3]["content"] == "1 C"
+
+
+def test_route_failure_mid_stream(gw: tuple[ServerHandle, UpstreamHandle]) -> None:
+    handle, upstream = gw
+    upstream.reset()
+    upstream.control(mode="inband", drop_after=2, times=1)
+    client = openai.OpenAI(base_url=handle.url("/v1"), api_key="none", max_retries=0)
+    seen: list[Any] = []
+    with pytest.raises(openai.APIError) as caught:
+        with client.responses.stream(model="cloud", input="hi") as stream:
+            for event in stream:
+                seen.append(event)
+    types = [e.type for e in seen]
+    assert types[0] == "response.created" and types[-1] == "response.failed"
+    assert "response.output_text.delta" in types
+    assert seen[-1].response.status == "failed" and "broke" in seen[-1].response.error.message
+    assert "broke" in caught.value.message
+    with pytest.raises(openai.NotFoundError):  # nothing half-written is stored
+        client.responses.retrieve(seen[0].response.id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from typing import Any, Literal
 
 from ember.api.openai.render import error_body, error_type
@@ -115,6 +116,7 @@ def response_object(
         "output": output,
         "output_text": output_text(output),
         "usage": None if stats is None else usage(stats),
+        "completed_at": int(time.time()) if status == "completed" else None,
     }
 
 
