@@ -3,7 +3,9 @@ Anthropic's cloud (its own /v1/messages, keys required), and a gateway ember rou
 
 The real openai, ollama and anthropic clients call the gateway; what they get is compared with
 what the cloud ember answers when asked directly (temperature 0: the same neutral path on both
-sides, so the greedy text is the same).
+sides, so the greedy text is the same). The faults a real ember does not make (529 with
+Retry-After, an overloaded_error event, a dropped stream) come from the fake upstream's
+/v1/messages (ember.bench.upstream_anthropic).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import ollama
 import openai
 import pytest
 from tests.conftest import DEFAULT_MODEL, ServerHandle, free_port, start_server
-from tests.gateway.conftest import write_config
+from tests.gateway.conftest import UpstreamHandle, write_config
 
 from ember.guard.keys import KeyStore, parse_scopes
 
@@ -63,7 +65,7 @@ def cloud(model_home: Path, logs: Path) -> Iterator[Cloud]:
 
 
 @pytest.fixture(scope="module")
-def gateway(cloud: Cloud, logs: Path) -> Iterator[ServerHandle]:
+def gateway(cloud: Cloud, fake: UpstreamHandle, logs: Path) -> Iterator[ServerHandle]:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     config = write_config(
         logs,
@@ -88,9 +90,22 @@ kind = "anthropic"
 base_url = "{dead}"
 connect_timeout = 2
 
+[[providers]]
+name = "fakeclaude"
+kind = "anthropic"
+base_url = "{fake.url}"
+api_key_env = "CLOUD_KEY"
+anthropic_version = "2024-01-01"
+default_max_tokens = 6
+
 [[routes]]
 model = "chat"
 targets = ["claude/{DEFAULT_MODEL}"]
+
+[[routes]]
+model = "flaky"
+targets = ["fakeclaude/m", "claude/{DEFAULT_MODEL}"]
+breaker = {{ failures = 100, cooldown = 1 }}
 
 [[routes]]
 model = "badkey"
@@ -355,3 +370,86 @@ def _provider_row(gateway: ServerHandle) -> dict[str, Any]:
     rows = httpx.get(gateway.url("/admin/usage"), params={"by": "provider"}, timeout=10).json()["rows"]
     return next((r for r in rows if r["provider"] == "claude"), {"requests": 0, "tokens_in": 0, "tokens_out": 0,
                                                                  "cost": 0.0})
+
+
+# -- faults, from the fake upstream's /v1/messages -------------------------------------------------------
+
+
+@pytest.mark.usefixtures("clean_fake")
+def test_the_configured_key_version_and_default_max_tokens_are_sent(
+    gateway: ServerHandle, fake: UpstreamHandle, cloud: Cloud
+) -> None:
+    answer = openai_client(gateway).chat.completions.create(
+        model="fakeclaude/m", messages=[{"role": "system", "content": "Be brief."}, *QUESTION]
+    )
+    assert answer.choices[0].message.content == "tok0 tok1 tok2 tok3 tok4 tok5 "
+    assert answer.choices[0].finish_reason == "length"
+    last = httpx.get(fake.url + "/_last", timeout=5).json()
+    assert last["path"] == "/v1/messages"
+    assert last["headers"]["x-api-key"] == cloud.key
+    assert last["headers"]["anthropic-version"] == "2024-01-01"
+    assert "authorization" not in last["headers"]
+    assert last["body"]["max_tokens"] == 6 and last["body"]["stream"] is True
+    assert last["body"]["system"] == "Be brief."
+
+
+@pytest.mark.usefixtures("clean_fake")
+def test_text_then_tool_calls_stream_as_openai_deltas(gateway: ServerHandle, fake: UpstreamHandle) -> None:
+    httpx.post(fake.url + "/_script", timeout=5, json={
+        "text": "Checking.", "tool_calls": [{"name": "weather", "arguments": {"city": "Oslo"}}, {"name": "clock"}],
+        "fragments": 3}).raise_for_status()
+    chunks = list(openai_client(gateway).chat.completions.create(
+        model="fakeclaude/m", messages=QUESTION, tools=[WEATHER], max_tokens=50, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Checking."
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or ()]
+    firsts = [(d.index, d.id, d.function.name if d.function else None) for d in deltas if d.id]
+    assert firsts == [(0, "toolu_fake0", "weather"), (1, "toolu_fake1", "clock")]
+    arguments = ["".join(d.function.arguments or "" for d in deltas if d.index == i and d.function) for i in (0, 1)]
+    assert [json.loads(a) for a in arguments] == [{"city": "Oslo"}, {}]
+    assert len([d for d in deltas if d.index == 0]) > 2  # the fragments came as they were sent
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.usefixtures("clean_fake")
+@pytest.mark.parametrize("fault", [
+    {"mode": "error", "status": 529},
+    {"mode": "error", "status": 429, "retry_after": 0.2},
+    {"mode": "inband", "drop_after": 0},  # an overloaded_error event before any text
+    {"mode": "drop", "drop_after": 0},  # the connection closed before any text
+])
+def test_an_overloaded_anthropic_target_fails_over(
+    gateway: ServerHandle, fake: UpstreamHandle, direct: str, fault: dict[str, Any]
+) -> None:
+    fake.control(times=1, **fault)
+    raw = openai_client(gateway).chat.completions.with_raw_response.create(
+        model="flaky", messages=QUESTION, temperature=0, max_tokens=24
+    )
+    assert raw.headers["x-ember-provider"] == "claude" and raw.headers["x-ember-attempts"] == "2"
+    assert raw.parse().choices[0].message.content == direct
+    assert fake.stats()["by_path"]["/v1/messages"] == 1
+
+
+@pytest.mark.usefixtures("clean_fake")
+def test_an_anthropic_400_is_the_clients_answer_with_the_upstreams_message(
+    gateway: ServerHandle, fake: UpstreamHandle
+) -> None:
+    fake.control(mode="error", status=400)
+    with pytest.raises(openai.BadRequestError) as caught:
+        openai_client(gateway).chat.completions.create(model="flaky", messages=QUESTION, max_tokens=4)
+    assert "fake upstream error 400" in caught.value.message
+    assert fake.stats()["by_path"]["/v1/messages"] == 1  # not tried again, and no fallback
+
+
+@pytest.mark.usefixtures("clean_fake")
+def test_a_stream_broken_after_its_first_tokens_ends_with_an_error(
+    gateway: ServerHandle, fake: UpstreamHandle
+) -> None:
+    fake.control(mode="inband", drop_after=2)
+    text = ""
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in openai_client(gateway).chat.completions.create(
+            model="fakeclaude/m", messages=QUESTION, max_tokens=8, stream=True
+        ):
+            text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+    assert text == "tok0 tok1 "
+    assert "overloaded_error" in caught.value.message

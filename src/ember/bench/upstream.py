@@ -1,4 +1,4 @@
-"""A fake model server that speaks OpenAI and Ollama, with faults on demand.
+"""A fake model server that speaks OpenAI, Ollama and Anthropic, with faults on demand.
 
     python -m ember.bench.upstream --host 127.0.0.1 --port 8001 [--token-delay 0]
 
@@ -18,6 +18,7 @@ tool calls: OpenAI streams each call as a delta with index, id (call_fake<i>) an
 arguments' JSON text in `fragments` pieces, and finishes with "tool_calls"; Ollama sends each
 call whole in a chunk of its own, arguments as an object, done_reason "stop". A request asking
 for logprobs gets them with each token: logprob -0.5, alternatives "alt1", "alt2"... (-1.5, -2.5...).
+Anthropic's /v1/messages: see upstream_anthropic.py.
 
 Faults apply to the POST model endpoints (generation and embeddings); "times" requests get
 the fault, then the server is back to "ok" (null: until changed). "hang" sends nothing until
@@ -48,6 +49,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ember.bench import upstream_anthropic as anthropic
 
 Mode = Literal["ok", "error", "hang", "drop", "garbage", "inband"]
 MODES = ("ok", "error", "hang", "drop", "garbage", "inband")
@@ -139,7 +142,7 @@ class Answer:
 
     upstream: Upstream
     fault: Fault
-    protocol: Literal["openai", "ollama"]
+    protocol: Literal["openai", "ollama", "anthropic"]
     content_type: str
     tail: Callable[[int, Timing], bytes]  # what follows the tokens (or the whole non-streamed body)
     pieces: list[bytes] = field(default_factory=list)  # one per token, when streaming
@@ -234,6 +237,8 @@ class Answer:
 
 def _breakage(protocol: str, mode: str) -> bytes:
     """The end of a stream broken on purpose: a chunk that is not JSON, or an in-band error."""
+    if protocol == "anthropic":
+        return anthropic.breakage(mode)
     if protocol == "openai":
         if mode == "garbage":
             return b"data: {not json\n\ndata: [DONE]\n\n"
@@ -272,6 +277,8 @@ async def _send_error(send: Send, protocol: str, status: int, retry_after: float
     if protocol == "openai":
         kind = "rate_limit_error" if status == 429 else "server_error"
         payload: dict[str, Any] = {"error": {"message": message, "type": kind, "param": None, "code": status}}
+    elif protocol == "anthropic":
+        payload = anthropic.error_payload(status, message)
     else:
         payload = {"error": message}
     body = _dumps(payload)
@@ -354,6 +361,8 @@ def _bad(protocol: str, message: str) -> JSONResponse:
     payload: dict[str, Any] = (
         {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
         if protocol == "openai"
+        else anthropic.error_payload(400, message)
+        if protocol == "anthropic"
         else {"error": message}
     )
     return JSONResponse(payload, status_code=400)
@@ -617,12 +626,15 @@ Handler = Callable[[Request], Awaitable[Any]]
 
 
 def build_app(up: Upstream) -> ASGIApp:
-    def model_endpoint(protocol: Literal["openai", "ollama"], make: Callable[[dict[str, Any]], Answer]) -> Handler:
+    def model_endpoint(
+        protocol: Literal["openai", "ollama", "anthropic"], make: Callable[[dict[str, Any]], Answer | Response]
+    ) -> Handler:
         async def endpoint(request: Request) -> Any:
             body = await _json(request)
             if body is None:
                 return _bad(protocol, "the body must be a JSON object")
-            up.last = {"path": request.url.path, "body": body}
+            # The headers too: what a provider sends as its key and version.
+            up.last = {"path": request.url.path, "body": body, "headers": dict(request.headers)}
             return make(body)
 
         return endpoint
@@ -694,6 +706,12 @@ def build_app(up: Upstream) -> ASGIApp:
         Route("/v1/completions", model_endpoint("openai", lambda b: _openai_generate(up, b, False)), methods=["POST"]),
         Route("/v1/embeddings", model_endpoint("openai", lambda b: _openai_embeddings(up, b)), methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/messages", model_endpoint("anthropic", lambda b: anthropic.messages(up, b)), methods=["POST"]),
+        Route(
+            "/v1/messages/count_tokens",
+            model_endpoint("anthropic", lambda b: JSONResponse(anthropic.count_tokens(b))),
+            methods=["POST"],
+        ),
         Route("/api/chat", model_endpoint("ollama", lambda b: _ollama_generate(up, b, True)), methods=["POST"]),
         Route("/api/generate", model_endpoint("ollama", lambda b: _ollama_generate(up, b, False)), methods=["POST"]),
         Route("/api/embed", model_endpoint("ollama", lambda b: _ollama_embed(up, b, False)), methods=["POST"]),
