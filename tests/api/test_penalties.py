@@ -118,3 +118,32 @@ def test_top_k_one_is_greedy(oll: ollama.Client, greedy: str) -> None:
 def test_min_p_one_is_greedy(oll: ollama.Client, greedy: str) -> None:
     # min_p keeps tokens at least min_p times as likely as the best: at 1, only the best.
     assert [hot(oll, seed, min_p=1.0) for seed in SEEDS] == [greedy] * len(SEEDS)
+
+
+def test_openai_api_takes_llama_servers_sampling_extensions(oai: openai.OpenAI) -> None:
+    """top_k, min_p, repeat_penalty (and vLLM's repetition_penalty), repeat_last_n on /v1 mean what
+    they mean in Ollama's options: the same sampler, the same text."""
+
+    def complete(prompt: str, max_tokens: Any = N, **extra: Any) -> str:
+        return oai.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=max_tokens, extra_body=extra
+        ).choices[0].text
+
+    assert complete(LOOP_5, temperature=0, repeat_penalty=1.0) == " hello" * N
+    assert complete(LOOP_5, temperature=0, repetition_penalty=1.0) == " hello" * N
+    assert complete(LOOP_5, temperature=0, repeat_penalty=1.5, repeat_last_n=0) == " hello" * N
+
+    def chat(**extra: Any) -> str:
+        messages: Any = [{"role": "user", "content": QUESTION}]
+        reply = oai.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, extra_body=extra)
+        return reply.choices[0].message.content or ""
+
+    cold = chat(temperature=0)
+    assert all(chat(temperature=1.5, seed=seed) != cold for seed in SEEDS)  # the control
+    for name, value in (("top_k", 1), ("min_p", 1.0)):
+        answers = [chat(temperature=1.5, seed=seed, **{name: value}) for seed in SEEDS]
+        assert answers == [cold] * len(SEEDS), name
+    with pytest.raises(openai.BadRequestError, match="one setting"):
+        complete(LOOP_5, repeat_penalty=1.0, repetition_penalty=1.2)
+    with pytest.raises(openai.BadRequestError, match="top_k"):
+        complete(LOOP_5, top_k=-1)

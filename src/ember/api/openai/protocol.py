@@ -93,6 +93,21 @@ class _Sampling(_Wire):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     seed: int | None = None
     logit_bias: dict[str, float] | None = None  # refused unless empty
+    # Sampling extensions llama-server and vLLM accept on their OpenAI APIs, with llama.cpp's
+    # meanings, so a client (or a benchmark) can ask every server for the same sampling.
+    top_k: int | None = Field(None, ge=0)  # 0: off
+    min_p: float | None = Field(None, ge=0, le=1)
+    typical_p: float | None = Field(None, gt=0, le=1)
+    repeat_penalty: float | None = Field(None, gt=0, le=10)  # 1: off
+    repetition_penalty: float | None = Field(None, gt=0, le=10)  # vLLM's name for repeat_penalty
+    repeat_last_n: int | None = Field(None, ge=-1)  # -1: the whole context
+
+    def repeat_penalty_value(self) -> float | None:
+        """repeat_penalty, or vLLM's repetition_penalty: both are one setting."""
+        both = self.repeat_penalty is not None and self.repetition_penalty is not None
+        if both and self.repeat_penalty != self.repetition_penalty:
+            raise ValueError("repeat_penalty and repetition_penalty are one setting: send one, or the same value")
+        return self.repeat_penalty if self.repeat_penalty is not None else self.repetition_penalty
 
     @field_validator("stop")
     @classmethod

@@ -7,7 +7,7 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -30,17 +30,30 @@ from ember.services.types import TextRequest
 from ember.services.validation import validate_request
 
 router = APIRouter(prefix="/v1", tags=["OpenAI"])
+_T = TypeVar("_T")
+
+
+def _pick(value: _T | None, default: _T) -> _T:
+    return default if value is None else value
 
 
 def _sampling(body: _Sampling) -> SamplingParams:
     # Unset fields keep ember's defaults (repeat penalty included), as Ollama's
     # OpenAI layer does: small models loop without it.
-    defaults = SamplingParams()
+    d = SamplingParams()
+    try:
+        repeat_penalty = body.repeat_penalty_value()
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="repetition_penalty") from exc
+
     return SamplingParams(
-        temperature=body.temperature if body.temperature is not None else defaults.temperature,
-        top_p=body.top_p if body.top_p is not None else defaults.top_p,
-        top_k=defaults.top_k,
-        min_p=defaults.min_p,
+        temperature=_pick(body.temperature, d.temperature),
+        top_p=_pick(body.top_p, d.top_p),
+        top_k=_pick(body.top_k, d.top_k),
+        min_p=_pick(body.min_p, d.min_p),
+        typical_p=_pick(body.typical_p, d.typical_p),
+        repeat_penalty=_pick(repeat_penalty, d.repeat_penalty),
+        repeat_last_n=_pick(body.repeat_last_n, d.repeat_last_n),
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
         seed=body.seed,
