@@ -235,3 +235,56 @@ def test_count_tokens_bad_input(server) -> None:
     response = post(server, "/v1/messages/count_tokens", {"model": MODEL, "messages": HI, "max_tokens": 5})
     assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
     assert "max_tokens" in response.json()["error"]["message"]
+
+
+def test_output_config_format_holds_the_answer_to_a_schema(client: anthropic.Anthropic) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}
+    reply = client.messages.create(model=MODEL, max_tokens=40, messages=[{"role": "user", "content": "A city?"}],
+                                   output_config={"format": {"type": "json_schema", "schema": schema}})
+    assert reply.stop_reason == "end_turn"
+    jsonschema.validate(json.loads(reply.content[0].text), schema)
+
+
+# -- units: no server -------------------------------------------------------------------------
+
+
+def test_error_types_by_status() -> None:
+    from ember.api.anthropic.render import error_body, error_type
+    from ember.errors import RateLimited, ServiceUnavailable
+
+    expected = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 413: "request_too_large", 422: "invalid_request_error",
+                429: "rate_limit_error", 500: "api_error", 502: "api_error", 503: "overloaded_error",
+                504: "api_error", 529: "overloaded_error"}
+    assert {status: error_type(status) for status in expected} == expected
+    busy = ServiceUnavailable("busy", retry_after=3)
+    assert error_body(busy) == {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+    assert busy.headers == {"Retry-After": "3"}
+    assert error_body(RateLimited("slow down", retry_after=2))["error"]["type"] == "rate_limit_error"
+
+
+def test_stop_reasons_usage_and_ids() -> None:
+    from ember.api.anthropic.render import stop_reason, tool_use_id, usage
+    from ember.engine.types import GenerationStats
+
+    assert stop_reason("stop", None, False) == "end_turn"
+    assert stop_reason("stop", "END", False) == "stop_sequence"
+    assert stop_reason("length", None, True) == "max_tokens"
+    assert stop_reason("tool_calls", None, True) == stop_reason("stop", None, True) == "tool_use"
+    stats = GenerationStats(prompt_tokens=30, completion_tokens=5, prompt_eval_seconds=0, eval_seconds=0,
+                            cached_prompt_tokens=12)
+    assert usage(stats) == {"input_tokens": 18, "output_tokens": 5, "cache_read_input_tokens": 12,
+                            "cache_creation_input_tokens": 0}
+    assert tool_use_id("call_abc") == "toolu_abc" and tool_use_id("toolu_x") == "toolu_x"
+
+
+def test_the_matched_stop_sequence_survives_the_cache() -> None:
+    from ember.cache.entry import CachedAnswer
+    from ember.engine.types import GenerationStats
+
+    stats = GenerationStats(prompt_tokens=3, completion_tokens=2, prompt_eval_seconds=0, eval_seconds=0)
+    answer = CachedAnswer(model="m", provider="local", pieces=("a",), finish_reason="stop", stats=stats,
+                          stop_sequence="END")
+    assert CachedAnswer.decode(answer.encode()) == answer
+    plain = CachedAnswer(model="m", provider="local", pieces=("a",), finish_reason="stop", stats=stats)
+    assert CachedAnswer.decode(plain.encode()) == plain

@@ -34,6 +34,17 @@ def test_earliest_of_several_stops_wins() -> None:
     assert run(["one two three"], ["three", "two"]) == ("one ", True)
 
 
+def test_the_matched_stop_is_named() -> None:
+    matcher = StopMatcher(["three", "", "two", "tw"])
+    assert matcher.matched is None
+    assert matcher.feed("one t") == "one "
+    assert matcher.feed("wo three") == ""
+    assert matcher.stopped and matcher.matched == "two"  # earliest; at one position, the first listed
+    unmatched = StopMatcher(["zzz"])
+    assert unmatched.feed("abc") == "abc" and unmatched.flush() == ""
+    assert not unmatched.stopped and unmatched.matched is None
+
+
 def test_no_stops_passes_through() -> None:
     assert run(["a", "b", "c"], []) == ("abc", False)
 

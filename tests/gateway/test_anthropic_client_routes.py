@@ -168,11 +168,11 @@ def test_a_stream_that_breaks_midway_ends_with_an_error_event(gateway: ServerHan
 
 def test_upstream_refusals_keep_anthropic_types_and_retry_after(client: anthropic.Anthropic,
                                                                 fake: UpstreamHandle) -> None:
-    fake.control(mode="error", status=429, retry_after=7)
+    fake.control(mode="error", status=429, retry_after=1)
     with pytest.raises(anthropic.RateLimitError) as limited:
         client.messages.create(model="fake/limited", max_tokens=3, messages=HI)
     assert limited.value.body["error"]["type"] == "rate_limit_error"
-    assert limited.value.response.headers["retry-after"] == "7"
+    assert limited.value.response.headers["retry-after"] == "1"
     fake.control(mode="error", status=500)
     with pytest.raises(anthropic.APIStatusError) as failed:
         client.messages.create(model="fake/failing", max_tokens=3, messages=HI)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ember.api.anthropic.protocol import ContentBlockIn, MessageIn, MessagesRequest, ToolChoiceIn, _Prompt
+from ember.api.anthropic.protocol import ContentBlockIn, MessageIn, MessagesRequest, PromptRequest, ToolChoiceIn
 from ember.engine.types import SamplingParams
 from ember.errors import BadRequest, UnsupportedParameter
 from ember.services.types import (
@@ -41,7 +41,7 @@ _BLOCKS = "text, image, tool_use and tool_result"
 MAX_STOP_SEQUENCES = 64
 
 
-def text_request(body: _Prompt, context: RequestContext) -> TextRequest:
+def text_request(body: PromptRequest, context: RequestContext) -> TextRequest:
     """The neutral request of a messages.create (or, without its sampling fields, of a
     messages.count_tokens: the same prompt, so the same token count)."""
     _refuse_unsupported(body)
@@ -68,7 +68,7 @@ def text_request(body: _Prompt, context: RequestContext) -> TextRequest:
     return request
 
 
-def _refuse_unsupported(body: _Prompt) -> None:
+def _refuse_unsupported(body: PromptRequest) -> None:
     thinking = body.thinking
     if thinking is not None and thinking.type != "disabled":
         raise UnsupportedParameter(
@@ -284,7 +284,7 @@ def _tool_result(block: ContentBlockIn, where: str, calls: dict[str, str]) -> Ch
 # -- tools and formats ------------------------------------------------------------------------
 
 
-def _tools(body: _Prompt) -> tuple[Tool, ...]:
+def _tools(body: PromptRequest) -> tuple[Tool, ...]:
     tools: list[Tool] = []
     for i, tool in enumerate(body.tools or ()):
         if tool.type not in (None, "custom"):
@@ -318,11 +318,12 @@ def _tool_choice(choice: ToolChoiceIn | None, tools: tuple[Tool, ...]) -> tuple[
         if not choice.name:
             raise BadRequest("tool_choice of type 'tool' needs the tool's 'name'", param="tool_choice.name")
         return ToolChoice(mode="function", name=choice.name), parallel
-    mode = {"auto": "auto", "any": "required", "none": "none"}[choice.type]
-    return ToolChoice(mode=mode), parallel  # type: ignore[arg-type]  # the dict's values are the Literal's
+    if choice.type == "any":  # at least one call
+        return ToolChoice(mode="required"), parallel
+    return ToolChoice(mode=choice.type), parallel
 
 
-def _response_format(body: _Prompt) -> ResponseFormat:
+def _response_format(body: PromptRequest) -> ResponseFormat:
     form = body.output_config.format if body.output_config is not None else None
     if form is None:
         return ResponseFormat()

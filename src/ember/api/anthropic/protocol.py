@@ -78,7 +78,7 @@ class OutputConfigIn(_Strict):
     format: OutputFormatIn | None = None
 
 
-class _Prompt(_Strict):
+class PromptRequest(_Strict):
     """What a prompt is made of: the fields messages.create and messages.count_tokens share."""
 
     model: str = Field(min_length=1)
@@ -101,7 +101,7 @@ class _Prompt(_Strict):
     context_management: Any = None
 
 
-class MessagesRequest(_Prompt):
+class MessagesRequest(PromptRequest):
     max_tokens: int = Field(ge=1)
     stop_sequences: list[str] | None = None
     stream: bool = False
@@ -112,5 +112,5 @@ class MessagesRequest(_Prompt):
     service_tier: Literal["auto", "standard_only"] | None = None
 
 
-class CountTokensRequest(_Prompt):
+class CountTokensRequest(PromptRequest):
     pass
