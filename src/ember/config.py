@@ -192,6 +192,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024**2, description="Largest request body (bytes or e.g. 4MiB); 413 above.")
     max_messages: int = Field(1024, ge=1, description="Most messages in one chat request; 400 above.")
     max_tokens_limit: int | None = Field(None, ge=1, description="Largest max_tokens a request may ask; 400 above.")
+    # Batch lines across nodes (jobs/redis_queue.py)
+    batch_claim_idle: float = Field(
+        60.0,
+        gt=0,
+        description="With EMBER_REDIS_URL: how long a node may go silent on the batch lines it holds "
+        "before another node takes them over (duration).",
+    )
 
     @field_validator("keep_alive", mode="before")
     @classmethod
@@ -204,6 +211,12 @@ class Settings(BaseSettings):
     def _ttl(cls, value: Any) -> float:
         seconds = parse_duration(value)
         return 3600.0 if seconds is None else seconds
+
+    @field_validator("batch_claim_idle", mode="before")
+    @classmethod
+    def _claim_idle(cls, value: Any) -> float:
+        seconds = parse_duration(value)
+        return 60.0 if seconds is None else seconds
 
     @field_validator("max_memory", "max_body_bytes", mode="before")
     @classmethod
