@@ -50,7 +50,8 @@ def env(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     base = tmp_path_factory.mktemp("responses")
     home = copy_home(model_home, base / "home")
     keys = Keys(home)
-    handle = start_server(home, base, EMBER_AUTH="required", EMBER_MAX_TOKENS_LIMIT=str(CAP))
+    handle = start_server(home, base, EMBER_AUTH="required", EMBER_MAX_TOKENS_LIMIT=str(CAP),
+                          EMBER_MAX_MESSAGES="8")
     try:
         yield handle, keys
     finally:
@@ -303,6 +304,25 @@ def test_get_and_delete(srv: ServerHandle, keys: Keys, client: openai.OpenAI) ->
     assert post(srv, keys.alice, {"input": "Hi", "previous_response_id": deleted.json()["id"]}).status_code == 404
 
 
+def test_input_items(client: openai.OpenAI) -> None:
+    """GET /v1/responses/{id}/input_items: this response's own input, newest first unless asked."""
+    items: Any = [
+        {"role": "user", "content": "Hi"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hello"}]},
+        {"role": "user", "content": [{"type": "input_text", "text": "Bye"}]},
+    ]
+    response = client.responses.create(model=MODEL, input=items, max_output_tokens=2)
+    listed = client.responses.input_items.list(response.id)
+    assert [i.role for i in listed.data] == ["user", "assistant", "user"]  # type: ignore[union-attr]
+    assert listed.data[0].content[0].text == "Bye"  # type: ignore[union-attr]
+    first = client.responses.input_items.list(response.id, order="asc", limit=2)
+    assert first.has_more and [i.content[0].text for i in first.data] == ["Hi", "Hello"]  # type: ignore[union-attr]
+    rest = client.responses.input_items.list(response.id, order="asc", after=first.last_id)
+    assert not rest.has_more and [i.content[0].text for i in rest.data] == ["Bye"]  # type: ignore[union-attr]
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_items.list("resp_unknown")
+
+
 def test_stored_stream_is_retrievable(client: openai.OpenAI) -> None:
     with client.responses.stream(model=MODEL, input="Hi there", max_output_tokens=6) as stream:
         last = list(stream)[-1]
@@ -350,7 +370,7 @@ BAD: list[tuple[str, dict[str, Any], str | None]] = [
     ("message without content", {"input": [{"role": "user"}]}, "input[0].content"),
     ("wrong part type", {"input": [{"role": "user", "content": [{"type": "input_audio"}]}]}, "input[0].content[0].type"),
     ("image on a local model", {"input": [{"role": "user", "content": [
-        {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]}, "messages[0].content"),
+        {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]}, "input[0].content"),
     ("unanswered call output",
      {"input": [{"role": "user", "content": "hi"}, {"type": "function_call_output", "call_id": "call_x", "output": "1"}]},
      "input[1].call_id"),
@@ -381,6 +401,9 @@ BAD: list[tuple[str, dict[str, Any], str | None]] = [
     ("temperature", {"input": "hi", "temperature": 3}, "temperature"),
     ("too much metadata", {"input": "hi", "metadata": {str(i): "v" for i in range(17)}}, "metadata"),
     ("unknown model", {"model": "nope:1b", "input": "hi"}, "model"),
+    ("bad format name", {"input": "hi", "text": {"format": {"type": "json_schema", "name": "a b", "schema": {}}}},
+     "text.format.name"),
+    ("too many items", {"input": [{"role": "user", "content": "hi"}] * 9}, "input"),
 ]
 
 

@@ -35,6 +35,7 @@ _EXACT = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "chat",
     "/v1/responses": "chat",
+    "/v1/responses": "chat",
     "/v1/messages": "chat",
     "/v1/messages/count_tokens": "chat",
     "/api/chat": "chat",
@@ -54,7 +55,7 @@ _EXACT = {
     "/api/create": "admin",
     "/metrics": "admin",
 }
-_PREFIXES = (("/v1/models/", "models"), ("/v1/responses/", "chat"), ("/admin/", "admin"), ("/api/blobs/", "admin"))
+_PREFIXES = (("/v1/models/", "models"), ("/v1/responses/", "chat"), ("/v1/responses/", "chat"), ("/admin/", "admin"), ("/api/blobs/", "admin"))
 # Bodies of these are peeked at for the message and max_tokens caps.
 _GENERATION = frozenset(
     {"/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses", "/api/chat", "/api/generate"}
@@ -123,9 +124,10 @@ def check_caps(settings: Settings, path: str, body: bytes) -> None:
         return
     if not isinstance(data, dict):
         return
-    messages = data.get("messages")
+    field = "input" if path == "/v1/responses" else "messages"  # a Responses input is a list of items
+    messages = data.get(field)
     if isinstance(messages, list) and len(messages) > settings.max_messages:
-        raise BadRequest(f"too many messages: {len(messages)}, at most {settings.max_messages}", param="messages")
+        raise BadRequest(f"too many messages: {len(messages)}, at most {settings.max_messages}", param=field)
     limit = settings.max_tokens_limit
     if limit is None:
         return
@@ -133,6 +135,7 @@ def check_caps(settings: Settings, path: str, body: bytes) -> None:
     asked = [
         ("max_tokens", data.get("max_tokens")),
         ("max_completion_tokens", data.get("max_completion_tokens")),
+        ("max_output_tokens", data.get("max_output_tokens")),  # /v1/responses
         ("max_output_tokens", data.get("max_output_tokens")),  # /v1/responses
         ("num_predict", options.get("num_predict") if isinstance(options, dict) else None),
     ]

@@ -6,6 +6,8 @@ of the offending field; checks every protocol shares are services/validation.py'
 
 from __future__ import annotations
 
+import re
+
 from ember.api.responses.protocol import ContentPartIn, InputItem, ResponseCreateRequest, ToolChoiceIn
 from ember.errors import BadRequest, UnsupportedParameter
 from ember.services.types import ChatMessage, ContentPart, ImagePart, ResponseFormat, Tool, ToolCall, ToolChoice
@@ -15,6 +17,7 @@ MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 # `include` values ember honours: encrypted reasoning is empty for models that do not reason.
 HARMLESS_INCLUDES = frozenset({"reasoning.encrypted_content"})
 _METADATA_PAIRS, _METADATA_KEY, _METADATA_VALUE = 16, 64, 512
+_FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for a json_schema format's name
 
 
 def refuse_unsupported(body: ResponseCreateRequest) -> None:
@@ -66,20 +69,22 @@ def _check_metadata(metadata: dict[str, str]) -> None:
             raise BadRequest(f"metadata[{key!r}] is longer than {_METADATA_VALUE} characters", param="metadata")
 
 
-def input_messages(body: ResponseCreateRequest, earlier_calls: dict[str, str]) -> list[ChatMessage]:
-    """The request's `input` as messages. `earlier_calls` (call_id -> function name) are the calls
-    of the conversation it continues; a function_call_output must answer one of those or a
-    function_call earlier in this input."""
+def input_messages(body: ResponseCreateRequest, earlier_calls: dict[str, str]) -> tuple[list[ChatMessage], list[str]]:
+    """The request's `input` as messages, and for each the field it came from ("input[2]"), for
+    errors the service raises about a message. `earlier_calls` (call_id -> function name) are
+    the calls of the conversation it continues; a function_call_output must answer one of
+    those or a function_call earlier in this input."""
     if body.input is None:
         raise BadRequest("missing required field 'input'", param="input")
     if isinstance(body.input, str):
         if not body.input:
             raise BadRequest("input must not be empty", param="input")
-        return [ChatMessage(role="user", content=body.input)]
+        return [ChatMessage(role="user", content=body.input)], ["input"]
     if not body.input:
         raise BadRequest("input must contain at least one item", param="input")
     calls = dict(earlier_calls)
     messages: list[ChatMessage] = []
+    origins: list[str] = []
     for i, item in enumerate(body.input):
         kind = item.type or ("message" if item.role is not None else None)
         if kind == "message":
@@ -97,7 +102,8 @@ def input_messages(body: ResponseCreateRequest, earlier_calls: dict[str, str]) -
                 f"input[{i}] is a '{kind}' item: ember takes message, function_call and function_call_output items",
                 param=f"input[{i}].type",
             )
-    return messages
+        origins += [f"input[{i}]"] * (len(messages) - len(origins))
+    return messages, origins
 
 
 def _message(i: int, item: InputItem) -> ChatMessage:
@@ -236,7 +242,9 @@ def response_format(body: ResponseCreateRequest) -> ResponseFormat:
             "text.format.schema is missing: a json_schema format needs the JSON schema the answer must follow",
             param="text.format.schema",
         )
-    if not form.name:
-        raise BadRequest("text.format.name is missing: a json_schema format needs a name", param="text.format.name")
+    if not form.name or not _FORMAT_NAME.fullmatch(form.name):
+        raise BadRequest(
+            "text.format.name must be 1 to 64 letters, digits, underscores or dashes", param="text.format.name"
+        )
     check_schema(form.schema_, "text.format.schema", want_object=False)
     return ResponseFormat(type="json_schema", schema=form.schema_, name=form.name, strict=bool(form.strict))

@@ -31,6 +31,7 @@ class InputItem(_Wire):
     """A message (`type` "message" or absent), a function_call or a function_call_output."""
 
     type: str | None = None
+    id: str | None = None  # kept for input_items; never sent to the model
     role: str | None = None
     content: str | list[ContentPartIn] | None = None
     call_id: str | None = None

@@ -18,6 +18,7 @@ import time
 from typing import Any, Literal
 
 from ember.api.openai.render import error_body, error_type
+from ember.api.responses.protocol import ContentPartIn, InputItem, ResponseCreateRequest
 from ember.engine.types import GenerationStats
 from ember.errors import EmberError
 from ember.services.types import Answer, FinishReason, GenerationEvent, ToolCall
@@ -83,6 +84,56 @@ def output_items(answer: Answer) -> list[dict[str, Any]]:
         items.append(message_item(new_id("msg"), answer.text, status))
     items += [function_call_item(new_id("fc"), call, status) for call in answer.tool_calls]
     return items
+
+
+def input_items(body: ResponseCreateRequest) -> list[dict[str, Any]]:
+    """The request's input as the items GET /v1/responses/{id}/input_items lists, each with an id
+    (the one the client gave, or a new one)."""
+    items = [InputItem(role="user", content=body.input)] if isinstance(body.input, str) else list(body.input or ())
+    out = []
+    for item in items:
+        if item.type == "function_call":
+            call = ToolCall(id=item.call_id or "", name=item.name or "", arguments=item.arguments or "{}")
+            out.append(function_call_item(item.id or new_id("fc"), call, "completed"))
+        elif item.type == "function_call_output":
+            output: Any = item.output if isinstance(item.output, str) else [_input_part(p) for p in item.output or ()]
+            out.append(
+                {
+                    "type": "function_call_output",
+                    "id": item.id or new_id("fco"),
+                    "call_id": item.call_id,
+                    "output": output,
+                    "status": "completed",
+                }
+            )
+        elif item.role == "assistant":
+            text = (
+                item.content
+                if isinstance(item.content, str)
+                else "".join(p.text or p.refusal or "" for p in item.content or ())
+            )
+            out.append(message_item(item.id or new_id("msg"), text, "completed"))
+        else:
+            parts = (
+                [ContentPartIn(type="input_text", text=item.content)] if isinstance(item.content, str) else item.content
+            )
+            content = [_input_part(p) for p in parts or ()]
+            out.append(
+                {
+                    "type": "message",
+                    "id": item.id or new_id("msg"),
+                    "role": item.role,
+                    "status": "completed",
+                    "content": content,
+                }
+            )
+    return out
+
+
+def _input_part(part: ContentPartIn) -> dict[str, Any]:
+    if part.type == "input_image":
+        return {"type": "input_image", "image_url": part.image_url, "detail": "auto"}
+    return {"type": "input_text", "text": part.text or ""}
 
 
 def output_text(items: list[dict[str, Any]]) -> str:

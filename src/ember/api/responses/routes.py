@@ -7,11 +7,13 @@ then starts with the tokens the earlier request left in the KV cache, which pref
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from ember.api.deps import Services, request_context, services
@@ -22,12 +24,13 @@ from ember.api.responses.store import ResponseStore, StoredResponse
 from ember.api.streaming import stream_response
 from ember.engine.grammar import GrammarError
 from ember.engine.types import SamplingParams
-from ember.errors import EmberError, NotFound, UnsupportedParameter
+from ember.errors import BadRequest, EmberError, NotFound, UnsupportedParameter
 from ember.services.generation import DROPPED_FIELDS, Generation
 from ember.services.types import Answer, ChatMessage, GenerationEvent, TextRequest, ToolCall
 from ember.services.validation import validate_request
 
 router = APIRouter(prefix="/v1", tags=["OpenAI Responses"])
+_MESSAGE_PARAM = re.compile(r"messages\[(\d+)\](.*)")
 
 
 def _sampling(body: ResponseCreateRequest) -> SamplingParams:
@@ -115,8 +118,11 @@ class _Plan:
                 raise _not_found(body.previous_response_id, "previous_response_id")
             history = previous.conversation
         earlier_calls = {c.id: c.name for m in history for c in m.tool_calls}
-        self.inputs = [*history, *parse.input_messages(body, earlier_calls)]
+        new, origins = parse.input_messages(body, earlier_calls)
+        self.inputs = [*history, *new]
         system = [ChatMessage(role="system", content=body.instructions)] if body.instructions else []
+        # Where each neutral message came from, so the service's "messages[3]" reads "input[1]".
+        self.origins = ["instructions"] * len(system) + ["previous_response_id"] * len(history) + origins
         self.request = TextRequest(
             model=body.model,
             messages=system + self.inputs,
@@ -128,13 +134,36 @@ class _Plan:
             response_format=parse.response_format(body),
             context=context,
         )
-        validate_request(self.request)
+        with self.named_fields():
+            validate_request(self.request)
         self.key = context.key_name
         self.keep = body.store is not False
         self.id = render.new_id("resp")
         self.created_at = int(time.time())
         self.echo = _echo(body, self.request, self.keep)
+        self.input_items = tuple(render.input_items(body)) if self.keep else ()
         self.dropped = ["text.verbosity"] if body.text is not None and body.text.verbosity is not None else []
+
+    @contextmanager
+    def named_fields(self) -> Iterator[None]:
+        """Errors about the neutral request's messages, named by the Responses fields they came from."""
+        try:
+            yield
+        except GrammarError as exc:  # the grammar compiler names chat's response_format
+            message = exc.message.removeprefix("response_format: ")
+            raise GrammarError(
+                f"text.format.schema: {message}", keyword=exc.keyword, path=exc.path, param="text.format.schema"
+            ) from None
+        except EmberError as exc:
+            param = exc.param or ""
+            found = _MESSAGE_PARAM.match(param)
+            if found is not None and int(found[1]) < len(self.origins):
+                where = self.origins[int(found[1])]
+                exc.param = where + found[2]
+                exc.message = exc.message.replace(f"messages[{found[1]}]", where)
+            elif param == "messages":
+                exc.param = "input"
+            raise
 
     def base(self, generation: Generation) -> dict[str, Any]:
         return {
@@ -155,29 +184,17 @@ class _Plan:
     def save(self, store: ResponseStore, response: dict[str, Any]) -> None:
         if self.keep:
             conversation = (*self.inputs, _turn(response["output"]))
-            store.put(StoredResponse(self.id, self.key, self.created_at, response, conversation))
+            store.put(StoredResponse(self.id, self.key, self.created_at, response, conversation, self.input_items))
 
 
-def _format_error(exc: GrammarError) -> GrammarError:
-    """The grammar compiler names chat's `response_format`; here the field is text.format."""
-    message = exc.message.removeprefix("response_format: ")
-    return GrammarError(
-        f"text.format.schema: {message}", keyword=exc.keyword, path=exc.path, param="text.format.schema"
-    )
+async def _complete(svc: Services, plan: _Plan) -> tuple[Generation, Answer]:
+    with plan.named_fields():
+        return await svc.gateway.complete(plan.request)
 
 
-async def _complete(svc: Services, request: TextRequest) -> tuple[Generation, Answer]:
-    try:
-        return await svc.gateway.complete(request)
-    except GrammarError as exc:
-        raise _format_error(exc) from None
-
-
-async def _start(svc: Services, request: TextRequest) -> Generation:
-    try:
-        return await svc.gateway.start(request)
-    except GrammarError as exc:
-        raise _format_error(exc) from None
+async def _start(svc: Services, plan: _Plan) -> Generation:
+    with plan.named_fields():
+        return await svc.gateway.start(plan.request)
 
 
 @router.post("/responses", response_model=None)
@@ -185,9 +202,9 @@ async def create_response(body: ResponseCreateRequest, http: Request, svc: Servi
     plan = _Plan(body, http, svc.responses)
     if body.stream:
         # Started before the response is, so a bad model or an over-long prompt is an HTTP error.
-        generation = await _start(svc, plan.request)
+        generation = await _start(svc, plan)
         return stream_response(RESPONSES, _stream(svc, plan, generation), headers=plan.headers(generation))
-    generation, answer = await _complete(svc, plan.request)
+    generation, answer = await _complete(svc, plan)
     output = render.output_items(answer)
     status = render.status_of(answer.finish_reason)
     response = render.response_object(plan.base(generation), status=status, output=output, stats=answer.stats)
@@ -229,6 +246,35 @@ async def get_response(
     if stored is None:
         raise _not_found(response_id)
     return stored.body
+
+
+@router.get("/responses/{response_id}/input_items")
+async def list_input_items(
+    response_id: str,
+    http: Request,
+    limit: int = Query(20, ge=1, le=100),
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+    svc: Services = Depends(services),
+) -> dict[str, Any]:
+    """The items of the response's own input (not of the conversation it continued), as OpenAI lists them."""
+    stored = svc.responses.get(response_id, request_context(http).key_name)
+    if stored is None:
+        raise _not_found(response_id)
+    items = list(stored.input_items if order == "asc" else reversed(stored.input_items))
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise BadRequest(f"no input item with id '{after}' in response '{response_id}'", param="after")
+        items = items[ids.index(after) + 1 :]
+    page = items[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(items) > limit,
+    }
 
 
 @router.delete("/responses/{response_id}")

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS responses (
     key TEXT,
     created_at REAL NOT NULL,
     body TEXT NOT NULL,
-    conversation TEXT NOT NULL
+    conversation TEXT NOT NULL,
+    input_items TEXT NOT NULL
 );
 """
 
@@ -40,6 +41,7 @@ class StoredResponse:
     created_at: float
     body: dict[str, Any]  # the response object, as the API returned it
     conversation: tuple[ChatMessage, ...]
+    input_items: tuple[dict[str, Any], ...] = ()  # this request's own input, as input_items lists it
 
 
 # One pending write: a response to insert, or the id of one to delete.
@@ -64,7 +66,7 @@ class ResponseStore:
         self._writer.flush()
         with self._lock:
             row = self._db.execute(
-                "SELECT id, key, created_at, body, conversation FROM responses WHERE id = ? AND key IS ?",
+                "SELECT id, key, created_at, body, conversation, input_items FROM responses WHERE id = ? AND key IS ?",
                 (response_id, key),
             ).fetchone()
         if row is None:
@@ -75,6 +77,7 @@ class ResponseStore:
             created_at=row[2],
             body=json.loads(row[3]),
             conversation=tuple(decode_message(m) for m in json.loads(row[4])),
+            input_items=tuple(json.loads(row[5])),
         )
 
     def delete(self, response_id: str, key: str | None) -> bool:
@@ -93,13 +96,15 @@ class ResponseStore:
                     continue
                 assert isinstance(value, StoredResponse)
                 self._db.execute(
-                    "INSERT OR REPLACE INTO responses (id, key, created_at, body, conversation) VALUES (?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO responses (id, key, created_at, body, conversation, input_items)"
+                    " VALUES (?,?,?,?,?,?)",
                     (
                         value.id,
                         value.key,
                         value.created_at,
                         json.dumps(value.body, ensure_ascii=False),
                         json.dumps([encode_message(m) for m in value.conversation], ensure_ascii=False),
+                        json.dumps(value.input_items, ensure_ascii=False),
                     ),
                 )
 
