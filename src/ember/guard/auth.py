@@ -35,7 +35,6 @@ _EXACT = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "chat",
     "/v1/responses": "chat",
-    "/v1/responses": "chat",
     "/v1/messages": "chat",
     "/v1/messages/count_tokens": "chat",
     "/api/chat": "chat",
@@ -55,7 +54,7 @@ _EXACT = {
     "/api/create": "admin",
     "/metrics": "admin",
 }
-_PREFIXES = (("/v1/models/", "models"), ("/v1/responses/", "chat"), ("/v1/responses/", "chat"), ("/admin/", "admin"), ("/api/blobs/", "admin"))
+_PREFIXES = (("/v1/models/", "models"), ("/v1/responses/", "chat"), ("/admin/", "admin"), ("/api/blobs/", "admin"))
 # Bodies of these are peeked at for the message and max_tokens caps.
 _GENERATION = frozenset(
     {"/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses", "/api/chat", "/api/generate"}
