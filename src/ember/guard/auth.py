@@ -135,7 +135,6 @@ def check_caps(settings: Settings, path: str, body: bytes) -> None:
         ("max_tokens", data.get("max_tokens")),
         ("max_completion_tokens", data.get("max_completion_tokens")),
         ("max_output_tokens", data.get("max_output_tokens")),  # /v1/responses
-        ("max_output_tokens", data.get("max_output_tokens")),  # /v1/responses
         ("num_predict", options.get("num_predict") if isinstance(options, dict) else None),
     ]
     for param, value in asked:
