@@ -16,6 +16,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from pydantic import BaseModel, Field
 
 from ember.guard import required_scope
 from tests.conftest import DEFAULT_MODEL, ServerHandle, start_server
@@ -201,6 +202,14 @@ def test_json_schema_format(client: openai.OpenAI) -> None:
     jsonschema.validate(json.loads(response.output_text), schema)
     assert response.text is not None and response.text.format is not None
     assert response.text.format.type == "json_schema"
+
+    class City(BaseModel):  # the SDK's parse(): a strict schema made from the model, output parsed back
+        name: str = Field(max_length=10)
+        population: int
+
+    parsed = client.responses.parse(model=MODEL, input="A city, please.", text_format=City, max_output_tokens=40,
+                                    store=False)
+    assert isinstance(parsed.output_parsed, City)
 
 
 # -- function calls -----------------------------------------------------------------------------------

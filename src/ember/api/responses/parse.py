@@ -23,8 +23,9 @@ _FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for a json_sc
 def refuse_unsupported(body: ResponseCreateRequest) -> None:
     """A field that would change the answer but that ember cannot act on is a 400 naming it,
     never a quiet answer to another question; an unknown field is one too (as at OpenAI)."""
-    for name in body.model_extra or {}:
-        raise BadRequest(f"unknown parameter '{name}'", param=name, code="unknown_parameter")
+    unknown = next(iter(body.model_extra or {}), None)
+    if unknown is not None:
+        raise BadRequest(f"unknown parameter '{unknown}'", param=unknown, code="unknown_parameter")
     if body.background:
         raise UnsupportedParameter(
             "'background' responses are not supported: send the request without it (or stream it)", param="background"
