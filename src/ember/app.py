@@ -25,6 +25,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from ember.api.json_body import JsonBodyMiddleware
     from ember.api.metrics import router as metrics_router
     from ember.api.ollama.routes import router as ollama_router
+    from ember.api.openai.batches_routes import router as batches_router
+    from ember.api.openai.files_routes import router as files_router
     from ember.api.openai.routes import router as openai_router
     from ember.api.protocols import ProtocolMiddleware, error_body_for, protocol_name
     from ember.api.responses.routes import router as responses_router
@@ -34,6 +36,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from ember.guard import GuardMiddleware, build_guard
     from ember.guard.audit import AuditLog
     from ember.guard.audit import check_settings as check_audit_settings
+    from ember.jobs.service import build_jobs
     from ember.runtime.scheduler import Scheduler
     from ember.runtime.store import ModelStore
     from ember.services.embeddings import EmbeddingService
@@ -79,9 +82,12 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         )
         telemetry.bind(services)
         app.state.services = services
+        # Batch lines run through this app itself (jobs/runner.py), so the runner starts last.
+        services.jobs = await build_jobs(settings, app, scheduler, guard)
         try:
             yield
         finally:
+            await services.jobs.aclose()  # first: its lines need everything below
             await gateway.aclose()
             await scheduler.shutdown()
             await guard.aclose()
@@ -104,6 +110,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ProtocolMiddleware)  # added last: runs first, so everything after knows the protocol
     install_error_handlers(app)
     app.include_router(openai_router)
+    app.include_router(files_router)
+    app.include_router(batches_router)
     app.include_router(responses_router)
     app.include_router(ollama_router)
     app.include_router(admin_router)

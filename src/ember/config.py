@@ -192,6 +192,17 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024**2, description="Largest request body (bytes or e.g. 4MiB); 413 above.")
     max_messages: int = Field(1024, ge=1, description="Most messages in one chat request; 400 above.")
     max_tokens_limit: int | None = Field(None, ge=1, description="Largest max_tokens a request may ask; 400 above.")
+    # Batch jobs (jobs/): /v1/files and /v1/batches
+    max_file_bytes: int = Field(
+        200 * 1024**2, description="Largest file POST /v1/files takes (bytes or e.g. 200MiB); 413 above."
+    )
+    batch_max_lines: int = Field(50_000, ge=1, description="Most requests in one batch's input file.")
+    batch_max_attempts: int = Field(
+        5, ge=1, description="Tries of a batch line that fails with 5xx, 429 or a timeout before it is failed."
+    )
+    batch_concurrency: int = Field(
+        0, ge=0, description="Batch lines run at once; 0: the loaded model's slot count (interactive requests first)."
+    )
     # Batch lines across nodes (jobs/redis_queue.py)
     batch_claim_idle: float = Field(
         60.0,
@@ -218,7 +229,7 @@ class Settings(BaseSettings):
         seconds = parse_duration(value)
         return 60.0 if seconds is None else seconds
 
-    @field_validator("max_memory", "max_body_bytes", mode="before")
+    @field_validator("max_memory", "max_body_bytes", "max_file_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any) -> int:
         return parse_size(value)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ember.gateway import Gateway, UsageLog
     from ember.guard import Guard
     from ember.guard.audit import AuditLog
+    from ember.jobs.service import Jobs
     from ember.telemetry import Telemetry
 
 
@@ -34,6 +35,7 @@ class Services:
     telemetry: Telemetry
     responses: ResponseStore  # stored /v1/responses (api/responses/store.py)
     cache: ResponseCache | None = None
+    jobs: Jobs | None = None  # /v1/files and /v1/batches; set once the app (which lines run through) is up
 
 
 async def services(request: Request) -> Services:

@@ -25,7 +25,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ember.errors import BadRequest, EmberError
-from ember.guard.auth import read_body, replay, send_error
+from ember.guard.auth import STREAMED_BODIES, read_body, replay, send_error
 
 _JSON = b"application/json"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -117,7 +117,7 @@ class JsonBodyMiddleware:
         self._max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS or scope["path"] in STREAMED_BODIES:
             await self.app(scope, receive, send)
             return
         claimed = next((v for k, v in scope["headers"] if k == b"content-type"), b"")

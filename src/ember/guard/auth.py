@@ -53,8 +53,27 @@ _EXACT = {
     "/api/push": "admin",
     "/api/create": "admin",
     "/metrics": "admin",
+    "/v1/files": ANY,
+    "/v1/batches": ANY,
 }
 _PREFIXES = (("/v1/models/", "models"), ("/v1/responses/", "chat"), ("/admin/", "admin"), ("/api/blobs/", "admin"))
+# Files and batches: any valid key; each batch line is checked against its own endpoint's scope.
+_JOB_PREFIXES = (("/v1/files/", ANY), ("/v1/batches/", ANY))
+
+
+def unmetered(path: str) -> bool:
+    """Managing files and batches spends nothing and is not limited (a spent budget must not keep a
+    key from its results); each line a batch runs is admitted, limited and counted on its own."""
+    return any(path == p.rstrip("/") or path.startswith(p) for p, _ in _JOB_PREFIXES)
+
+
+# Uploads: the route reads and bounds these bodies itself (EMBER_MAX_FILE_BYTES), streamed to disk.
+STREAMED_BODIES = frozenset({"/v1/files"})
+# A batch line runs in-process as its batch's key (jobs/runner.py): the runner puts the key's
+# record in the ASGI scope under this name. Only code in this process can set a scope key (a
+# network client controls headers, never the scope), and the key store keeps only hashes, so
+# there is no secret to present; the record is still checked (expiry, revocation, scopes, limits).
+BATCH_KEY = "ember.batch_key"
 # Bodies of these are peeked at for the message and max_tokens caps.
 _GENERATION = frozenset(
     {"/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses", "/api/chat", "/api/generate"}
@@ -69,7 +88,7 @@ def required_scope(path: str) -> str:
     scope = _EXACT.get(path.rstrip("/") or "/")
     if scope is not None:
         return scope
-    for prefix, needed in _PREFIXES:
+    for prefix, needed in _PREFIXES + _JOB_PREFIXES:
         if path.startswith(prefix) or path == prefix.rstrip("/"):
             return needed
     return ANY  # unknown routes still need a key: a 404 must not be a way around auth
@@ -224,16 +243,20 @@ class GuardMiddleware:
         body: bytes | None = None
         try:
             if guard.enabled and needed != OPEN:
-                key = guard.authenticate(presented_key(scope["headers"]))
+                trusted = scope.get(BATCH_KEY)
+                if trusted is not None:
+                    key = guard.trust(trusted)
+                else:
+                    key = guard.authenticate(presented_key(scope["headers"]))
                 if needed and needed not in key.scopes:
                     raise Forbidden(f"this key lacks the '{needed}' scope")
             # Admission before the body: a slow upload holds its concurrency slot like any request.
-            if key is not None and key.limited:
+            if key is not None and key.limited and not unmetered(path):
                 admission = await guard.admit(key)
                 if not admission.ok:
                     code = "insufficient_quota" if admission.reason == "budget" else None
                     raise RateLimited(admission.message, retry_after=admission.retry_after, code=code)
-            if scope["method"] in _BODY_METHODS and needed != OPEN:
+            if scope["method"] in _BODY_METHODS and needed != OPEN and path not in STREAMED_BODIES:
                 body = await read_body(receive, guard.settings.max_body_bytes, _declared_length(scope["headers"]))
                 check_caps(guard.settings, path, body)
                 receive = replay(body, receive)

@@ -69,6 +69,9 @@ class BatchRecord:
     expired_at: int | None = None
     cancelling_at: int | None = None
     cancelled_at: int | None = None
+    model: str | None = None  # the model of the first line, as OpenAI reports it
+    usage: dict[str, Any] | None = None  # summed over the answered lines, at finalizing
+    output_seconds: int | None = None  # output_expires_after: the result files' lifetime
 
     @property
     def finished(self) -> bool:
@@ -96,6 +99,8 @@ class BatchRecord:
             "cancelled_at": self.cancelled_at,
             "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
             "metadata": self.metadata,
+            "model": self.model,
+            "usage": self.usage,
             "errors": (
                 {
                     "object": "list",
