@@ -28,6 +28,8 @@ from tests.gateway.conftest import UpstreamHandle, write_config
 
 from ember.guard.keys import KeyStore, parse_scopes
 
+pytestmark = pytest.mark.slow  # three servers: the cloud ember, the gateway and the fake upstream
+
 PRICE_IN, PRICE_OUT = 3.0, 15.0
 QUESTION: Any = [{"role": "user", "content": "Name three colours."}]
 WEATHER: Any = {
@@ -292,7 +294,7 @@ def test_ollama_client_through_an_anthropic_target(gateway: ServerHandle, direct
         model="chat",
         messages=[{"role": "user", "content": "What is the weather in Oslo?"}],
         tools=[WEATHER],
-        options={"temperature": 0, "num_predict": 60},
+        options={"temperature": 0, "num_predict": 30},
     )
     assert called.message.content or called.message.tool_calls
     for call in called.message.tool_calls or ():
