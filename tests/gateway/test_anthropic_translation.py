@@ -79,6 +79,9 @@ def test_system_and_developer_messages_are_joined_into_system() -> None:
     )
     assert out["system"] == "Be brief.\n\nAnswer in French."
     assert out["messages"] == [{"role": "user", "content": "hi"}]
+    with pytest.raises(BadRequest) as caught:
+        body(chat(ChatMessage(role="system", content="Be brief.")))
+    assert caught.value.param == "messages"
 
 
 def test_a_plain_completion_is_one_user_message() -> None:

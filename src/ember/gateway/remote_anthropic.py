@@ -145,6 +145,12 @@ def translate(request: TextRequest, model: str, *, default_max_tokens: int = DEF
     }
     if request.messages is not None:
         system, turns = messages(request.messages)
+        if not turns:
+            raise BadRequest(
+                "messages has nothing but system messages, and an anthropic provider needs a user turn "
+                "(Anthropic's API takes the system prompt apart from the conversation)",
+                param="messages",
+            )
         if system:
             body["system"] = system
         body["messages"] = turns
