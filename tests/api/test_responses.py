@@ -242,6 +242,18 @@ def test_function_call_round_trip(client: openai.OpenAI) -> None:
     assert second.output and second.output[0].type == "message" and second.output_text
 
 
+def test_allowed_tools(client: openai.OpenAI) -> None:
+    """tool_choice allowed_tools: the model may call only the tools named, every tool is echoed."""
+    clock = {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {}}}
+    response = client.responses.create(
+        model=MODEL, input="What time is it?", tools=[WEATHER, clock], store=False,  # type: ignore[list-item]
+        tool_choice={"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "get_time"}]},
+    )
+    assert {item.name for item in response.output if item.type == "function_call"} == {"get_time"}
+    assert [t.name for t in response.tools] == ["get_weather", "get_time"]  # type: ignore[union-attr]
+    assert response.tool_choice.type == "allowed_tools"  # type: ignore[union-attr]
+
+
 def test_stream_forced_function_call(client: openai.OpenAI) -> None:
     with client.responses.stream(
         model=MODEL, input="Weather in Rome?", tools=[WEATHER], tool_choice=FORCE_WEATHER, store=False
@@ -399,6 +411,11 @@ BAD: list[tuple[str, dict[str, Any], str | None]] = [
     ("required without tools", {"input": "hi", "tool_choice": "required"}, "tool_choice"),
     ("unknown tool choice", {"input": "hi", "tool_choice": "sometimes"}, "tool_choice"),
     ("built-in tool choice", {"input": "hi", "tool_choice": {"type": "file_search"}}, "tool_choice.type"),
+    ("allowed tool not declared", {"input": "hi", "tools": [WEATHER], "tool_choice": {
+        "type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "g"}]}}, "tool_choice.tools[0].name"),
+    ("allowed tools mode", {"input": "hi", "tools": [WEATHER], "tool_choice": {
+        "type": "allowed_tools", "mode": "always", "tools": [{"type": "function", "name": "get_weather"}]}},
+     "tool_choice.mode"),
     ("reasoning effort", {"input": "hi", "reasoning": {"effort": "high"}}, "reasoning.effort"),
     ("background", {"input": "hi", "background": True}, "background"),
     ("include", {"input": "hi", "include": ["file_search_call.results"]}, "include[0]"),

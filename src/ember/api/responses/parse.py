@@ -181,7 +181,9 @@ def _function_output(i: int, item: InputItem, calls: dict[str, str]) -> ChatMess
     )
 
 
-def tools(body: ResponseCreateRequest) -> tuple[Tool, ...]:
+def tools(body: ResponseCreateRequest, *, narrowed: bool = True) -> tuple[Tool, ...]:
+    """The function tools; `narrowed`: only those an `allowed_tools` tool choice allows."""
+    allowed = _allowed_tools(body) if narrowed else None
     out = []
     for i, tool in enumerate(body.tools or ()):
         if tool.type != "function":
@@ -194,6 +196,8 @@ def tools(body: ResponseCreateRequest) -> tuple[Tool, ...]:
             raise BadRequest(
                 f"tools[{i}] has no name" + (hint if tool.function is not None else ""), param=f"tools[{i}].name"
             )
+        if allowed is not None and tool.name not in allowed:
+            continue  # allowed_tools: the model is offered only those
         out.append(
             Tool(
                 name=tool.name,
@@ -203,6 +207,30 @@ def tools(body: ResponseCreateRequest) -> tuple[Tool, ...]:
             )
         )
     return tuple(out)
+
+
+def _allowed_tools(body: ResponseCreateRequest) -> set[str] | None:
+    """The names an `allowed_tools` tool choice lets the model call (None: every tool)."""
+    choice = body.tool_choice
+    if not isinstance(choice, ToolChoiceIn) or choice.type != "allowed_tools":
+        return None
+    declared = {t.name for t in body.tools or () if t.type == "function"}
+    names = set()
+    for i, tool in enumerate(choice.tools or ()):
+        if tool.type != "function" or not tool.name:
+            raise UnsupportedParameter(
+                f"tool_choice.tools[{i}] must be a function with a name ({{type: function, name}})",
+                param=f"tool_choice.tools[{i}]",
+            )
+        if tool.name not in declared:
+            raise BadRequest(
+                f"tool_choice.tools[{i}] names the function '{tool.name}', which is not in tools",
+                param=f"tool_choice.tools[{i}].name",
+            )
+        names.add(tool.name)
+    if not names:
+        raise BadRequest("tool_choice of type 'allowed_tools' needs at least one tool", param="tool_choice.tools")
+    return names
 
 
 def tool_choice(body: ResponseCreateRequest) -> ToolChoice:
@@ -218,9 +246,14 @@ def tool_choice(body: ResponseCreateRequest) -> ToolChoice:
             f"tool_choice {choice!r} is not one of auto, none, required or {{type: function, name}}",
             param="tool_choice",
         )
+    if choice.type == "allowed_tools":  # the tools themselves are narrowed in tools()
+        if choice.mode not in ("auto", "required"):
+            raise BadRequest(f"tool_choice.mode {choice.mode!r} is not one of auto, required", param="tool_choice.mode")
+        return ToolChoice(mode="required" if choice.mode == "required" else "auto")
     if choice.type != "function":
         raise UnsupportedParameter(
-            f"tool_choice of type '{choice.type}' is not supported: use auto, none, required or a function",
+            f"tool_choice of type '{choice.type}' is not supported: use auto, none, required, a function "
+            "or allowed_tools",
             param="tool_choice.type",
         )
     if not choice.name:

@@ -49,9 +49,16 @@ class ToolIn(_Wire):
     function: Any = None  # the chat-completions shape, refused with a hint
 
 
-class ToolChoiceIn(_Wire):
-    type: str  # function; allowed_tools and built-in tool types are refused
+class AllowedTool(_Wire):
+    type: str
     name: str | None = None
+
+
+class ToolChoiceIn(_Wire):
+    type: str  # function or allowed_tools; built-in tool types are refused
+    name: str | None = None  # function
+    mode: str | None = None  # allowed_tools: auto or required
+    tools: list[AllowedTool] | None = None  # allowed_tools: the functions the model may call
 
 
 class FormatIn(_Wire):

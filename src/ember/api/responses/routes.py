@@ -19,14 +19,14 @@ from fastapi.responses import JSONResponse, Response
 from ember.api.deps import Services, request_context, services
 from ember.api.protocols import RESPONSES
 from ember.api.responses import parse, render
-from ember.api.responses.protocol import ResponseCreateRequest
+from ember.api.responses.protocol import ResponseCreateRequest, ToolChoiceIn
 from ember.api.responses.store import ResponseStore, StoredResponse
 from ember.api.streaming import stream_response
 from ember.engine.grammar import GrammarError
 from ember.engine.types import SamplingParams
 from ember.errors import BadRequest, EmberError, NotFound, UnsupportedParameter
 from ember.services.generation import DROPPED_FIELDS, Generation
-from ember.services.types import Answer, ChatMessage, GenerationEvent, TextRequest, ToolCall
+from ember.services.types import Answer, ChatMessage, GenerationEvent, TextRequest, ToolCall, ToolChoice
 from ember.services.validation import validate_request
 
 router = APIRouter(prefix="/v1", tags=["OpenAI Responses"])
@@ -77,7 +77,7 @@ def _echo(body: ResponseCreateRequest, request: TextRequest, store: bool) -> dic
         "store": store,
         "temperature": request.sampling.temperature,
         "text": text,
-        "tool_choice": {"type": "function", "name": choice.name} if choice.mode == "function" else choice.mode,
+        "tool_choice": _tool_choice_echo(body, choice),
         "tools": [
             {
                 "type": "function",
@@ -86,13 +86,20 @@ def _echo(body: ResponseCreateRequest, request: TextRequest, store: bool) -> dic
                 "parameters": t.parameters,
                 "strict": t.strict,
             }
-            for t in request.tools
+            for t in parse.tools(body, narrowed=False)  # all of them, as the request declared
         ],
         "top_p": request.sampling.top_p,
         "truncation": "disabled",
         "user": body.user,
         "background": False,
     }
+
+
+def _tool_choice_echo(body: ResponseCreateRequest, choice: ToolChoice) -> Any:
+    given = body.tool_choice
+    if isinstance(given, ToolChoiceIn) and given.type == "allowed_tools":
+        return given.model_dump(exclude_none=True)
+    return {"type": "function", "name": choice.name} if choice.mode == "function" else choice.mode
 
 
 def _turn(items: list[dict[str, Any]]) -> ChatMessage:
@@ -176,7 +183,9 @@ class _Plan:
 
     def headers(self, generation: Generation) -> dict[str, str]:
         headers = generation.response_headers()
-        dropped = [d for d in (headers.get(DROPPED_FIELDS), *self.dropped) if d]
+        # The service names chat's field; here a JSON format is text.format.
+        named = (headers.get(DROPPED_FIELDS) or "").replace("response_format", "text.format")
+        dropped = [d for d in (named, *self.dropped) if d]
         if dropped:
             headers[DROPPED_FIELDS] = ", ".join(dropped)
         return headers
