@@ -104,6 +104,20 @@ def test_forced_tool_use_streams_json_input(client: anthropic.Anthropic) -> None
     assert len(fragments) > 1  # streamed in pieces, not as one blob at the end
 
 
+def test_a_call_cut_off_by_max_tokens_is_text_not_a_broken_tool_use(client: anthropic.Anthropic) -> None:
+    ask = {"model": MODEL, "tools": [WEATHER], "tool_choice": {"type": "tool", "name": "get_weather"},
+           "messages": [{"role": "user", "content": "Weather in Paris for 3 days?"}], "extra_body": GREEDY}
+    cut = []
+    for limit in (4, 20):  # before the call's name, inside its arguments
+        reply = client.messages.create(max_tokens=limit, **ask)
+        assert reply.stop_reason == "max_tokens"
+        assert all(b.type == "text" or isinstance(b.input, dict) for b in reply.content)
+        cut += [json.loads(b.text) for b in reply.content if b.type == "text" and b.text.startswith('{"name"')]
+        with client.messages.stream(max_tokens=limit, **ask) as stream:
+            assert stream.get_final_message().stop_reason == "max_tokens"
+    assert cut and all(c["name"] == "get_weather" for c in cut)  # what the model wrote of the call, as text
+
+
 def test_tool_result_round_trip(client: anthropic.Anthropic) -> None:
     ask = {"role": "user", "content": "What is the weather in Paris for the next 3 days?"}
     first = client.messages.create(model=MODEL, max_tokens=80, messages=[ask], tools=[WEATHER],
@@ -271,6 +285,7 @@ def test_stop_reasons_usage_and_ids() -> None:
     assert stop_reason("stop", "END", False) == "stop_sequence"
     assert stop_reason("length", None, True) == "max_tokens"
     assert stop_reason("tool_calls", None, True) == stop_reason("stop", None, True) == "tool_use"
+    assert stop_reason("tool_calls", None, False) == "end_turn"  # no call left that is one
     stats = GenerationStats(prompt_tokens=30, completion_tokens=5, prompt_eval_seconds=0, eval_seconds=0,
                             cached_prompt_tokens=12)
     assert usage(stats) == {"input_tokens": 18, "output_tokens": 5, "cache_read_input_tokens": 12,

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 from ember.engine.types import GenerationStats
-from ember.errors import EmberError, UpstreamError
+from ember.errors import EmberError
 from ember.services.types import Answer, FinishReason, GenerationEvent, ToolCall
 
 # Anthropic's error `type` for each status it documents; other statuses by their class.
@@ -70,7 +70,7 @@ def tool_use_id(call_id: str) -> str:
 def stop_reason(reason: FinishReason | None, stop_sequence: str | None, has_calls: bool) -> str:
     if reason == "length":
         return "max_tokens"
-    if reason == "tool_calls" or has_calls:
+    if has_calls:  # "tool_calls" with no call that could be rendered as one is a turn's end
         return "tool_use"
     return "stop_sequence" if stop_sequence is not None else "end_turn"
 
@@ -85,32 +85,36 @@ def usage(stats: GenerationStats) -> dict[str, int]:
     }
 
 
-def tool_input(call: ToolCall) -> dict[str, Any]:
-    """A call's arguments as the object Anthropic's tool_use carries."""
-    try:
-        value = json.loads(call.arguments) if call.arguments.strip() else {}
+def tool_input(call: ToolCall) -> dict[str, Any] | None:
+    """A call's arguments as the object Anthropic's tool_use carries; None when they are not a
+    JSON object (a call cut off by max_tokens, or a remote model's slip)."""
+    try:  # "" too: a call cut off right after its name (a finished call has at least "{}")
+        value = json.loads(call.arguments)
     except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        raise UpstreamError(f"the model's call of tool '{call.name}' has arguments that are not a JSON object")
-    return value
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def message(ident: str, model: str, answer: Answer) -> dict[str, Any]:
-    content: list[dict[str, Any]] = []
-    if answer.text or not answer.tool_calls:
-        content.append({"type": "text", "text": answer.text})
-    content += [
-        {"type": "tool_use", "id": tool_use_id(call.id), "name": call.name, "input": tool_input(call)}
-        for call in answer.tool_calls
-    ]
-    reason = stop_reason(answer.finish_reason, answer.stop_sequence, bool(answer.tool_calls))
+    """The whole message. A call whose arguments are not an object cannot be a tool_use block:
+    what the model wrote of it is text (as the Ollama API does), so nothing is lost; a stream
+    sends such a call's fragments as they came, which the SDK parses as far as they go."""
+    text = answer.text
+    calls: list[dict[str, Any]] = []
+    for call in answer.tool_calls:
+        arguments = tool_input(call)
+        if arguments is None:
+            text += json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False)
+        else:
+            calls.append({"type": "tool_use", "id": tool_use_id(call.id), "name": call.name, "input": arguments})
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text or not calls else []
+    reason = stop_reason(answer.finish_reason, answer.stop_sequence, bool(calls))
     return {
         "id": ident,
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": content,
+        "content": content + calls,
         "stop_reason": reason,
         "stop_sequence": answer.stop_sequence if reason == "stop_sequence" else None,
         "usage": usage(answer.stats),
