@@ -20,6 +20,8 @@ node keeps its own claims fresh: every `min_idle / 3` it re-claims what it holds
 (XCLAIM JUSTID resets their idle time), so only a silent node's lines go idle, however long a
 line takes to run. The idle time a caller asks for never goes below `min_idle`: the runner's
 "every claim is a dead process's" at start holds for one node, not for a node among others.
+Both happen in the queue's own background task (started by the first `claim`), so the take-over
+needs nothing of the runner beyond claiming: every node that claims also reclaims.
 """
 
 from __future__ import annotations
@@ -148,6 +150,7 @@ class RedisLineQueue:
         await self._redis.zadd(self._active, {batch_id: time.time()}, nx=True)
 
     async def claim(self, worker: str, count: int) -> list[Claim]:
+        self._start_heartbeat()
         claims: list[Claim] = []
         for batch_id in await self._batches():
             if len(claims) >= count:
@@ -164,8 +167,6 @@ class RedisLineQueue:
                 token = _text(entry_id)
                 claims.append(_claim(batch_id, token, fields))
                 self._held[(lines_key, token)] = worker
-        if claims:
-            self._start_heartbeat()
         return claims
 
     async def complete(self, claim: Claim, result: LineResult) -> bool:
@@ -248,7 +249,7 @@ class RedisLineQueue:
         await self._redis.aclose()
         self._held.clear()
 
-    # -- keeping this node's claims fresh ---------------------------------------------------------
+    # -- keeping this node's claims fresh, taking over a dead node's ------------------------------------------
 
     def _start_heartbeat(self) -> None:
         if self._heartbeat is None or self._heartbeat.done():
@@ -259,8 +260,9 @@ class RedisLineQueue:
             await asyncio.sleep(self.min_idle / 3)
             try:
                 await self.refresh()
+                await self.reclaim(self.min_idle)
             except Exception as exc:  # Redis away: the claims may go idle; another node then runs them
-                log.warning("could not refresh batch line claims: %s", exc)
+                log.warning("could not refresh or reclaim batch lines: %s", exc)
 
     async def refresh(self) -> None:
         """Reset the idle time of every line this process holds (XCLAIM to its own consumer)."""

@@ -37,7 +37,7 @@ def make_queue(settings: Settings) -> LineQueue:
     if settings.redis_url:
         from ember.jobs.redis_queue import RedisLineQueue
 
-        return RedisLineQueue(settings.redis_url)
+        return RedisLineQueue(settings.redis_url, min_idle=settings.batch_claim_idle)
     from ember.jobs.sqlite_queue import SqliteLineQueue
 
     return SqliteLineQueue(settings.state_dir / "jobs.db")
