@@ -119,6 +119,23 @@ def test_embeddings_batch(client: openai.OpenAI) -> None:
     assert batch.error_file_id is None
 
 
+def test_completions_and_responses_batches(client: openai.OpenAI) -> None:
+    completions = [{"custom_id": f"p{i}", "method": "POST", "url": "/v1/completions",
+                    "body": {"model": DEFAULT_MODEL, "prompt": f"Once upon a time {i}", "max_tokens": 3}}
+                   for i in range(2)]
+    batch = run_batch(client, completions, endpoint="/v1/completions")
+    assert batch.status == "completed" and batch.request_counts.completed == 2
+    bodies = [o["response"]["body"] for o in read_lines(client, batch.output_file_id)]
+    assert all(b["object"] == "text_completion" and b["choices"][0]["text"] is not None for b in bodies)
+    responses = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/responses",
+                  "body": {"model": DEFAULT_MODEL, "input": "Say hi.", "max_output_tokens": 4}}
+                 for i in range(2)]
+    batch = run_batch(client, responses, endpoint="/v1/responses")
+    assert batch.status == "completed" and batch.request_counts.completed == 2, batch
+    bodies = [o["response"]["body"] for o in read_lines(client, batch.output_file_id)]
+    assert all(b["object"] == "response" for b in bodies)
+
+
 @pytest.mark.parametrize(
     ("bad", "code", "param"),
     [

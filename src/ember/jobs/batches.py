@@ -13,6 +13,7 @@ written, so a finalize redone after a crash rewrites the same files.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -291,7 +292,9 @@ class BatchService:
             errors = [BatchError("file_not_found", f"the input file '{record.input_file_id}' is gone")]
             lines: list[Line] = []
         else:
-            lines, errors = parse_input(self.files.read_bytes(source), record, self.limits)
+            # A thread: a 200 MB file takes seconds to read and parse, and requests go on meanwhile.
+            data = await asyncio.to_thread(self.files.read_bytes, source)
+            lines, errors = await asyncio.to_thread(parse_input, data, record, self.limits)
         if errors:
             record.status, record.failed_at, record.errors = "failed", now, errors
             self.store.save(record)
@@ -300,6 +303,10 @@ class BatchService:
         record.total = len(lines)
         record.model = _model_of(lines[0])
         record.status, record.in_progress_at = "in_progress", now
+        current = self.store.get_batch(record.id, None)
+        if current is not None and current.status == "cancelling":  # cancelled while we read the file
+            record.status, record.cancelling_at = "cancelling", current.cancelling_at
+            await self.queue.drop(record.id)
         self.store.save(record)
 
     async def finalize(self, record: BatchRecord) -> None:

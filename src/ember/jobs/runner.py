@@ -52,6 +52,7 @@ INTERACTIVE_GRACE = 2.0  # seconds after the last interactive request that a slo
 LINE_TIMEOUT = 600.0  # one attempt of one line
 TEND_EVERY = 0.5  # seconds between looks at the batches (validate, finalize)
 SWEEP_EVERY = 60.0  # seconds between sweeps of expired files
+RECLAIM_EVERY = 5.0  # seconds between looks for a dead node's lines (shared queues only)
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
@@ -174,10 +175,15 @@ class BatchRunner:
             await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _loop(self) -> None:
-        next_tend = next_sweep = 0.0
+        next_tend = next_sweep = next_reclaim = 0.0
         while True:
             try:
                 now = time.monotonic()
+                if self.queue.name != "sqlite" and now >= next_reclaim:
+                    # A shared queue: lines of a node gone silent come back (the queue's own
+                    # idle floor decides what silent means, EMBER_BATCH_CLAIM_IDLE).
+                    await self.queue.reclaim(0)
+                    next_reclaim = now + RECLAIM_EVERY
                 if now >= next_tend:
                     await self._tend()
                     next_tend = now + TEND_EVERY
@@ -198,7 +204,11 @@ class BatchRunner:
     # -- batches -----------------------------------------------------------------------------------
 
     async def _tend(self) -> None:
-        for record in self.service.iter_active():
+        for listed in self.service.iter_active():
+            # Read afresh: a cancel may have come in while an earlier batch was being tended.
+            record = self.service.store.get_batch(listed.id, None)
+            if record is None:
+                continue
             if record.status == "validating":
                 await self.service.validate(record)
                 self.wake()
