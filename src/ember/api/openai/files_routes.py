@@ -9,6 +9,7 @@ format. The bytes reach their place only whole (jobs/files.py).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -90,8 +91,6 @@ def _expires_at(form: Any, created: int) -> int | None:
 
 @router.post("/files")
 async def create_file(http: Request, svc: Services = Depends(services)) -> dict[str, Any]:
-    import time
-
     jobs = jobs_of(svc)
     limit = svc.settings.max_file_bytes
     content_type = http.headers.get("content-type", "")
