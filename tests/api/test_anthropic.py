@@ -303,3 +303,28 @@ def test_the_matched_stop_sequence_survives_the_cache() -> None:
     assert CachedAnswer.decode(answer.encode()) == answer
     plain = CachedAnswer(model="m", provider="local", pieces=("a",), finish_reason="stop", stats=stats)
     assert CachedAnswer.decode(plain.encode()) == plain
+
+
+@pytest.mark.slow  # a server of its own
+def test_the_inprocess_engine_names_the_stop_sequence_too(model_home, tmp_path) -> None:
+    import shutil
+
+    from tests.conftest import start_server
+
+    home = tmp_path / "home"
+    shutil.copytree(model_home, home, ignore=shutil.ignore_patterns("state"))
+    handle = start_server(home, tmp_path, EMBER_ENGINE="inprocess", EMBER_NUM_CTX="1024")
+    try:
+        client = anthropic.Anthropic(base_url=handle.url(""), api_key="x", max_retries=0, timeout=120)
+        messages = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
+        text = client.messages.create(model=MODEL, max_tokens=30, messages=messages, extra_body=GREEDY).content[0].text
+        stop = next(ch for ch in ("5", "4", "3", ",", " ") if ch in text)
+        ask = {"model": MODEL, "max_tokens": 30, "messages": messages, "stop_sequences": ["NEVER", stop],
+               "extra_body": GREEDY}
+        with client.messages.stream(**ask) as events:
+            streamed = events.get_final_message()
+        for reply in (client.messages.create(**ask), streamed):
+            assert reply.stop_reason == "stop_sequence" and reply.stop_sequence == stop
+            assert reply.content[0].text == text[: text.index(stop)]
+    finally:
+        handle.stop()
