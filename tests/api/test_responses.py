@@ -18,7 +18,11 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
+from ember.api.responses.render import StreamRenderer
+from ember.engine.types import GenerationStats
+from ember.errors import UpstreamError
 from ember.guard import required_scope
+from ember.services.types import GenerationEvent, ToolCallDelta
 from tests.conftest import DEFAULT_MODEL, ServerHandle, start_server
 from tests.gateway.conftest import UpstreamHandle, start_upstream, write_config
 from tests.guard import copy_home, make_key
@@ -549,3 +553,62 @@ def test_route_failure_mid_stream(gw: tuple[ServerHandle, UpstreamHandle]) -> No
     assert "broke" in caught.value.message
     with pytest.raises(openai.NotFoundError):  # nothing half-written is stored
         client.responses.retrieve(seen[0].response.id)
+
+
+# -- the stream renderer on its own (event shapes for answers a small model seldom gives) --------------
+
+
+def _final(reason: str = "stop") -> Any:
+    return GenerationEvent(done=True, finish_reason=reason,  # type: ignore[arg-type]
+                           stats=GenerationStats(prompt_tokens=5, completion_tokens=3, prompt_eval_seconds=0.0,
+                                                 eval_seconds=0.0))
+
+
+def _render(*pieces: Any, reason: str = "stop") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    renderer = StreamRenderer({"id": "resp_1", "object": "response", "created_at": 0, "model": "m"})
+    events = renderer.start()
+    for piece in pieces:
+        events += renderer.feed(piece)
+    closing, response = renderer.finish(_final(reason))
+    events += closing
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    return events, response
+
+
+def test_renderer_whitespace_around_calls_is_no_message() -> None:
+    events, response = _render(
+        GenerationEvent(text="\n "),
+        GenerationEvent(tool_calls=(ToolCallDelta(index=0, id="call_a", name="f", arguments='{"x":'),)),
+        GenerationEvent(tool_calls=(ToolCallDelta(index=0, arguments="1}"),)),
+        GenerationEvent(text="\n"),
+    )
+    assert [item["type"] for item in response["output"]] == ["function_call"]
+    assert response["output"][0]["arguments"] == '{"x":1}' and response["output_text"] == ""
+    assert events[-1]["type"] == "response.completed"
+
+
+def test_renderer_text_after_a_call_is_a_new_message() -> None:
+    _, response = _render(
+        GenerationEvent(text="Let me see."),
+        GenerationEvent(tool_calls=(ToolCallDelta(index=0, id="call_a", name="f", arguments="{}"),)),
+        GenerationEvent(text="Done."),
+    )
+    assert [item["type"] for item in response["output"]] == ["message", "function_call", "message"]
+    assert response["output_text"] == "Let me see.Done."
+
+
+def test_renderer_empty_and_cut_answers() -> None:
+    events, response = _render()
+    assert response["output"][0]["content"][0]["text"] == "" and response["status"] == "completed"
+    events, response = _render(GenerationEvent(text="abc"), reason="length")
+    assert response["status"] == "incomplete" and response["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert response["output"][0]["status"] == "incomplete" and events[-1]["type"] == "response.incomplete"
+
+
+def test_renderer_failure_continues_the_numbering() -> None:
+    renderer = StreamRenderer({"id": "resp_1", "object": "response", "created_at": 0, "model": "m"})
+    events = renderer.start() + renderer.feed(GenerationEvent(text="ab"))
+    failed, error = renderer.fail(UpstreamError("the upstream broke"))
+    assert failed["sequence_number"] == len(events) and error["sequence_number"] == len(events) + 1
+    assert failed["response"]["status"] == "failed" and failed["response"]["error"]["message"] == "the upstream broke"
+    assert error["type"] == "error" and error["error"]["message"] == "the upstream broke"
