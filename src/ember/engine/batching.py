@@ -17,6 +17,7 @@ GBNF text, cloned per request) beside its chain; it is freed with the chain.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -32,6 +33,8 @@ from ember.engine.sampling import Detokenizer, SamplerChain
 from ember.engine.text import StopMatcher, Utf8Stream
 from ember.engine.types import FinishReason, GenerationRequest, GenerationStats, TokenLogprob
 
+log = logging.getLogger("ember.engine")
+
 
 @dataclass(frozen=True)
 class BatchConfig:
@@ -41,6 +44,8 @@ class BatchConfig:
     # Prompt tokens per step while other slots are generating: small enough that
     # their next token is at most a fraction of a second late on a small CPU.
     prefill_while_generating: int = 128
+    # Log one line per decode step (ember.engine, debug level): where a step's time goes.
+    profile: bool = False
 
 
 @dataclass
@@ -100,6 +105,7 @@ class BatchScheduler:
         self._slots = [Slot(seq_id=i) for i in range(config.slots)]
         self._waiting: deque[Job] = deque()
         self._steps = 0
+        self._step_generating = 0  # sequences that had a token in the last batch
         self._admissions = 0
         self._logprobs = LogprobReader(self._vocab)  # for requests that ask for logprobs
 
@@ -161,10 +167,12 @@ class BatchScheduler:
     def step(self) -> list[Update]:
         """Admit waiting requests, decode one batch, sample; the updates it produced."""
         self._steps += 1
+        began = time.perf_counter()
         self._admit()
         outputs = self._fill_batch()
         if self._batch.n_tokens == 0:
             return []
+        filled = time.perf_counter()
         status = llama_cpp.llama_decode(self._ctx, self._batch)
         if status != 0:
             return self._fail_batch(status)
@@ -174,7 +182,24 @@ class BatchScheduler:
             update = self._sample(slot, index, now)
             if update is not None:
                 updates.append(update)
+        if self._config.profile:
+            self._log_step(began, filled, now, time.perf_counter())
         return updates
+
+    def _log_step(self, began: float, filled: float, decoded: float, sampled: float) -> None:
+        """One line per step: decode (llama.cpp), sampling (samplers and stop matching), Python
+        (admission and filling the batch), the prompt tokens read and the sequences generating."""
+        log.debug(
+            "step %d: decode %.2f ms, sample %.2f ms, python %.2f ms, %d tokens (%d prompt), %d generating, %d waiting",
+            self._steps,
+            (decoded - filled) * 1e3,
+            (sampled - decoded) * 1e3,
+            (filled - began) * 1e3,
+            self._batch.n_tokens,
+            self._batch.n_tokens - self._step_generating,
+            self._step_generating,
+            len(self._waiting),
+        )
 
     def _admit(self) -> None:
         while self._waiting:
@@ -205,6 +230,7 @@ class BatchScheduler:
         batch.n_tokens = 0
         outputs: list[tuple[Slot, int]] = []
         generating = [slot for slot in self._slots if slot.generating]
+        self._step_generating = len(generating)  # one token each in this batch
         for slot in generating:
             outputs.append((slot, self._add(slot, slot.feed, want_last=True)))
             slot.tokens.extend(slot.feed)

@@ -32,6 +32,7 @@ class Load:
 
     path: Path
     options: LoadOptions
+    profile_steps: bool = False  # log each decode step's timings (the server logs at debug level)
 
 
 @dataclass(frozen=True, slots=True)

@@ -412,8 +412,9 @@ class ProcessEngineLoader:
     load skips the interpreter's start (about 0.3 s here).
     """
 
-    def __init__(self, *, spare: bool = False) -> None:
+    def __init__(self, *, spare: bool = False, profile_steps: bool = False) -> None:
         self._keep_spare = spare
+        self._profile_steps = profile_steps
         self._spare: _Spawned | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -458,7 +459,9 @@ class ProcessEngineLoader:
         spare = self._take_spare()
         if self._keep_spare and not self._closed:
             self._refill()
-        starting = asyncio.ensure_future(asyncio.to_thread(_start_worker, path, options, label, spare))
+        starting = asyncio.ensure_future(
+            asyncio.to_thread(_start_worker, path, options, label, spare, profile_steps=self._profile_steps)
+        )
         reading = asyncio.ensure_future(asyncio.to_thread(Vocabulary, path))
         try:
             await asyncio.wait({starting, reading})
@@ -529,13 +532,13 @@ def _discard_spawned(spawned: _Spawned) -> None:
 
 
 def _start_worker(
-    path: Path, options: LoadOptions, name: str, spawned: _Spawned | None = None
+    path: Path, options: LoadOptions, name: str, spawned: _Spawned | None = None, *, profile_steps: bool = False
 ) -> tuple[_Channel, Ready]:
     """Blocking: start the worker (or use a spare one) and wait for its Ready; ModelLoadFailed otherwise."""
     spawned = spawned or _spawn(name)
     process, conn = spawned.process, spawned.conn
     try:
-        conn.send(Load(path=path, options=options))
+        conn.send(Load(path=path, options=options, profile_steps=profile_steps))
         reply = conn.recv()
     except (EOFError, OSError):
         reply = None

@@ -13,6 +13,7 @@ out, until Shutdown or the server's end of the socket closes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import select
@@ -170,7 +171,7 @@ class Outbox:
 
 
 class Worker:
-    def __init__(self, conn: Connection, model: Model, log: LlamaLog) -> None:
+    def __init__(self, conn: Connection, model: Model, log: LlamaLog, *, profile_steps: bool = False) -> None:
         self._conn = conn
         self._model = model
         self._log = log
@@ -178,7 +179,9 @@ class Worker:
         # llama.cpp may round the context; a slot never holds more than it really has.
         slot_context = min(model.options.num_ctx, llama_cpp.llama_n_ctx_seq(model.ctx))
         self._scheduler = BatchScheduler(
-            model.ctx, model.model, BatchConfig(slots=slots, slot_context=slot_context, batch_tokens=BATCH_TOKENS)
+            model.ctx,
+            model.model,
+            BatchConfig(slots=slots, slot_context=slot_context, batch_tokens=BATCH_TOKENS, profile=profile_steps),
         )
         self._embedder: Embedder | None = None
         self._outbox = Outbox()
@@ -258,6 +261,16 @@ def memory_bytes(options: LoadOptions, log: LlamaLog, model: llama_cpp.llama_mod
     return llama_cpp.llama_model_size(model) + kv
 
 
+def _log_steps_to_stderr() -> None:
+    """The step profile goes where the server's own lines go (the worker shares its stderr)."""
+    logger = logging.getLogger("ember.engine")
+    logger.setLevel(logging.DEBUG)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)-9s %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
 def main(argv: list[str]) -> int:
     # Ctrl+C in a terminal reaches the whole process group; the server decides
     # when its workers stop (Shutdown, or closing the socket).
@@ -288,7 +301,9 @@ def main(argv: list[str]) -> int:
         )
     )
     try:
-        Worker(conn, model, log).run()
+        if load.profile_steps:
+            _log_steps_to_stderr()
+        Worker(conn, model, log, profile_steps=load.profile_steps).run()
     except Exception:  # tell the server why before going; it fails the requests in flight
         with contextlib.suppress(OSError):
             conn.send(Fatal(message=traceback.format_exc(limit=5)))
