@@ -149,7 +149,8 @@ def _engine_loader(settings: Settings) -> EngineLoader:
         return LlamaEngineLoader()
     from ember.engine.process_engine import ProcessEngineLoader
 
-    return ProcessEngineLoader(spare=True)
+    # At debug level each worker logs every decode step's timings (engine/batching.py).
+    return ProcessEngineLoader(spare=True, profile_steps=settings.log_level.lower() == "debug")
 
 
 def _configure_logging(level: str) -> None:
