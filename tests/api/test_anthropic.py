@@ -222,6 +222,12 @@ BAD = [
     ({"model": MODEL, "max_tokens": 5, "messages": [*HI, {"role": "assistant", "content": [
         {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": "not an object"}]}, *HI]},
      ".input must be an object"),
+    ({"model": MODEL, "max_tokens": 5, "messages": [*HI, {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]}, *HI]}, "used twice"),
+    ({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": []}]}, "content is empty"),
+    ({"model": MODEL, "max_tokens": 5, "messages": [*HI, {"role": "assistant", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "x"}]}, *HI]}, "belongs in a user message"),
 ]
 
 
@@ -243,6 +249,18 @@ def test_sdk_raises_typed_errors(client: anthropic.Anthropic) -> None:
     assert missing.value.body["error"]["type"] == "not_found_error"
     with pytest.raises(anthropic.NotFoundError):
         client.messages.stream(model="no-such-model:1b", max_tokens=5, messages=HI).__enter__()
+
+
+def test_bodies_the_edge_refuses_are_in_anthropic_shape(server) -> None:
+    cases = [
+        (httpx.post(server.url("/v1/messages"), content=b"{not json", timeout=30), 400, "invalid_request_error"),
+        (httpx.post(server.url("/v1/messages"), content=b"x" * (5 * 1024**2), timeout=30), 413, "request_too_large"),
+        (httpx.get(server.url("/v1/messages"), timeout=30), 405, "invalid_request_error"),
+        (httpx.post(server.url("/v1/messages/nope"), json={}, timeout=30), 404, "not_found_error"),
+    ]
+    for response, status, kind in cases:
+        assert response.status_code == status
+        assert response.json()["type"] == "error" and response.json()["error"]["type"] == kind
 
 
 def test_count_tokens_bad_input(server) -> None:

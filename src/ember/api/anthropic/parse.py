@@ -238,6 +238,8 @@ def _tool_use(block: ContentBlockIn, where: str, calls: dict[str, str]) -> ToolC
         raise BadRequest(f"{where} is a tool_use block without a 'name'", param=f"{where}.name")
     if not isinstance(block.input, dict):
         raise BadRequest(f"{where}.input must be an object (the call's arguments)", param=f"{where}.input")
+    if block.id in calls:
+        raise BadRequest(f"{where}: the tool_use id '{block.id}' is used twice", param=f"{where}.id")
     calls[block.id] = block.name
     return ToolCall(id=block.id, name=block.name, arguments=json.dumps(block.input, ensure_ascii=False))
 
