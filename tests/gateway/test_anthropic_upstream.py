@@ -424,10 +424,10 @@ def test_an_overloaded_anthropic_target_fails_over(
 ) -> None:
     fake.control(times=1, **fault)
     raw = openai_client(gateway).chat.completions.with_raw_response.create(
-        model="flaky", messages=QUESTION, temperature=0, max_tokens=24
+        model="flaky", messages=QUESTION, temperature=0, max_tokens=4
     )
     assert raw.headers["x-ember-provider"] == "claude" and raw.headers["x-ember-attempts"] == "2"
-    assert raw.parse().choices[0].message.content == direct
+    assert direct.startswith(raw.parse().choices[0].message.content or "-")
     assert fake.stats()["by_path"]["/v1/messages"] == 1
 
 
