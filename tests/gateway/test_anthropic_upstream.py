@@ -231,6 +231,14 @@ def test_a_json_schema_format_is_answered_through_a_forced_tool(gateway: ServerH
     )
     assert answer.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(answer.choices[0].message.content or "")["colour"], str)
+    # Ollama's format (a schema) goes the same way.
+    ollama_answer = ollama.Client(host=gateway.base_url, timeout=120).chat(
+        model="chat",
+        messages=[{"role": "user", "content": "Pick a colour."}],
+        format=schema,
+        options={"temperature": 0, "num_predict": 40},
+    )
+    assert isinstance(json.loads(ollama_answer.message.content or "")["colour"], str)
 
 
 def test_logprobs_and_embeddings_are_400s_naming_what_anthropic_cannot_do(gateway: ServerHandle) -> None:
