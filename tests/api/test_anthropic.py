@@ -226,6 +226,19 @@ BAD = [
         {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}},
         {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]}, *HI]}, "used twice"),
     ({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": []}]}, "content is empty"),
+    ({"model": MODEL, "max_tokens": 5, "messages": HI, "system": [{"type": "image", "source": {}}]}, "system[0]"),
+    ({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "file", "file_id": "f"}}]}]}, "content[0].source"),
+    ({"model": MODEL, "max_tokens": 5, "messages": [*HI, {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]}, {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "document"}]}]}]},
+     "a tool_result holds text and image blocks"),
+    ({"model": MODEL, "max_tokens": 5, "messages": HI, "stop_sequences": ["x"] * 65}, "at most 64"),
+    ({"model": MODEL, "max_tokens": 5, "messages": HI, "output_config": {"effort": "high"}}, "effort"),
+    ({"model": MODEL, "max_tokens": 5, "messages": HI, "mcp_servers": [{"type": "url", "url": "http://x"}]},
+     "mcp_servers"),
+    ({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "thinking", "thinking": "hmm"}]}]}, "do not reason"),
     ({"model": MODEL, "max_tokens": 5, "messages": [*HI, {"role": "assistant", "content": [
         {"type": "tool_result", "tool_use_id": "toolu_1", "content": "x"}]}, *HI]}, "belongs in a user message"),
 ]
