@@ -97,14 +97,14 @@ async def ttft(client: httpx.AsyncClient, model: str, probes: int) -> list[float
             "stream": True,
         }
         started = time.perf_counter()
+        first: float | None = None
         async with client.stream("POST", "/v1/chat/completions", json=body) as reply:
             reply.raise_for_status()
-            async for line in reply.aiter_lines():
-                if line.startswith("data: ") and '"content"' in line:
-                    samples.append((time.perf_counter() - started) * 1000)
-                    break
-            async for _ in reply.aiter_raw():
-                pass
+            async for line in reply.aiter_lines():  # read to the end: the slot is freed as in real use
+                if first is None and line.startswith("data: ") and '"content"' in line:
+                    first = (time.perf_counter() - started) * 1000
+        assert first is not None, "no content in the stream"
+        samples.append(first)
         await asyncio.sleep(0.2)
     return samples
 

@@ -309,6 +309,11 @@ class BatchService:
             await self.queue.drop(record.id)
         self.store.save(record)
 
+    async def fail(self, record: BatchRecord, code: str, message: str) -> None:
+        record.status, record.failed_at, record.errors = "failed", int(time.time()), [BatchError(code, message)]
+        self.store.save(record)
+        await self.queue.forget(record.id)
+
     async def finalize(self, record: BatchRecord) -> None:
         """Every line finished (or dropped): write the files, then the final status."""
         cancelled = record.status == "cancelling"

@@ -53,7 +53,7 @@ LINE_TIMEOUT = 600.0  # one attempt of one line
 TEND_EVERY = 0.5  # seconds between looks at the batches (validate, finalize)
 SWEEP_EVERY = 60.0  # seconds between sweeps of expired files
 RECLAIM_EVERY = 5.0  # seconds between looks for a dead node's lines (shared queues only)
-RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
+RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,11 @@ class BatchRunner:
             if record is None:
                 continue
             if record.status == "validating":
-                await self.service.validate(record)
+                try:
+                    await self.service.validate(record)
+                except Exception as exc:  # an unreadable input file: the batch fails, the runner goes on
+                    log.exception("batch %s: validation failed", record.id)
+                    await self.service.fail(record, "validation_error", f"the input file could not be read: {exc}")
                 self.wake()
             elif record.status == "cancelling" and record.in_progress_at is None:
                 await self.service.finalize(record)  # cancelled while validating: nothing ran
