@@ -28,6 +28,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from ember.api.openai.batches_routes import router as batches_router
     from ember.api.openai.files_routes import router as files_router
     from ember.api.openai.routes import router as openai_router
+    from ember.api.openai.schedules_routes import router as schedules_router
     from ember.api.protocols import ProtocolMiddleware, error_body_for, protocol_name
     from ember.api.responses.routes import router as responses_router
     from ember.api.responses.store import ResponseStore
@@ -36,6 +37,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from ember.guard import GuardMiddleware, build_guard
     from ember.guard.audit import AuditLog
     from ember.guard.audit import check_settings as check_audit_settings
+    from ember.jobs.metrics import BatchMetrics
+    from ember.jobs.schedules import start_schedules
     from ember.jobs.service import build_jobs
     from ember.runtime.scheduler import Scheduler
     from ember.runtime.store import ModelStore
@@ -84,9 +87,13 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = services
         # Batch lines run through this app itself (jobs/runner.py), so the runner starts last.
         services.jobs = await build_jobs(settings, app, scheduler, guard)
+        services.schedules = start_schedules(settings, services.jobs.batches, services.jobs.runner.wake)
+        batch_metrics = BatchMetrics(services.jobs)
+        telemetry.add_collector(batch_metrics, batch_metrics.refresh)
         try:
             yield
         finally:
+            await services.schedules.aclose()  # before jobs: a schedule firing creates a batch
             await services.jobs.aclose()  # first: its lines need everything below
             await gateway.aclose()
             await scheduler.shutdown()
@@ -112,6 +119,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai_router)
     app.include_router(files_router)
     app.include_router(batches_router)
+    app.include_router(schedules_router)
     app.include_router(responses_router)
     app.include_router(ollama_router)
     app.include_router(admin_router)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -117,6 +117,7 @@ class Telemetry:
         self.redis_up = Gauge("ember_redis_up", "1 when the shared Redis answers, else 0.", registry=r)
         self._state = _StateCollector()
         r.register(self._state)
+        self._refreshers: list[Callable[[], Awaitable[None]]] = []
         self._provider: TracerProvider | None = None
         self._tracer: Tracer | None = None
         if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
@@ -155,6 +156,17 @@ class Telemetry:
         self.redis_up.set(1 if up else 0)
 
     # -- lifecycle and scraping -----------------------------------------------------------------
+
+    def add_collector(self, collector: Collector, refresh: Callable[[], Awaitable[None]] | None = None) -> None:
+        """More scrape-time metrics (jobs/metrics.py); `refresh` reads what only an await can, before each render."""
+        self.registry.register(collector)
+        if refresh is not None:
+            self._refreshers.append(refresh)
+
+    async def refresh(self) -> None:
+        """Run the collectors' refreshers: call just before `render`."""
+        for refresh in self._refreshers:
+            await refresh()
 
     def bind(self, services: Any) -> None:
         """Give scrape-time collectors (scheduler, gateway breakers) what they read."""

@@ -9,15 +9,24 @@ on one Redis, one killed mid-batch.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import httpx
+import openai
 import pytest
 import pytest_asyncio
 
 from ember.jobs.records import Line, LineResult
 from ember.jobs.redis_queue import RedisLineQueue
+from tests.conftest import DEFAULT_MODEL as MODEL
+from tests.conftest import ServerHandle, start_server
+from tests.guard import copy_home
 
 URL = "/v1/chat/completions"
 
@@ -114,3 +123,84 @@ async def test_drop_keeps_claimed_lines_and_forget_removes_everything(queues) ->
     assert not await b.complete(running[1], _result(running[1].line))  # nothing recreated
     assert await a.results("batch_3") == []
     assert [c.line.batch_id for c in await b.claim("node-b", 5)] == ["batch_4", "batch_4"]
+
+
+# -- two real nodes ---------------------------------------------------------------------------------
+
+
+def _node_holds(redis_url: str, batch_id: str, pid: int) -> int:
+    """Lines of the batch pending in the consumer of the ember process `pid` (runner names carry it)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        consumers = client.xinfo_consumers(f"ember:batch:{{{batch_id}}}:lines", "ember")
+    except redis.ResponseError:
+        return 0  # not enqueued yet
+    finally:
+        client.close()
+    return sum(int(c["pending"]) for c in consumers if f"-{pid}-" in c["name"].decode())
+
+
+def _chat_lines(count: int) -> bytes:
+    lines = []
+    for i in range(count):
+        body = {"model": MODEL, "messages": [{"role": "user", "content": f"Count to {i + 3}."}], "max_tokens": 6,
+                "temperature": 0}
+        lines.append(json.dumps({"custom_id": f"line-{i}", "method": "POST", "url": URL, "body": body}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.mark.slow
+def test_two_nodes_share_a_batch_and_one_killed_mid_batch_loses_nothing(
+    model_home: Path, tmp_path: Path, redis_server
+) -> None:
+    env = {"EMBER_REDIS_URL": redis_server.url, "EMBER_BATCH_CLAIM_IDLE": "2s", "EMBER_NUM_PARALLEL": "2"}
+
+    def node(name: str) -> ServerHandle:
+        handle = start_server(copy_home(model_home, tmp_path / name), tmp_path, **env)
+        # The model loaded before the batch, so both nodes take lines at once.
+        httpx.post(handle.url("/v1/chat/completions"), timeout=120, json={
+            "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).raise_for_status()
+        return handle
+
+    with ThreadPoolExecutor(2) as pool:  # the two starts overlap
+        starting = [pool.submit(node, "a"), pool.submit(node, "b")]
+    if any(future.exception() for future in starting):
+        for future in starting:
+            if future.exception() is None:
+                future.result().stop()
+        raise next(f.exception() for f in starting if f.exception())  # type: ignore[misc]
+    creator, other = (future.result() for future in starting)
+    try:
+        client = openai.OpenAI(base_url=creator.url("/v1"), api_key="none", max_retries=0)
+        count = 8
+        upload = client.files.create(file=("lines.jsonl", _chat_lines(count)), purpose="batch")
+        batch = client.batches.create(input_file_id=upload.id, endpoint=URL, completion_window="24h")
+
+        # The other node works lines of a batch it does not hold: it has no record of it.
+        assert httpx.get(other.url(f"/v1/batches/{batch.id}"), timeout=10).status_code == 404
+        deadline = time.monotonic() + 120
+        while _node_holds(redis_server.url, batch.id, other.process.pid) == 0:
+            assert time.monotonic() < deadline, "the second node never took a line"
+            assert client.batches.retrieve(batch.id).status in ("validating", "in_progress")
+            time.sleep(0.05)
+        other.process.send_signal(signal.SIGKILL)  # that pid only: the node dies holding lines
+        other.process.wait(10)
+
+        deadline = time.monotonic() + 240
+        while (batch := client.batches.retrieve(batch.id)).status not in ("completed", "failed", "expired"):
+            assert time.monotonic() < deadline, f"batch still {batch.status}: {batch.request_counts}"
+            time.sleep(0.2)
+        assert batch.status == "completed", batch
+        assert batch.request_counts is not None
+        assert (batch.request_counts.total, batch.request_counts.completed, batch.request_counts.failed) == (
+            count, count, 0)
+        assert batch.output_file_id is not None and batch.error_file_id is None
+        output = [json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
+        assert [line["custom_id"] for line in output] == [f"line-{i}" for i in range(count)]  # each once, in order
+        assert all(line["response"]["status_code"] == 200 and line["error"] is None for line in output)
+        assert "took over" in creator.log()  # the dead node's lines were reclaimed, not lost
+    finally:
+        creator.stop()
+        other.stop()

@@ -20,4 +20,5 @@ router = APIRouter(tags=["ops"])
     },
 )
 async def metrics(svc: Services = Depends(services)) -> Response:
+    await svc.telemetry.refresh()
     return Response(svc.telemetry.render(), media_type=CONTENT_TYPE_LATEST)

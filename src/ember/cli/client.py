@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -107,9 +107,11 @@ class EmberClient:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, *, json_body: Any = None) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, *, json_body: Any = None, params: Any = None, files: Any = None
+    ) -> httpx.Response:
         try:
-            response = self._http.request(method, path, json=json_body)
+            response = self._http.request(method, path, json=json_body, params=params, files=files)
         except httpx.ConnectError as exc:
             raise ServerUnreachable(self.base_url) from exc
         except httpx.ConnectTimeout as exc:
@@ -119,8 +121,10 @@ class EmberClient:
         _raise_for_status(response)
         return response
 
-    def _json(self, method: str, path: str, json_body: Any = None) -> dict[str, Any]:
-        response = self._request(method, path, json_body=json_body)
+    def _json(
+        self, method: str, path: str, json_body: Any = None, *, params: Any = None, files: Any = None
+    ) -> dict[str, Any]:
+        response = self._request(method, path, json_body=json_body, params=params, files=files)
         if not response.content:
             return {}
         try:
@@ -200,3 +204,24 @@ class EmberClient:
 
     def chat(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
         return self._stream("/api/chat", {**request, "stream": True})
+
+    def call(
+        self, method: str, path: str, *, json_body: Any = None, params: Any = None, files: Any = None
+    ) -> dict[str, Any]:
+        """Any JSON endpoint, e.g. the OpenAI-style /v1/files and /v1/batches the batch commands use."""
+        return self._json(method, path, json_body, params=params, files=files)
+
+    def download(self, path: str, sink: BinaryIO) -> int:
+        """GET `path` and write its body to `sink` as it arrives; the number of bytes written."""
+        written = 0
+        try:
+            with self._http.stream("GET", path, timeout=httpx.Timeout(None, connect=_CONNECT_TIMEOUT)) as response:
+                _raise_for_status(response)
+                for chunk in response.iter_bytes():
+                    sink.write(chunk)
+                    written += len(chunk)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ServerUnreachable(self.base_url) from exc
+        except httpx.TransportError as exc:
+            raise EmberError(f"lost connection to ember at {self.base_url}: {exc}") from exc
+        return written

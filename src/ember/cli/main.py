@@ -15,7 +15,7 @@ import httpx
 import pydantic
 import typer
 
-from ember.cli import audit, bench, chat, doctor, gateway, keys, models, pull, serve
+from ember.cli import audit, batch, bench, chat, doctor, gateway, keys, models, pull, serve
 from ember.cli.output import error_line
 from ember.errors import EmberError
 
@@ -49,6 +49,7 @@ app.command("routes")(gateway.routes)
 app.command("usage")(gateway.usage)
 app.add_typer(keys.keys_app, name="keys")
 app.add_typer(audit.audit_app, name="audit")
+app.add_typer(batch.batch_app, name="batch")
 
 
 def _validation_message(exc: pydantic.ValidationError) -> str:
