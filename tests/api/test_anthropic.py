@@ -121,8 +121,9 @@ def test_a_call_cut_off_by_max_tokens_is_text_not_a_broken_tool_use(client: anth
 def test_tool_result_round_trip(client: anthropic.Anthropic) -> None:
     ask = {"role": "user", "content": "What is the weather in Paris for the next 3 days?"}
     first = client.messages.create(model=MODEL, max_tokens=80, messages=[ask], tools=[WEATHER],
-                                   tool_choice={"type": "any"}, extra_body=GREEDY)
+                                   tool_choice={"type": "any", "disable_parallel_tool_use": True}, extra_body=GREEDY)
     assert first.stop_reason == "tool_use"
+    assert [b.type for b in first.content].count("tool_use") == 1
     call = next(b for b in first.content if b.type == "tool_use")
     result = {"role": "user", "content": [
         {"type": "tool_result", "tool_use_id": call.id, "content": "Sunny, 24 C, all three days."}]}

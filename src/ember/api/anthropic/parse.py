@@ -81,8 +81,13 @@ def _refuse_unsupported(body: PromptRequest) -> None:
             f"output_config.effort is not supported: model '{body.model}' does not reason",
             param="output_config.effort",
         )
-    for field in ("mcp_servers", "container", "context_management"):
-        if getattr(body, field):
+    remote_only = (
+        ("mcp_servers", body.mcp_servers),
+        ("container", body.container),
+        ("context_management", body.context_management),
+    )
+    for field, value in remote_only:
+        if value:
             raise UnsupportedParameter(f"'{field}' is not supported: it runs on Anthropic's servers", param=field)
 
 
