@@ -61,7 +61,8 @@ model = "smart"
 targets = ["nodev1/{DEFAULT_MODEL}"]
 """,
     )
-    handle = start_server(Path(keys["home"]), logs, EMBER_CONFIG=str(config), EMBER_AUTH="required")
+    handle = start_server(Path(keys["home"]), logs, EMBER_CONFIG=str(config), EMBER_AUTH="required",
+                          EMBER_MAX_TOKENS_LIMIT="1000")
     try:
         yield handle
     finally:
@@ -196,3 +197,10 @@ def test_keys_by_x_api_key_and_bearer_and_refusals_in_anthropic_shape(
     assert scoped.value.body["error"]["type"] == "permission_error"
     response = httpx.post(gateway.url("/v1/messages/count_tokens"), json={"model": "fake/gpt-test", "messages": HI})
     assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
+
+
+def test_the_guard_caps_max_tokens_in_anthropic_shape(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as capped:
+        client.messages.create(model="fake/gpt-test", max_tokens=5000, messages=HI)
+    assert capped.value.body["error"]["type"] == "invalid_request_error"
+    assert "max_tokens 5000 is above this server's limit of 1000" in capped.value.body["error"]["message"]
