@@ -3,10 +3,11 @@
     python bench/batch_throughput.py --url http://127.0.0.1:11434 -n 1000 --slots 4
 
 Start the server with EMBER_CACHE=off (every line must reach the model). Four figures:
-1. interactive: the n lines as chat requests from a client keeping `--slots` in flight (the
+1. interactive: n lines as chat requests from a client keeping `--slots` in flight (the
    model's slot count), lines per second;
-2. batch: the same n lines as one batch (upload, create, poll to completed), lines per second
-   from create to completed, and its ratio to 1 (target >= 0.95);
+2. batch: n lines as batches (upload, create, poll to completed), lines per second from create
+   to completed, and its ratio to 1 (target >= 0.95). The two alternate in `--rounds` rounds of
+   n / rounds lines each, and the total and the median round's ratio are printed;
 3. TTFT of streamed interactive requests, one at a time, on an idle server: p50 / p95;
 4. the same while a batch of n lines runs (then cancelled).
 """
@@ -122,15 +123,31 @@ async def main() -> None:
     parser.add_argument("--slots", type=int, default=4, help="the model's slot count (EMBER_NUM_PARALLEL)")
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--probes", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=5, help="alternations of interactive and batch")
     parser.add_argument("--api-key", default="none")
     args = parser.parse_args()
     headers = {"Authorization": f"Bearer {args.api_key}"}
     async with httpx.AsyncClient(base_url=args.url, timeout=600, headers=headers) as client:
         await interactive(client, lines(args.slots, args.model, args.max_tokens, "warm"), args.slots)
-        rate_i = await interactive(client, lines(args.n, args.model, args.max_tokens, "i"), args.slots)
-        print(f"interactive at {args.slots} in flight: {rate_i:6.2f} lines/s", flush=True)
-        rate_b = await batch(client, lines(args.n, args.model, args.max_tokens, "b"))
-        print(f"batch:                    {rate_b:6.2f} lines/s   ({rate_b / rate_i:.2f}x interactive)", flush=True)
+        # Rounds alternate the two, so a machine whose load drifts (a shared one) tilts neither.
+        size = args.n // args.rounds
+        ratios, total_i, total_b = [], 0.0, 0.0
+        for r in range(args.rounds):
+            rate_i = await interactive(client, lines(size, args.model, args.max_tokens, f"i{r}"), args.slots)
+            rate_b = await batch(client, lines(size, args.model, args.max_tokens, f"b{r}"))
+            ratios.append(rate_b / rate_i)
+            total_i, total_b = total_i + size / rate_i, total_b + size / rate_b
+            print(
+                f"round {r + 1}: interactive {rate_i:6.2f} lines/s, batch {rate_b:6.2f} lines/s"
+                f" ({rate_b / rate_i:.2f}x)",
+                flush=True,
+            )
+        print(
+            f"{args.n} lines each: interactive at {args.slots} in flight {args.n / total_i:6.2f} lines/s,"
+            f" batch {args.n / total_b:6.2f} lines/s ({total_i / total_b:.2f}x;"
+            f" median round {statistics.median(ratios):.2f}x)",
+            flush=True,
+        )
         idle = await ttft(client, args.model, args.probes)
         print(f"TTFT idle:                {quantiles(idle)}", flush=True)
         running = await start_batch(client, lines(args.n, args.model, args.max_tokens, "bg"))

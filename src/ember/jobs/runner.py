@@ -52,7 +52,6 @@ INTERACTIVE_GRACE = 2.0  # seconds after the last interactive request that a slo
 LINE_TIMEOUT = 600.0  # one attempt of one line
 TEND_EVERY = 0.5  # seconds between looks at the batches (validate, finalize)
 SWEEP_EVERY = 60.0  # seconds between sweeps of expired files
-RECLAIM_EVERY = 5.0  # seconds between looks for a dead node's lines (shared queues only)
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -151,7 +150,8 @@ class BatchRunner:
 
     async def start(self) -> None:
         if self.queue.name == "sqlite":
-            # One node owns an embedded queue: every claim left in it is a dead process's.
+            # One node owns an embedded queue: every claim left in it is a dead process's. (A shared
+            # queue takes over a silent node's lines itself, jobs/redis_queue.py.)
             back = await self.queue.reclaim(0)
             if back:
                 log.info("batch lines resumed after a restart: %d", back)
@@ -175,15 +175,10 @@ class BatchRunner:
             await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _loop(self) -> None:
-        next_tend = next_sweep = next_reclaim = 0.0
+        next_tend = next_sweep = 0.0
         while True:
             try:
                 now = time.monotonic()
-                if self.queue.name != "sqlite" and now >= next_reclaim:
-                    # A shared queue: lines of a node gone silent come back (the queue's own
-                    # idle floor decides what silent means, EMBER_BATCH_CLAIM_IDLE).
-                    await self.queue.reclaim(0)
-                    next_reclaim = now + RECLAIM_EVERY
                 if now >= next_tend:
                     await self._tend()
                     next_tend = now + TEND_EVERY
