@@ -120,8 +120,6 @@ def test_bad_input_is_one_line_and_leaves_no_upload(ember: Ember, server, batch_
     before = _files(server)
     assert_one_line_error(ember("batch", "create", str(batch_file), "--endpoint", "/v1/nope", env=server.env),
                           contains="invalid endpoint '/v1/nope'")
-    assert_one_line_error(ember("batch", "create", str(batch_file), "--completion-window", "9d", env=server.env),
-                          contains="completion_window")
     assert_one_line_error(ember("batch", "schedule", str(batch_file), "--cron", "0 2 * * * *", env=server.env),
                           contains="has 6 fields")
     assert_one_line_error(ember("batch", "schedule", str(batch_file), "--cron", "0 2 * * *", "--endpoint", "/v1/x",
@@ -130,8 +128,17 @@ def test_bad_input_is_one_line_and_leaves_no_upload(ember: Ember, server, batch_
     assert_one_line_error(ember("batch", "create", str(tmp_path / "missing.jsonl"), env=server.env),
                           contains="no such file")
     assert_one_line_error(ember("batch", "show", "batch_nope", env=server.env), contains="no batch with id")
-    assert_one_line_error(ember("batch", "download", "batch_nope", env=server.env), contains="no batch with id")
     assert_one_line_error(ember("batch", "unschedule", "bsched_nope", env=server.env), contains="no batch schedule")
+
+
+def test_wait_on_a_batch_that_fails_validation_is_one_error_line(ember: Ember, server, tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(_line("a") + "\n{not json\n" + _line("a") + "\n")
+    result = ember("batch", "create", str(path), "--wait", env=server.env)
+    assert_one_line_error(result, contains="failed: line 2: ")
+    assert "(and 1 more: ember batch show batch_" in result.stderr  # the duplicate custom_id on line 3
+    first, *progress = result.stdout.splitlines()
+    assert first.startswith("batch_") and progress[-1] == "failed 0/0 done (0 failed)"
 
 
 def test_no_server_is_one_line(ember: Ember, dead_host: str) -> None:
