@@ -20,7 +20,11 @@ from tests.gateway.conftest import UpstreamHandle, start_upstream, write_config
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerHandle, UpstreamHandle]]:
     logs = tmp_path_factory.mktemp("batch-retries")
     fake = start_upstream(logs)
+    # The breaker stays shut: these tests are about the batch's own retries, not the gateway's.
     config = write_config(logs, f"""
+[breaker]
+failures = 100
+
 [[providers]]
 name = "fake"
 kind = "openai"
@@ -70,6 +74,15 @@ def test_a_failing_upstream_is_retried_until_it_answers(setup: tuple[ServerHandl
     assert fake.stats()["requests"] >= 4  # two failures, then each line once
 
 
+def test_a_client_error_is_not_retried(setup: tuple[ServerHandle, UpstreamHandle]) -> None:
+    server, fake = setup
+    fake.reset()
+    fake.control(mode="error", status=400, times=1)
+    batch, output, errors = run(server, 1)
+    assert [e["custom_id"] for e in errors] == ["r0"] and errors[0]["response"]["status_code"] == 400
+    assert fake.stats()["requests"] == 1
+
+
 def test_attempts_spent_the_line_fails_with_its_last_answer(setup: tuple[ServerHandle, UpstreamHandle]) -> None:
     server, fake = setup
     fake.reset()
@@ -82,12 +95,3 @@ def test_attempts_spent_the_line_fails_with_its_last_answer(setup: tuple[ServerH
     for error in errors:
         assert error["response"]["status_code"] >= 500 and error["error"]["message"]
     assert time.monotonic() - started > 1.0  # backoff 0.5 s, then 1 s, between the three attempts
-
-
-def test_a_client_error_is_not_retried(setup: tuple[ServerHandle, UpstreamHandle]) -> None:
-    server, fake = setup
-    fake.reset()
-    fake.control(mode="error", status=400, times=1)
-    batch, output, errors = run(server, 1)
-    assert [e["custom_id"] for e in errors] == ["r0"] and errors[0]["response"]["status_code"] == 400
-    assert fake.stats()["requests"] == 1

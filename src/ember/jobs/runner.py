@@ -139,6 +139,7 @@ class BatchRunner:
         self._running: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._tend_soon = False  # validate or finalize at the next turn of the loop
         self._last_interactive = -INTERACTIVE_GRACE
         self._keys: dict[str, KeyRecord] = {}
         self._keys_read = 0.0
@@ -159,6 +160,7 @@ class BatchRunner:
 
     def wake(self) -> None:
         """A batch was created or cancelled: look now rather than at the next tick."""
+        self._tend_soon = True
         self._wake.set()
 
     async def stop(self) -> None:
@@ -179,7 +181,8 @@ class BatchRunner:
         while True:
             try:
                 now = time.monotonic()
-                if now >= next_tend:
+                if now >= next_tend or self._tend_soon:
+                    self._tend_soon = False
                     await self._tend()
                     next_tend = now + TEND_EVERY
                 if now >= next_sweep:
@@ -251,6 +254,8 @@ class BatchRunner:
 
     def _line_done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
+        if not self._running:
+            self._tend_soon = True  # perhaps a batch's last line: finalize it now, not at the tick
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("batch line failed unexpectedly", exc_info=task.exception())
