@@ -9,4 +9,7 @@ files.py     upload, read and delete file bytes: streamed to a temporary file, r
 batches.py   validate an input file into lines; build the output and error files at finalizing
 runner.py    the background task: claims lines, runs each through the app in-process as the
              batch's key, retries, finalizes, expires
+service.py   Jobs: the parts above built and closed together (app.py's lifespan, Services.jobs)
+redis_queue.py  the LineQueue over Redis Streams (EMBER_REDIS_URL): several nodes, one batch
+schedules.py batches on a cron schedule; metrics.py: the Prometheus figures of batches
 """
