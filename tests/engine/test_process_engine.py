@@ -229,6 +229,73 @@ async def test_prefix_reuse_evaluates_only_the_new_part(engine: ProcessEngine) -
     assert again.text == second.text
 
 
+def shared_story(topic: str) -> str:
+    """A long prefix no other test uses (each slot's cache outlives its request)."""
+    return " ".join(f"Note {i} about {topic}: the {topic} is kept in room {i * 7}." for i in range(45))
+
+
+def shared_length(a: list[int], b: list[int]) -> int:
+    return next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def sequential(smollm2_gguf: Path) -> AsyncIterator[ProcessEngine]:
+    """A second engine, asked one request at a time: a later prompt finds the shared prefix in the
+    free slot the earlier one left. Copying a busy slot's cache must answer exactly as that does
+    (the same cache, read on from the same point; the in-process engine reads every prompt whole,
+    and where a prompt is split into decodes moves the last bits of the logits)."""
+    loaded = await ProcessEngineLoader().load(smollm2_gguf, LoadOptions(num_ctx=2048, num_parallel=2))
+    yield loaded
+    await loaded.close()
+
+
+async def test_a_prefix_in_a_busy_slot_is_copied_not_read_again(
+    engine: ProcessEngine, sequential: ProcessEngine
+) -> None:
+    story = shared_story("lamp")
+    running = await engine.tokenize(chat(f"{story}\nList every room."))
+    asked = await engine.tokenize(chat(f"{story}\nWhere is the lamp kept?"))
+    shared = shared_length(running, asked)
+    assert shared > 500
+    events = engine.generate(GenerationRequest(prompt_tokens=running, max_tokens=400, sampling=GREEDY))
+    try:
+        async for event in events:  # once it is generating, its slot is busy and holds the story
+            if event.text:
+                break
+        answer = await ask(engine, asked, max_tokens=12, sampling=GREEDY)
+    finally:
+        await events.aclose()
+    assert answer.stats.cached_prompt_tokens == shared
+    await ask(sequential, running, max_tokens=1, sampling=GREEDY)
+    alone = await ask(sequential, asked, max_tokens=12, sampling=GREEDY)
+    assert alone.stats.cached_prompt_tokens == shared
+    assert answer.text == alone.text
+
+
+async def test_prompts_sharing_a_cold_prefix_read_it_once(engine: ProcessEngine, sequential: ProcessEngine) -> None:
+    """Arriving together, the first reads the prefix and the others wait for it and copy it.
+
+    Their answers are not compared with solo answers: three suffixes read in one decode get
+    logits a little different from each read alone (llama.cpp's CPU kernels), enough to flip a
+    near-tie of greedy decoding after ~800 prompt tokens, with or without copying. That the
+    copy itself is exact is the test above."""
+    story = shared_story("clock")
+    questions = ["Where is the clock kept?", "Which room is first?", "How many notes are there?", "Name a room."]
+    prompts = [await engine.tokenize(chat(f"{story}\n{q}")) for q in questions]
+    shared = [shared_length(prompts[0], p) for p in prompts[1:]]
+    started = time.perf_counter()
+    answers = await asyncio.gather(*(ask(engine, p, max_tokens=8, sampling=GREEDY) for p in prompts))
+    together = time.perf_counter() - started
+    cached = sorted(a.stats.cached_prompt_tokens for a in answers)
+    assert cached[0] < 64 and cached[1:] == sorted(shared), (cached, shared)
+    assert all(a.stats.completion_tokens == 8 and a.text for a in answers)
+    started = time.perf_counter()
+    for prompt in prompts:
+        await ask(sequential, prompt, max_tokens=8, sampling=GREEDY)
+    print(f"{len(prompts)} prompts sharing {min(shared)} tokens: {together:.2f}s together, "
+          f"{time.perf_counter() - started:.2f}s one after another")
+
+
 async def test_long_prompt_does_not_stall_running_streams(engine: ProcessEngine) -> None:
     counting = await engine.tokenize(COUNTING)
     novel = " ".join(f"Chapter {i}: a storm rolled over the hills and the river rose." for i in range(70))

@@ -35,6 +35,11 @@ from ember.engine.types import FinishReason, GenerationRequest, GenerationStats,
 
 log = logging.getLogger("ember.engine")
 
+# The fewest shared prompt tokens worth copying another slot's cache for (or waiting for a
+# prompt being read): a copy moves a whole sequence's cache, which costs about as much as
+# reading a few dozen tokens on a small CPU.
+MIN_SHARED_COPY = 64
+
 
 @dataclass(frozen=True)
 class BatchConfig:
@@ -107,6 +112,7 @@ class BatchScheduler:
         self._steps = 0
         self._step_generating = 0  # sequences that had a token in the last batch
         self._admissions = 0
+        self._copies = 0  # caches copied from one slot to another (shared prefixes)
         self._logprobs = LogprobReader(self._vocab)  # for requests that ask for logprobs
 
     # --- requests in and out -------------------------------------------------
@@ -202,17 +208,33 @@ class BatchScheduler:
         )
 
     def _admit(self) -> None:
+        deferred: list[Job] = []
         while self._waiting:
             free = [slot for slot in self._slots if slot.job is None]
             if not free:
-                return
+                break
             job = self._waiting.popleft()
             prompt = job.request.prompt_tokens
-            shared = {slot.seq_id: common_prefix(slot.tokens, prompt) for slot in free}
-            slot = max(free, key=lambda s: (shared[s.seq_id], -s.last_used))
+            held = {slot.seq_id: common_prefix(slot.tokens, prompt) for slot in self._slots}
+            longest = max(held.values())
+            coming = self._coming(prompt)
+            if coming >= MIN_SHARED_COPY and coming > longest:
+                # A prompt being read now shares more of this one than any cache holds: wait until
+                # it is read and copy its cache, rather than reading the same tokens twice side by
+                # side (and from the same point on as when the prefix is found in a free slot).
+                deferred.append(job)
+                continue
+            slot = max(free, key=lambda s: (held[s.seq_id], -s.last_used))
+            if longest - held[slot.seq_id] >= MIN_SHARED_COPY:
+                # A busy slot holds more of the prompt: copy its cache into the free slot whose
+                # own cache is worth least.
+                donor = next(s for s in self._slots if held[s.seq_id] == longest)
+                slot = min(free, key=lambda s: (held[s.seq_id], s.last_used))
+                self._copy_cache(donor, slot)
+                held[slot.seq_id] = longest
             # Keep the shared prefix, but always evaluate at least one prompt token:
             # its logits are where the first sample comes from.
-            keep = min(shared[slot.seq_id], len(prompt) - 1)
+            keep = min(held[slot.seq_id], len(prompt) - 1)
             if keep < len(slot.tokens):
                 if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
                     llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
@@ -223,6 +245,26 @@ class BatchScheduler:
             job.chain.accept_history(prompt[:keep])
             self._admissions += 1
             slot.job, slot.feed, slot.admitted = job, list(prompt[keep:]), self._admissions
+        self._waiting.extendleft(reversed(deferred))  # they keep their place in the queue
+
+    def _coming(self, prompt: Sequence[int]) -> int:
+        """How much of `prompt` some slot still reading its own prompt will have in its cache."""
+        return max(
+            (
+                common_prefix(slot.job.request.prompt_tokens, prompt)
+                for slot in self._slots
+                if slot.job is not None and slot.feed and not slot.generating
+            ),
+            default=0,
+        )
+
+    def _copy_cache(self, donor: Slot, target: Slot) -> None:
+        """Make target's cache a copy of donor's. Between the sequences of a non-unified cache
+        llama.cpp copies only whole sequences; the caller trims the tail it does not share."""
+        llama_cpp.llama_memory_seq_rm(self._memory, target.seq_id, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self._memory, donor.seq_id, target.seq_id, -1, -1)
+        target.tokens = list(donor.tokens)
+        self._copies += 1
 
     def _fill_batch(self) -> list[tuple[Slot, int]]:
         """Put this step's tokens in the batch; (slot, batch index) of each wanted output."""
