@@ -121,6 +121,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(batches_router)
     app.include_router(schedules_router)
     app.include_router(responses_router)
+    app.include_router(anthropic_router)
     app.include_router(ollama_router)
     app.include_router(admin_router)
     app.include_router(metrics_router)
@@ -129,7 +130,6 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     @app.head("/", response_class=PlainTextResponse, include_in_schema=False)
     async def root() -> str:
         return "ember is running"
-    app.include_router(anthropic_router)
 
     @app.get("/health", tags=["ops"])
     async def health() -> dict[str, str]:
