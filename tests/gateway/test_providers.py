@@ -131,6 +131,19 @@ def test_openai_chat_through_a_route_gets_the_upstreams_text_usage_and_headers(
     assert stats["completed"] == 3 and stats["active"] == 0
 
 
+def test_llama_cpp_sampling_knobs_are_named_not_sent_to_an_openai_upstream(
+        gateway: ServerHandle, fake: UpstreamHandle) -> None:
+    """A cloud refuses fields it does not know: top_k and friends stay here, named in the header."""
+    client = openai_client(gateway)
+    raw = client.chat.completions.with_raw_response.create(
+        model="chat", messages=MESSAGES, max_tokens=2, extra_body={"top_k": 5, "repeat_penalty": 1.0})
+    assert raw.headers["x-ember-dropped-fields"] == "top_k, repeat_penalty"
+    sent = httpx.get(fake.url + "/_last", timeout=5).json()["body"]
+    assert not {"top_k", "repeat_penalty"} & set(sent)
+    plain = client.chat.completions.with_raw_response.create(model="chat", messages=MESSAGES, max_tokens=2)
+    assert "x-ember-dropped-fields" not in plain.headers
+
+
 # -- (b) protocol translation both ways --------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from ember.engine.types import GenerationStats, TokenLogprob, TopLogprob
+from ember.engine.types import GenerationStats, SamplingParams, TokenLogprob, TopLogprob
 from ember.gateway.config import ProviderConfig
 from ember.gateway.provider import count_by_generating
 from ember.gateway.remote import (
@@ -29,7 +29,7 @@ from ember.gateway.remote import (
     upstream_role,
 )
 from ember.services.embeddings import EmbeddingOutcome
-from ember.services.generation import Generation
+from ember.services.generation import DROPPED_FIELDS, Generation
 from ember.services.types import (
     ChatMessage,
     GenerationEvent,
@@ -54,7 +54,14 @@ class OpenAIProvider:
     async def start(self, request: TextRequest, model: str) -> Generation:
         chat = request.messages is not None
         path = "chat/completions" if chat else "completions"
-        return await self._remote.stream(path, request_body(request, model), partial(parse_stream, self.name), model)
+        dropped = dropped_fields(request)
+        return await self._remote.stream(
+            path,
+            request_body(request, model),
+            partial(parse_stream, self.name),
+            model,
+            notes={DROPPED_FIELDS: ", ".join(dropped)} if dropped else None,
+        )
 
     async def count_tokens(self, request: TextRequest, model: str) -> int:
         return await count_by_generating(self, request, model)
@@ -85,6 +92,17 @@ class OpenAIProvider:
 
     async def aclose(self) -> None:
         await self._remote.aclose()
+
+
+_DEFAULTS = SamplingParams()
+
+
+def dropped_fields(request: TextRequest) -> list[str]:
+    """llama.cpp's sampling knobs, which OpenAI's API has no field for (a cloud refuses unknown
+    fields, so they are not sent): named when the request moved them off ember's defaults."""
+    s = request.sampling
+    knobs = ("top_k", "min_p", "typical_p", "repeat_penalty", "repeat_last_n")
+    return [name for name in knobs if getattr(s, name) != getattr(_DEFAULTS, name)]
 
 
 def request_body(request: TextRequest, model: str) -> dict[str, Any]:
