@@ -285,6 +285,39 @@ def test_a_spent_budget_fails_the_rest_with_insufficient_quota(jobs_server: Serv
     assert batch.request_counts.completed >= 1
 
 
+def test_lines_run_as_the_batch_key_scopes_usage_and_audit(jobs_server: ServerHandle) -> None:
+    # An embed-only key may run a batch, but its chat lines meet the guard as that key: 403.
+    key = make_key(jobs_server.home, "embedder", scopes="embed")
+    embedder = openai.OpenAI(base_url=jobs_server.url("/v1"), api_key=key, max_retries=0)
+    batch = run_batch(embedder, [chat_line("chat-0"), chat_line("chat-1")])
+    errors = read_lines(embedder, batch.error_file_id)
+    assert batch.status == "completed" and batch.request_counts.failed == 2
+    assert {(e["response"]["status_code"], e["error"]["code"]) for e in errors} == {(403, "insufficient_scope")}
+    # Answered lines are the key's usage, like any request of it.
+    admin = make_key(jobs_server.home, "operator", scopes="admin")
+    counter = make_key(jobs_server.home, "counter")
+    counting = openai.OpenAI(base_url=jobs_server.url("/v1"), api_key=counter, max_retries=0)
+    assert run_batch(counting, [chat_line("u0"), chat_line("u1"), chat_line("u2")]).request_counts.completed == 3
+    rows = httpx.get(jobs_server.url("/admin/usage"), params={"by": "key"},
+                     headers={"Authorization": f"Bearer {admin}"}).json()["rows"]
+    mine = next(r for r in rows if r["key"] == "counter")
+    assert mine["requests"] == 3 and mine["tokens_out"] > 0
+    # And each is in the audit log under that key (written in batches: give it a moment).
+    from ember.guard.audit import open_readonly, rows as audit_rows
+
+    deadline = time.monotonic() + 10
+    while True:
+        db = open_readonly(jobs_server.home / "state" / "audit.db")
+        try:
+            audited = [json.loads(r.data) for r in audit_rows(db)]
+        finally:
+            db.close()
+        if sum(1 for a in audited if a.get("key") == "counter") >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert sum(1 for a in audited if a.get("key") == "counter" and a.get("endpoint") == CHAT) == 3
+
+
 @pytest.mark.slow
 def test_kill_9_mid_batch_resumes_without_loss_or_duplicates(model_home: Path, tmp_path: Path) -> None:
     home = copy_home(model_home, tmp_path / "home")

@@ -319,7 +319,7 @@ class BatchRunner:
         if not self._guard.enabled or not owner:
             return None
         now = time.monotonic()
-        if now - self._keys_read > 2.0:
+        if now - self._keys_read > 2.0 or owner not in self._keys:  # a key made a moment ago: read again
             try:
                 self._keys = {k.name: k for k in self._guard.keys.list()}
             except Exception:  # unreadable store: the guard answers 401/503 for the line
