@@ -192,6 +192,13 @@ def test_bad_requests_are_openai_errors(jobs_server: ServerHandle, client: opena
     missing = httpx.post(jobs_server.url("/v1/files"), headers=headers, data={"purpose": "batch"},
                          files={"other": ("a", b"b")})
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "file"
+    lasting = client.files.create(file=("e.txt", b"x"), purpose="user_data",
+                                  expires_after={"anchor": "created_at", "seconds": 3600})
+    assert lasting.expires_at == lasting.created_at + 3600
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.files.create(file=("e.txt", b"x"), purpose="user_data",
+                            expires_after={"anchor": "created_at", "seconds": 5})
+    assert "expires_after" in caught.value.message
     # Deleting is for good; a deleted file is unknown.
     assert client.files.delete(data.id).deleted
     with pytest.raises(openai.NotFoundError):
