@@ -266,6 +266,18 @@ def test_cancel_keeps_what_finished(client: openai.OpenAI) -> None:
     assert "completed" in caught.value.message
 
 
+def test_cancel_right_after_create(client: openai.OpenAI) -> None:
+    """Cancelled while validating, while its file is read, or just after: cancelled, little or nothing run."""
+    lines = [chat_line(f"v{i}") for i in range(1000)]
+    source = client.files.create(file=("many.jsonl", jsonl(lines)), purpose="batch")
+    batch = client.batches.create(input_file_id=source.id, endpoint=CHAT, completion_window="24h")
+    assert client.batches.cancel(batch.id).status == "cancelling"
+    done = wait_for(client, batch.id)
+    assert done.status == "cancelled" and done.cancelled_at
+    ids = [o["custom_id"] for o in read_lines(client, done.output_file_id)]
+    assert len(ids) == len(set(ids)) == done.request_counts.completed < 100
+
+
 def test_expired_lines_go_to_the_error_file(client: openai.OpenAI) -> None:
     lines = [chat_line(f"x{i}", "Tell me a long story about the sea.", max_tokens=32) for i in range(16)]
     source = client.files.create(file=("expire.jsonl", jsonl(lines)), purpose="batch")
