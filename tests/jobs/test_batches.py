@@ -337,6 +337,42 @@ def test_lines_run_as_the_batch_key_scopes_usage_and_audit(jobs_server: ServerHa
     assert sum(1 for a in audited if a.get("key") == "counter" and a.get("endpoint") == CHAT) == 3
 
 
+def test_a_revoked_key_stops_its_batch(jobs_server: ServerHandle) -> None:
+    from ember.guard.keys import KeyStore
+
+    key = make_key(jobs_server.home, "fickle")
+    fickle = openai.OpenAI(base_url=jobs_server.url("/v1"), api_key=key, max_retries=0)
+    lines = [chat_line(f"f{i}", "Tell me a long story about the sea.", max_tokens=24) for i in range(32)]
+    source = fickle.files.create(file=("f.jsonl", jsonl(lines)), purpose="batch")
+    batch = fickle.batches.create(input_file_id=source.id, endpoint=CHAT, completion_window="24h")
+    deadline = time.monotonic() + 120
+    while (fickle.batches.retrieve(batch.id).request_counts.completed or 0) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    store = KeyStore(jobs_server.home / "state" / "keys.db")
+    try:
+        store.revoke("fickle")
+    finally:
+        store.close()
+    # The key can no longer look; the lines after the revocation failed as that key's requests do.
+    with pytest.raises(openai.AuthenticationError):
+        fickle.batches.retrieve(batch.id)
+    from ember.jobs.store import JobStore
+
+    jobs = JobStore(jobs_server.home / "state" / "jobs.db")
+    try:
+        deadline = time.monotonic() + 120
+        while not (record := jobs.get_batch(batch.id, "fickle")).finished:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        jobs.close()
+    assert record.status == "completed" and record.completed >= 1 and record.failed >= 1
+    assert record.completed + record.failed == 32
+    failed = (jobs_server.home / "state" / "files" / str(record.error_file_id)).read_text().splitlines()
+    assert {json.loads(x)["error"]["code"] for x in failed} == {"invalid_api_key"}
+
+
 @pytest.mark.slow
 def test_kill_9_mid_batch_resumes_without_loss_or_duplicates(model_home: Path, tmp_path: Path) -> None:
     home = copy_home(model_home, tmp_path / "home")
