@@ -172,5 +172,7 @@ def test_body_without_json_content_type_is_read_as_json(server) -> None:
     response = httpx.post(server.url("/api/chat"), content=body,
                           headers={"content-type": "application/x-www-form-urlencoded"}, timeout=60)
     assert response.status_code == 200 and response.json()["done"] is True
+    # /v1 reads max_tokens, not options.num_predict: without it the answer may run to the context's end.
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
     response = httpx.post(server.url(CHAT), content=body, headers={"content-type": ""}, timeout=60)
     assert response.status_code == 200

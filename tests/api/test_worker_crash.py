@@ -34,7 +34,7 @@ def _exited(pid: int) -> bool:
     """Gone, or a zombie waiting for its parent to reap it: either way it runs no more."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped between the open and the read: ESRCH
         return True
 
 
