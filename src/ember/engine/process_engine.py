@@ -168,6 +168,10 @@ class _Channel:
         self._outgoing: queue.SimpleQueue[ToWorker | None] = queue.SimpleQueue()
         self._fatal: str | None = None
         self.failure: tuple[str, str] | None = None  # (message, code) once the worker is gone
+        # Set the moment the socket closes, before the exit status is read: until `failure` is
+        # set, Popen.poll() from another thread says "running" while this thread's wait() holds
+        # its lock, and a request could be handed to a worker that is already dead.
+        self.gone = False
         self.closing = False
         self.memory_bytes = 0
         self._reader = threading.Thread(target=self._read, name=f"ember-worker-read-{name}", daemon=True)
@@ -235,6 +239,7 @@ class _Channel:
         _post(deliveries)
 
     def _worker_gone(self) -> None:
+        self.gone = True
         self._outgoing.put(None)  # stop the writer
         if self.closing:
             failure = (f"the model {self.name} was unloaded", "model_unloaded")
@@ -321,7 +326,7 @@ class ProcessEngine:
     def alive(self) -> bool:
         """False once the worker has exited (crash or close): drop the engine, load anew."""
         channel = self._channel
-        return not self._closed and channel.failure is None and channel.process.poll() is None
+        return not self._closed and not channel.gone and channel.failure is None and channel.process.poll() is None
 
     async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         if len(text) <= _INLINE_TOKENIZE_CHARS:
