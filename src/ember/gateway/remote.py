@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, aclosing
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -28,7 +28,7 @@ import httpx
 from ember.engine.types import TokenLogprob, TopLogprob
 from ember.errors import UpstreamError, UpstreamTimeout
 from ember.gateway.config import ProviderConfig
-from ember.services.generation import Generation
+from ember.services.generation import DROPPED_FIELDS, Generation
 from ember.services.types import FinishReason, GenerationEvent
 
 log = logging.getLogger("ember.gateway")
@@ -365,10 +365,10 @@ class RemoteClient:
             raise broken(self.name, "upstream answered with a body that is not JSON") from exc
 
     async def stream(
-        self, path: str, body: dict[str, Any], parse: Parser, model: str, notes: dict[str, str] | None = None
+        self, path: str, body: dict[str, Any], parse: Parser, model: str, dropped: Sequence[str] = ()
     ) -> Generation:
         """POST a streaming request; return once the first token (or the end) has arrived.
-        `notes` become response headers of the Generation (what the upstream could not be told)."""
+        `dropped` names the request fields the upstream could not be told (X-Ember-Dropped-Fields)."""
         loop = asyncio.get_running_loop()
         state = StreamState(model=model, started=time.perf_counter())
         deadline = loop.time() + self.config.total_timeout
@@ -408,7 +408,7 @@ class RemoteClient:
             _events=rest,
             _resources=resources,
             provider=self.name,
-            notes=dict(notes or {}),
+            notes={DROPPED_FIELDS: ", ".join(dropped)} if dropped else {},
         )
 
     async def _send(self, resources: AsyncExitStack, shard: _Shard, path: str, body: dict[str, Any]) -> httpx.Response:

@@ -40,7 +40,7 @@ from ember.gateway.config import ProviderConfig
 from ember.gateway.remote import RemoteClient, StreamState, broken, sse_data
 from ember.gateway.remote_openai import image_url
 from ember.services.embeddings import EmbeddingOutcome
-from ember.services.generation import DROPPED_FIELDS, Generation
+from ember.services.generation import Generation
 from ember.services.types import (
     ChatMessage,
     FinishReason,
@@ -84,13 +84,12 @@ class AnthropicProvider:
 
     async def start(self, request: TextRequest, model: str) -> Generation:
         message = translate(request, model, default_max_tokens=self._max_tokens)
-        dropped = dropped_fields(request)
         return await self._remote.stream(
             "v1/messages",
             message.body,
             partial(parse_stream, self.name, message.format_tool),
             model,
-            notes={DROPPED_FIELDS: ", ".join(dropped)} if dropped else None,
+            dropped=dropped_fields(request),
         )
 
     async def count_tokens(self, request: TextRequest, model: str) -> int:

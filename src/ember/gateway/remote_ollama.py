@@ -32,7 +32,7 @@ from ember.gateway.remote import (
     upstream_role,
 )
 from ember.services.embeddings import EmbeddingOutcome, shorten
-from ember.services.generation import DROPPED_FIELDS, Generation
+from ember.services.generation import Generation
 from ember.services.types import ChatMessage, GenerationEvent, ImagePart, TextRequest, Tool, ToolCallDelta
 
 _NS = 1e9  # Ollama reports durations in nanoseconds
@@ -49,13 +49,12 @@ class OllamaProvider:
 
     async def start(self, request: TextRequest, model: str) -> Generation:
         path = "api/chat" if request.messages is not None else "api/generate"
-        dropped = dropped_fields(request)
         return await self._remote.stream(
             path,
             request_body(request, model),
             partial(parse_stream, self.name),
             model,
-            notes={DROPPED_FIELDS: ", ".join(dropped)} if dropped else None,
+            dropped=dropped_fields(request),
         )
 
     async def count_tokens(self, request: TextRequest, model: str) -> int:

@@ -29,7 +29,7 @@ from ember.gateway.remote import (
     upstream_role,
 )
 from ember.services.embeddings import EmbeddingOutcome
-from ember.services.generation import DROPPED_FIELDS, Generation
+from ember.services.generation import Generation
 from ember.services.types import (
     ChatMessage,
     GenerationEvent,
@@ -54,13 +54,12 @@ class OpenAIProvider:
     async def start(self, request: TextRequest, model: str) -> Generation:
         chat = request.messages is not None
         path = "chat/completions" if chat else "completions"
-        dropped = dropped_fields(request)
         return await self._remote.stream(
             path,
             request_body(request, model),
             partial(parse_stream, self.name),
             model,
-            notes={DROPPED_FIELDS: ", ".join(dropped)} if dropped else None,
+            dropped=dropped_fields(request),
         )
 
     async def count_tokens(self, request: TextRequest, model: str) -> int:
