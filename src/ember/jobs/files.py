@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,15 +43,36 @@ class FileStorage:
         expires_at: int | None = None,
     ) -> FileRecord:
         """Copy an uploaded file (already spooled by the multipart parser) into place."""
+
+        def chunks() -> Iterator[bytes]:
+            size = 0
+            while chunk := source.read(1024 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"file larger than this server's limit of {limit} bytes")
+                yield chunk
+
         file_id = new_id("file-")
+        size = self._write(file_id, chunks())
+        return self._add(file_id, size, owner=owner, filename=filename, purpose=purpose, expires_at=expires_at)
+
+    def save_lines(
+        self, file_id: str, lines: Iterable[str], *, owner: str, filename: str, purpose: str, expires_at: int | None
+    ) -> FileRecord:
+        """Write a generated JSONL file under a chosen id (rewritten whole if it exists: a redone
+        finalize replaces, never duplicates)."""
+        size = self._write(file_id, ((line + "\n").encode() for line in lines))
+        return self._add(file_id, size, owner=owner, filename=filename, purpose=purpose, expires_at=expires_at)
+
+    def _write(self, file_id: str, chunks: Iterable[bytes]) -> int:
+        """The bytes to a partial file, synced, then renamed into place whole; its size. A failure
+        leaves nothing behind."""
         partial = self.root / f"{_PARTIAL}{file_id}"
+        size = 0
         try:
             with partial.open("wb") as out:
-                size = 0
-                while chunk := source.read(1024 * 1024):
+                for chunk in chunks:
                     size += len(chunk)
-                    if size > limit:
-                        raise PayloadTooLarge(f"file larger than this server's limit of {limit} bytes")
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
@@ -59,33 +80,11 @@ class FileStorage:
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        record = FileRecord(
-            id=file_id,
-            owner=owner,
-            filename=filename,
-            purpose=purpose,
-            bytes=size,
-            created_at=int(time.time()),
-            expires_at=expires_at,
-        )
-        self.store.add_file(record)
-        return record
+        return size
 
-    def save_lines(
-        self, file_id: str, lines: Iterable[str], *, owner: str, filename: str, purpose: str, expires_at: int | None
+    def _add(
+        self, file_id: str, size: int, *, owner: str, filename: str, purpose: str, expires_at: int | None
     ) -> FileRecord:
-        """Write a generated JSONL file under a chosen id (rewritten whole if it exists: a redone
-        finalize replaces, never duplicates)."""
-        partial = self.root / f"{_PARTIAL}{file_id}"
-        size = 0
-        with partial.open("wb") as out:
-            for line in lines:
-                data = (line + "\n").encode()
-                size += len(data)
-                out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        partial.rename(self.path(file_id))
         record = FileRecord(
             id=file_id,
             owner=owner,
