@@ -23,7 +23,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --progress-bar off -e '.[test]'
 	touch $(STAMP)
 
+# Debian packages: bubblewrap sandboxes the agents' shell tool; chromium runs the dashboard's
+# browser tests. scripts/debian-packages.sh installs only what is missing.
 run: $(STAMP)
+	scripts/debian-packages.sh bubblewrap
 	$(BIN)/ember pull $(MODEL)
 	exec $(BIN)/ember serve
 
@@ -33,6 +36,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint
+	scripts/debian-packages.sh bubblewrap chromium
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

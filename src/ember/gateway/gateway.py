@@ -42,6 +42,17 @@ class ResponseCache(Protocol):
     def record(self, key: str, generation: Generation) -> Generation: ...
 
 
+class AgentHost(Protocol):
+    """What the gateway needs of agents/ (set by the app, as the cache is): a request naming an
+    agent ("agent/NAME") or an agent `mode` is run there, and the run's own model calls come back
+    through `start` for a plain model (they carry no mode), so keys, limits, budgets, cache,
+    usage and audit apply to every step."""
+
+    def handles(self, request: TextRequest) -> bool: ...
+
+    async def start(self, request: TextRequest) -> Generation: ...
+
+
 def make_provider(config: ProviderConfig) -> Provider:
     if config.kind == "openai":
         from ember.gateway.remote_openai import OpenAIProvider
@@ -79,6 +90,7 @@ class Gateway:
         self.router = Router()
         self.observers: list[Observer] = []
         self.cache: ResponseCache | None = None
+        self.agents: AgentHost | None = None
 
     # -- building -----------------------------------------------------------------------------
 
@@ -155,6 +167,10 @@ class Gateway:
         Nothing has reached the client until the answer is whole, so a target that breaks
         mid-answer is not the client's problem: the route moves on to another target.
         """
+        if self.agents is not None and self.agents.handles(request):
+            # An agent run retries its own steps; the answer is whole when the run is.
+            generation = await self.agents.start(request)
+            return generation, await generation.collect()
         failed: set[str] = set()
         while True:
             generation = await self.start(request, exclude=frozenset(failed))
@@ -171,6 +187,8 @@ class Gateway:
             return generation, answer
 
     async def start(self, request: TextRequest, *, exclude: frozenset[str] = frozenset()) -> Generation:
+        if self.agents is not None and self.agents.handles(request):
+            return await self.agents.start(request)
         started = time.perf_counter()
         ts = time.time()
         route = self._route_for(request.model)

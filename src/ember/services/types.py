@@ -7,8 +7,11 @@ a thing: `RequestContext.protocol` is a label for usage records and metrics, nev
 Invariants:
 - a `TextRequest` has exactly one of `messages` (a chat) and `prompt` (a plain completion);
 - a stream of `GenerationEvent`s ends with exactly one event with `done=True`, which carries
-  the finish reason and the stats; every event before it carries text, tool-call deltas or
-  logprobs;
+  the finish reason and the stats; every event before it carries text, tool-call deltas,
+  logprobs, or (from an agent run, agents/) one finished `AgentStep`;
+- an agent run that stops for a human's approval ends with finish reason "approval", and its
+  done event carries the `PendingApproval`s; the follow-up request that answers them carries
+  `ApprovalDecision`s and resumes the same run.
 - a tool call streams as deltas of one `index`: the first has its `id` and `name`, the later
   ones only `arguments` fragments, and the fragments joined are the call's arguments.
 """
@@ -20,7 +23,9 @@ from typing import Any, Literal
 
 from ember.engine.types import GenerationStats, LoadOptions, SamplingParams, TokenLogprob
 
-FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]
+# "approval": an agent run paused on a tool that needs a human's approval (agents/).
+# "max_steps" / "deadline": an agent run stopped at one of its limits, without a final answer.
+FinishReason = Literal["stop", "length", "tool_calls", "cancelled", "approval", "max_steps", "deadline"]
 
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 
@@ -116,6 +121,15 @@ class RequestContext:
 
 
 @dataclass(frozen=True)
+class ApprovalDecision:
+    """A human's answer to a PendingApproval, carried by the request that resumes the run."""
+
+    approval_id: str
+    approve: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class TextRequest:
     """A chat (messages) or a plain completion (prompt); exactly one is set."""
 
@@ -133,6 +147,11 @@ class TextRequest:
     response_format: ResponseFormat = field(default_factory=ResponseFormat)
     logprobs: LogprobOptions | None = None
     context: RequestContext = field(default_factory=RequestContext)
+    # ember extensions for agents (agents/): run a plain model in an agent mode ("tools",
+    # "reflection", "planning", "swarm"); None changes nothing. A model named "agent/NAME" is
+    # a configured agent whatever `mode` says.
+    mode: str | None = None
+    approvals: tuple[ApprovalDecision, ...] = ()  # answers to a paused run's pending approvals
 
     @property
     def has_tools(self) -> bool:
@@ -152,6 +171,40 @@ class ToolCallDelta:
     arguments: str = ""
 
 
+StepKind = Literal["model", "tool", "critique", "plan", "handoff", "approval"]
+
+
+@dataclass(frozen=True)
+class AgentStep:
+    """One finished step of an agent run, for the trace: a model call, a tool run, a mode's own
+    step (a critique's score, a plan, a handoff) or an approval decision."""
+
+    index: int  # 0, 1, 2... in the order the steps finished
+    kind: StepKind
+    agent: str  # the agent that took the step (swarm: the active member)
+    name: str = ""  # the tool's name; the model's name for a model step
+    arguments: str = ""  # a tool step: the JSON arguments
+    result: str = ""  # a tool step: what was fed back; a model step: its text (tool calls aside)
+    is_error: bool = False
+    seconds: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0  # USD, as the usage log priced it
+    detail: dict[str, Any] = field(default_factory=dict)  # mode-specific (score, plan steps, to)
+
+
+@dataclass(frozen=True)
+class PendingApproval:
+    """A tool call that waits for a human: the run is parked in SQLite under `run_id`."""
+
+    approval_id: str
+    run_id: str
+    agent: str
+    tool: str
+    arguments: str  # JSON
+    call_id: str
+
+
 @dataclass(frozen=True)
 class GenerationEvent:
     """A piece of the answer; the last event has done=True, a finish reason and stats."""
@@ -165,6 +218,9 @@ class GenerationEvent:
     # On the done event of an answer a stop string ended: that string (None when the provider
     # does not say, as OpenAI-speaking upstreams do not).
     stop_sequence: str | None = None
+    step: AgentStep | None = None  # an agent run's step, sent when it finished
+    pending: tuple[PendingApproval, ...] = ()  # on the done event, finish reason "approval"
+    run_id: str | None = None  # on the done event of an agent run
 
 
 @dataclass(frozen=True)
@@ -177,6 +233,9 @@ class Answer:
     finish_reason: FinishReason
     stats: GenerationStats
     stop_sequence: str | None = None
+    steps: tuple[AgentStep, ...] = ()  # an agent run's trace
+    pending: tuple[PendingApproval, ...] = ()
+    run_id: str | None = None
 
 
 class AnswerBuilder:
@@ -186,6 +245,7 @@ class AnswerBuilder:
         self._text: list[str] = []
         self._logprobs: list[TokenLogprob] = []
         self._calls: dict[int, list[str]] = {}  # index -> [id, name, arguments...]
+        self._steps: list[AgentStep] = []
         self.final: GenerationEvent | None = None
 
     def add(self, event: GenerationEvent) -> None:
@@ -193,6 +253,8 @@ class AnswerBuilder:
             self._text.append(event.text)
         if event.logprobs:
             self._logprobs.extend(event.logprobs)
+        if event.step is not None:
+            self._steps.append(event.step)
         for delta in event.tool_calls:
             parts = self._calls.setdefault(delta.index, ["", ""])
             if delta.id:
@@ -217,4 +279,7 @@ class AnswerBuilder:
             finish_reason=final.finish_reason or "stop",
             stats=final.stats,
             stop_sequence=final.stop_sequence,
+            steps=tuple(self._steps),
+            pending=final.pending,
+            run_id=final.run_id,
         )
