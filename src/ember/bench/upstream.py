@@ -9,7 +9,10 @@ prompt. Tests and the gateway benchmark script it over HTTP:
     POST /_control {"mode": "ok"|"error"|"hang"|"drop"|"garbage"|"inband", "status": 500, "retry_after": null,
                     "times": null, "delay": 0, "drop_after": 0, "token_delay": null}
     POST /_script  {"text": "", "tool_calls": [{"name": "f", "arguments": {...}}], "fragments": 3}
+    POST /_script  {"queue": [script, script, ...]}: the next chat answers, one script each, in
+                   order; once the queue is used up, answers follow the single script (or none)
     GET  /_last    {"path", "body"}: the last generation request, as it came
+    GET  /_history [{"path", "body"}, ...]: the generation requests since /_reset, oldest first
     GET  /_stats   {"requests", "active", "completed", "disconnected", "dropped", "by_path"}
     POST /_reset   back to "ok", no script, zeroed stats
 
@@ -55,6 +58,7 @@ from ember.bench import upstream_anthropic as anthropic
 Mode = Literal["ok", "error", "hang", "drop", "garbage", "inband"]
 MODES = ("ok", "error", "hang", "drop", "garbage", "inband")
 DEFAULT_TOKENS = 8
+HISTORY = 200  # generation requests kept for GET /_history
 EMBED_DIMENSIONS = 8
 _OUTCOME = "fake.outcome"  # scope key through which an answer tells how it ended
 _INCOMPLETE = "ASGI callable returned without completing response."
@@ -106,7 +110,13 @@ class Upstream:
     stats: Stats = field(default_factory=Stats)
     models: list[str] = field(default_factory=lambda: ["gpt-test"])
     script: Script | None = None
+    queue: list[Script] = field(default_factory=list)  # scripts for the next chat answers, in order
     last: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)  # the last HISTORY requests
+
+    def take_script(self) -> Script | None:
+        """The script the chat answer being made now follows: the queue's next, else the single one."""
+        return self.queue.pop(0) if self.queue else self.script
 
     def take_fault(self) -> Fault:
         """The fault for the request arriving now, counting down `times`."""
@@ -382,7 +392,7 @@ def _openai_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
     created = int(time.time())
     obj = "chat.completion" if chat else "text_completion"
     fault = up.take_fault()
-    script = up.script if chat else None
+    script = up.take_script() if chat else None
     if script is not None:
         finish = "tool_calls" if script.tool_calls else "stop"
     # Chat: logprobs true and top_logprobs k; completions: logprobs k.
@@ -538,7 +548,7 @@ def _ollama_generate(up: Upstream, body: dict[str, Any], chat: bool) -> Answer:
         count, capped = limit, True
     finish = "length" if capped else "stop"
     prompt_tokens = _words(body.get("messages") if chat else body.get("prompt"))
-    script = up.script if chat else None
+    script = up.take_script() if chat else None
     if script is not None:
         finish = "stop"  # Ollama says "stop" after tool calls too
 
@@ -635,6 +645,7 @@ def build_app(up: Upstream) -> ASGIApp:
                 return _bad(protocol, "the body must be a JSON object")
             # The headers too: what a provider sends as its key and version.
             up.last = {"path": request.url.path, "body": body, "headers": dict(request.headers)}
+            up.history = [*up.history[-(HISTORY - 1) :], {"path": request.url.path, "body": body}]
             return make(body)
 
         return endpoint
@@ -681,13 +692,22 @@ def build_app(up: Upstream) -> ASGIApp:
     async def script(request: Request) -> Response:
         body = await _json(request)
         names = {f.name for f in fields(Script)}
+        if isinstance(body, dict) and set(body) == {"queue"} and isinstance(body["queue"], list):
+            items = body["queue"]
+            if not all(isinstance(item, dict) and not set(item) - names for item in items):
+                return JSONResponse({"error": f"each queued script's fields are {sorted(names)}"}, status_code=400)
+            up.queue = [Script(**item) for item in items]
+            return JSONResponse({"queue": [asdict(s) for s in up.queue]})
         if body is None or set(body) - names:
-            return JSONResponse({"error": f"fields are {sorted(names)}"}, status_code=400)
+            return JSONResponse({"error": f"fields are {sorted(names)}, or queue"}, status_code=400)
         up.script = Script(**body) if body else None
         return JSONResponse(asdict(up.script) if up.script else {})
 
     async def last(_: Request) -> Response:
         return JSONResponse(up.last)
+
+    async def history(_: Request) -> Response:
+        return JSONResponse(up.history)
 
     async def stats(_: Request) -> Response:
         return JSONResponse(asdict(up.stats))
@@ -695,7 +715,9 @@ def build_app(up: Upstream) -> ASGIApp:
     async def reset(_: Request) -> Response:
         up.fault = Fault()
         up.script = None
+        up.queue = []
         up.last = {}
+        up.history = []
         up.stats = Stats(active=up.stats.active)  # requests still in flight will still leave
         return JSONResponse({"ok": True})
 
@@ -721,6 +743,7 @@ def build_app(up: Upstream) -> ASGIApp:
         Route("/_control", control, methods=["GET", "POST"]),
         Route("/_script", script, methods=["POST"]),
         Route("/_last", last, methods=["GET"]),
+        Route("/_history", history, methods=["GET"]),
         Route("/_stats", stats, methods=["GET"]),
         Route("/_reset", reset, methods=["POST"]),
     ]

@@ -59,7 +59,7 @@ def messages(up: Upstream, body: dict[str, Any]) -> Answer:
     count = _count(body.get("max_tokens"))
     prompt_tokens = count_tokens(body)["input_tokens"]
     fault = up.take_fault()
-    script = up.script
+    script = up.take_script()
     reason = "tool_use" if script is not None and script.tool_calls else "max_tokens"
     if script is not None and not script.tool_calls:
         reason = "end_turn"
