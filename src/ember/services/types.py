@@ -151,6 +151,8 @@ class TextRequest:
     # "reflection", "planning", "swarm"); None changes nothing. A model named "agent/NAME" is
     # a configured agent whatever `mode` says.
     mode: str | None = None
+    mode_tools: tuple[str, ...] = ()  # with `mode` on a plain model: the ember tools it may call
+    mode_members: tuple[str, ...] = ()  # with mode "swarm" on a plain model: the agents to hand to
     approvals: tuple[ApprovalDecision, ...] = ()  # answers to a paused run's pending approvals
 
     @property
