@@ -19,6 +19,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     # Imported here so `import ember` stays light for the CLI.
     from ember import __version__
     from ember.api.admin import router as admin_router
+    from ember.api.admin_audit import router as admin_audit_router
+    from ember.api.admin_keys import router as admin_keys_router
     from ember.api.anthropic.routes import router as anthropic_router
     from ember.api.deps import Services
     from ember.api.errors import install_error_handlers
@@ -124,6 +126,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(anthropic_router)
     app.include_router(ollama_router)
     app.include_router(admin_router)
+    app.include_router(admin_keys_router)
+    app.include_router(admin_audit_router)
     app.include_router(metrics_router)
 
     @app.get("/", response_class=PlainTextResponse, include_in_schema=False)
