@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ember.background import BatchWriter
-from ember.services.types import ChatMessage, ContentPart, ImagePart, TextPart, ToolCall
+from ember.services.message_codec import decode_message, encode_message
+from ember.services.types import ChatMessage
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -112,34 +113,3 @@ class ResponseStore:
         self._writer.close()
         with self._lock:
             self._db.close()
-
-
-def encode_message(message: ChatMessage) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": message.role, "content": message.content}
-    if message.attachments:
-        out["attachments"] = [
-            {"image": p.source} if isinstance(p, ImagePart) else {"text": p.text} for p in message.attachments
-        ]
-    if message.tool_calls:
-        out["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in message.tool_calls]
-    if message.tool_call_id is not None:
-        out["tool_call_id"] = message.tool_call_id
-    if message.name is not None:
-        out["name"] = message.name
-    return out
-
-
-def decode_message(data: dict[str, Any]) -> ChatMessage:
-    attachments: list[ContentPart] = [
-        ImagePart(source=a["image"]) if "image" in a else TextPart(text=a["text"]) for a in data.get("attachments", ())
-    ]
-    return ChatMessage(
-        role=data["role"],
-        content=data.get("content", ""),
-        attachments=tuple(attachments),
-        tool_calls=tuple(
-            ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"]) for c in data.get("tool_calls", ())
-        ),
-        tool_call_id=data.get("tool_call_id"),
-        name=data.get("name"),
-    )
