@@ -1,0 +1,204 @@
+"""The `planning` mode: plan as JSON steps, carry each step out with tools, then synthesise.
+
+One run is: a plan (a `plan` call whose output is JSON `{"steps": [{"goal": "..."}]}`, 1 to
+`max_plan_steps` of them, schema-constrained) -> checked against that schema; an invalid plan
+is asked for once more with the validation error, and a second invalid plan ends the run with
+an error -> each goal in order, as a tools loop (model calls with the agent's tools, their
+calls run, results fed back, until the model answers) that sees the plan and the results so
+far -> a final synthesis (streamed) that answers the original request from the goals' results.
+
+Invariants:
+- the mode records a `plan` step when the plan is accepted (detail {"steps": [goals]}) and one
+  `plan` step as each goal is done (detail {"goal": i}, its result as the step's result).
+- progress lives in `ctx.state` (the plan, the next goal's index, the results, and the goal's
+  loop messages while it runs), so a run parked on an approval in the middle of a goal picks up
+  that goal's loop where it stopped, with the decided calls' results appended.
+- a plan that fails validation twice is an `UpstreamError` (502 before the first byte, an
+  in-band error after): the request was fine, the model behind the agent failed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+
+from ember.agents.types import ModeContext, ModeOutcome
+from ember.errors import UpstreamError
+from ember.services.message_codec import decode_message, encode_message
+from ember.services.types import AgentStep, ChatMessage, ResponseFormat, Tool
+
+DEFAULT_MAX_PLAN_STEPS = 5
+
+PLANNER_INSTRUCTIONS = (
+    "Before answering, make a short plan: the steps that answer the request, in order, each a "
+    'goal in one sentence. Reply with JSON only: {"steps": [{"goal": "..."}, ...]}.'
+)
+
+
+def plan_schema(max_steps: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "steps": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"goal": {"type": "string", "minLength": 1}},
+                    "required": ["goal"],
+                    "additionalProperties": False,
+                },
+                "minItems": 1,
+                "maxItems": max_steps,
+            }
+        },
+        "required": ["steps"],
+        "additionalProperties": False,
+    }
+
+
+def validate_plan(text: str, schema: dict[str, Any]) -> list[str]:
+    """The plan's goals; a ValueError saying what is wrong when the text is not a valid plan."""
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"the plan is not JSON ({e})") from None
+    try:
+        jsonschema.validate(data, schema)
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "the plan"
+        raise ValueError(f"{where}: {e.message}") from None
+    return [step["goal"] for step in data["steps"]]
+
+
+def _max_plan_steps(options: dict[str, Any]) -> int:
+    value = options.get("max_plan_steps", DEFAULT_MAX_PLAN_STEPS)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else DEFAULT_MAX_PLAN_STEPS
+
+
+async def _resumed(ctx: ModeContext, saved: list[ChatMessage], messages: list[ChatMessage]) -> list[ChatMessage]:
+    """A goal's loop after a pause: the saved loop, its last assistant turn's calls answered by
+    the results the runner handed back in `messages` (the decided calls), the rest run now."""
+    last = saved[-1]
+    if last.role != "assistant" or not last.tool_calls:
+        return saved
+    given = {m.tool_call_id: m for m in messages if m.role == "tool" and m.tool_call_id}
+    missing = [c for c in last.tool_calls if c.id not in given]
+    ran = {m.tool_call_id: m for m in await ctx.run_tools(missing)} if missing else {}
+    return [*saved, *(given.get(c.id) or ran[c.id] for c in last.tool_calls)]
+
+
+def _plan_text(goals: list[str]) -> str:
+    return "\n".join(f"{i + 1}. {goal}" for i, goal in enumerate(goals))
+
+
+class PlanningMode:
+    name = "planning"
+
+    async def run(self, ctx: ModeContext, messages: list[ChatMessage]) -> ModeOutcome:
+        state = ctx.state
+        if "plan" not in state:
+            # The conversation the run began with: a resumed run is handed the paused goal's
+            # loop as its messages, and the goals and the synthesis still answer this one.
+            state["base"] = [encode_message(m) for m in messages]
+            state["plan"] = await self._plan(ctx, messages)
+            state["next"] = 0
+            state["results"] = []
+        base = [decode_message(m) for m in state["base"]]
+        goals: list[str] = state["plan"]
+        results: list[str] = state["results"]
+        tools = ctx.tools_for(ctx.agent)
+        while state["next"] < len(goals):
+            i = state["next"]
+            if "loop" in state:
+                convo = await _resumed(ctx, [decode_message(m) for m in state["loop"]], messages)
+            else:
+                convo = [*base, ChatMessage(role="user", content=self._goal_prompt(goals, results, i))]
+            result = await self._carry_out(ctx, state, convo, tools)
+            del state["loop"]
+            results.append(result)
+            state["next"] = i + 1
+            ctx.record(
+                AgentStep(
+                    index=ctx.next_index(),
+                    kind="plan",
+                    agent=ctx.agent.name,
+                    name=goals[i],
+                    result=result,
+                    detail={"goal": i},
+                )
+            )
+        synthesis = [
+            *base,
+            ChatMessage(
+                role="user",
+                content=(
+                    f"The plan was:\n{_plan_text(goals)}\n\nWhat each step found:\n"
+                    + "\n\n".join(f"Step {n + 1}: {r}" for n, r in enumerate(results))
+                    + "\n\nNow answer the original request, using these results."
+                ),
+            ),
+        ]
+        final = await ctx.call_model(synthesis, final=True)
+        return ModeOutcome(text=final.text, finish_reason="stop")
+
+    @staticmethod
+    async def _carry_out(ctx: ModeContext, state: dict[str, Any], convo: list[ChatMessage], tools: list[Tool]) -> str:
+        """One goal's tools loop, until the model answers without calls: that answer's text.
+        The loop is kept in `state` before its calls run, so a pause on one parks it there."""
+        while True:
+            state["loop"] = [encode_message(m) for m in convo]
+            answer = await ctx.call_model(convo, tools=tools)
+            if not answer.tool_calls:
+                return answer.text
+            convo.append(ChatMessage(role="assistant", content=answer.text, tool_calls=answer.tool_calls))
+            state["loop"] = [encode_message(m) for m in convo]
+            convo.extend(await ctx.run_tools(answer.tool_calls))
+
+    @staticmethod
+    def _goal_prompt(goals: list[str], results: list[str], i: int) -> str:
+        done = "".join(f"\nStep {n + 1} found: {r}" for n, r in enumerate(results))
+        return (
+            f"The plan for this request:\n{_plan_text(goals)}\n{done}\n\n"
+            f"Now carry out step {i + 1}: {goals[i]}\nUse the tools if they help; then reply with "
+            "what this step found."
+        )
+
+    async def _plan(self, ctx: ModeContext, messages: list[ChatMessage]) -> list[str]:
+        schema = plan_schema(_max_plan_steps(ctx.agent.options))
+        fmt = ResponseFormat(type="json_schema", schema=schema, name="plan", strict=True)
+        tools = ", ".join(t.name for t in ctx.tools_for(ctx.agent)) or "none"
+        prompt = [
+            *messages,
+            ChatMessage(role="user", content=f"{PLANNER_INSTRUCTIONS}\nTools the steps may use: {tools}."),
+        ]
+        errors: list[str] = []
+        for _attempt in range(2):
+            reply = await ctx.call_model(prompt, response_format=fmt, kind="plan")
+            try:
+                goals = validate_plan(reply.text, schema)
+            except ValueError as e:
+                errors.append(str(e))
+                prompt = [
+                    *prompt,
+                    ChatMessage(role="assistant", content=reply.text),
+                    ChatMessage(
+                        role="user",
+                        content=f"That plan is not valid: {e}. Reply again with JSON only, in the shape asked for.",
+                    ),
+                ]
+                continue
+            ctx.record(
+                AgentStep(
+                    index=ctx.next_index(),
+                    kind="plan",
+                    agent=ctx.agent.name,
+                    result=_plan_text(goals),
+                    detail={"steps": goals},
+                )
+            )
+            return goals
+        raise UpstreamError(
+            f"agent {ctx.agent.name}: the model's plan failed validation twice ({errors[0]}; then {errors[1]})"
+        )

@@ -1,0 +1,133 @@
+"""The `reflection` mode: answer, let a critic score the answer, revise while the score is low.
+
+One run is: an answer (a plain `model` call) -> a critique of it (a `critique` call whose
+output is JSON `{"score": 0..1, "critique": "..."}`, schema-constrained, so a local model's
+grammar enforces it) -> while the last score is under `threshold` and fewer than `rounds`
+revisions were made, a revised answer given that critique -> its critique -> ... The best
+scored answer wins; on a tie the later one (it was written with more feedback).
+
+Invariants:
+- every answer is critiqued, so the winner is known only after the last critique: no answer
+  is streamed as it is made; the outcome's text (the winner's) is what the runner sends last.
+- a critique that is not JSON of that shape (or whose score is not a number in 0..1) counts
+  as score 0, its raw text as the critique: a broken critic never ends a run early.
+- the mode records one `critique` step per critique, detail {"score", "round"} (round 0 is
+  the first answer's), in the order they were made.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ember.agents.types import ModeContext, ModeOutcome
+from ember.services.types import AgentStep, ChatMessage, ResponseFormat
+
+DEFAULT_THRESHOLD = 0.8
+DEFAULT_ROUNDS = 2
+
+CRITIQUE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "critique": {"type": "string"},
+    },
+    "required": ["score", "critique"],
+    "additionalProperties": False,
+}
+
+CRITIC_INSTRUCTIONS = (
+    "You review answers. Score how well the answer fulfils the request, from 0.0 (useless or "
+    "wrong) to 1.0 (complete and correct), and say briefly what should be improved. Reply with "
+    'JSON only: {"score": <number 0..1>, "critique": "<text>"}.'
+)
+
+
+@dataclass(frozen=True)
+class Critique:
+    score: float
+    critique: str
+
+
+def parse_critique(text: str) -> Critique:
+    """The critic's verdict; anything that is not the schema's shape scores 0 (see invariants)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return Critique(0.0, text)
+    if not isinstance(data, dict):
+        return Critique(0.0, text)
+    score, critique = data.get("score"), data.get("critique")
+    # bool is an int in Python; `true` is not a score.
+    if isinstance(score, bool) or not isinstance(score, int | float) or not 0.0 <= score <= 1.0:
+        return Critique(0.0, text)
+    return Critique(float(score), critique if isinstance(critique, str) else text)
+
+
+def _float_option(options: dict[str, Any], name: str, default: float) -> float:
+    value = options.get(name, default)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+
+def _int_option(options: dict[str, Any], name: str, default: int) -> int:
+    value = options.get(name, default)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
+
+
+def _request_text(messages: list[ChatMessage]) -> str:
+    """What the critic is shown as the request: the conversation's user turns, the last one last."""
+    turns = [m.content for m in messages if m.role == "user" and m.content]
+    return "\n\n".join(turns[-3:])  # the last few turns are the request; a long chat is not
+
+
+class ReflectionMode:
+    name = "reflection"
+
+    async def run(self, ctx: ModeContext, messages: list[ChatMessage]) -> ModeOutcome:
+        options = ctx.agent.options
+        threshold = _float_option(options, "threshold", DEFAULT_THRESHOLD)
+        rounds = _int_option(options, "rounds", DEFAULT_ROUNDS)
+        request = _request_text(messages)
+
+        answer = (await ctx.call_model(messages)).text
+        best_text, best_score = answer, -1.0
+        for round_ in range(rounds + 1):
+            verdict = await self._critique(ctx, request, answer, round_)
+            if verdict.score >= best_score:  # a tie goes to the later answer
+                best_text, best_score = answer, verdict.score
+            if verdict.score >= threshold or round_ == rounds:
+                break
+            revision = [
+                *messages,
+                ChatMessage(role="assistant", content=answer),
+                ChatMessage(
+                    role="user",
+                    content=(
+                        f"A reviewer scored your answer {verdict.score:.2f} out of 1 and said:\n"
+                        f"{verdict.critique}\n\nWrite an improved answer to the original request. "
+                        "Reply with the answer only."
+                    ),
+                ),
+            ]
+            answer = (await ctx.call_model(revision)).text
+        return ModeOutcome(text=best_text, finish_reason="stop")
+
+    async def _critique(self, ctx: ModeContext, request: str, answer: str, round_: int) -> Critique:
+        prompt = [
+            ChatMessage(role="system", content=CRITIC_INSTRUCTIONS),
+            ChatMessage(role="user", content=f"Request:\n{request}\n\nAnswer:\n{answer}"),
+        ]
+        fmt = ResponseFormat(type="json_schema", schema=CRITIQUE_SCHEMA, name="critique", strict=True)
+        reply = await ctx.call_model(prompt, response_format=fmt, kind="critique")
+        verdict = parse_critique(reply.text)
+        ctx.record(
+            AgentStep(
+                index=ctx.next_index(),
+                kind="critique",
+                agent=ctx.agent.name,
+                result=verdict.critique,
+                detail={"score": verdict.score, "round": round_},
+            )
+        )
+        return verdict
