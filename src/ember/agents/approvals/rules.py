@@ -1,17 +1,18 @@
 """Auto-approve rules: which tool calls of an agent run without waiting for a human.
 
-A rule, as `[[agents.auto_approve]]` in ember.toml writes it:
+A rule, as `[[agents.auto_approve]]` in ember.toml writes it (agents/config.py checks it at
+start and hands it over in `AgentSpec.options["auto_approve"]` as a plain dict):
 
     [[agents.auto_approve]]
-    tool = "fs_*"                                  # a tool name, or a glob of names
-    arguments = { "/path" = "notes/[a-z0-9_]+\\.md" }  # JSON pointer -> regex
+    tool = "fs_*"                              # a tool name, or a glob of names
+    arguments = '^\\{"path":"notes/[a-z]+\\.md"\\}$'  # a regex searched in the arguments' JSON
 
 Invariants (auto-approval runs a tool nobody looked at, so a rule errs on the side of "no"):
-- each regex must match the pointed-at value *in full* (`re.fullmatch`), so `echo .*` does not
-  approve `rm -rf / ; echo hi`; a string value is matched as is, any other value as its
-  compact JSON text (`{"a":1}`, `true`, `3`);
-- a pointer that is not in the call's arguments, or arguments that are not a JSON object,
-  match nothing; a rule without `arguments` approves every call of its tools;
+- the regex is searched (`re.search`) in the call's arguments re-written as compact JSON with
+  sorted keys (`{"cmd":"echo hi","cwd":"."}`), so what a rule sees does not depend on the
+  model's spacing or key order; anchor it (`^...$`) to match the whole call;
+- arguments that are not a JSON object match no rule with an `arguments` pattern other than
+  the default (".*", every call of the tool);
 - the first rule that matches decides; no rule matching leaves the call pending.
 """
 
@@ -24,34 +25,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-_MISSING = object()
+ANY_ARGUMENTS = ".*"
 
 
 @dataclass(frozen=True)
 class AutoApproveRule:
     tool: str  # a name or an fnmatch glob, matched case-sensitively
-    arguments: tuple[tuple[str, re.Pattern[str]], ...] = ()  # (JSON pointer, pattern) pairs
+    arguments: re.Pattern[str]
 
-    def matches(self, tool: str, arguments: Mapping[str, Any] | None) -> bool:
+    def matches(self, tool: str, canonical_arguments: str | None) -> bool:
         if not fnmatch.fnmatchcase(tool, self.tool):
             return False
-        if not self.arguments:
+        if self.arguments.pattern == ANY_ARGUMENTS:
             return True
-        if arguments is None:
-            return False
-        for pointer, pattern in self.arguments:
-            value = resolve_pointer(arguments, pointer)
-            if value is _MISSING:
-                return False
-            text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
-            if pattern.fullmatch(text) is None:
-                return False
-        return True
+        return canonical_arguments is not None and self.arguments.search(canonical_arguments) is not None
 
 
 def parse_rules(raw: Any) -> tuple[AutoApproveRule, ...]:
-    """Rules from config data (a list of {tool, arguments} tables); ValueError saying what is
-    wrong with which rule, for the config loader to put its file:line on."""
+    """Rules from config data (a list of {tool, arguments} dicts); ValueError saying what is
+    wrong with which rule."""
     if raw is None:
         return ()
     if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
@@ -63,54 +55,33 @@ def _parse_rule(index: int, item: Any) -> AutoApproveRule:
     where = f"auto_approve[{index}]"
     if not isinstance(item, Mapping):
         raise ValueError(f"{where} must be a table with `tool` and optionally `arguments`")
-    unknown = sorted(set(item) - {"tool", "arguments"})
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)} (known: tool, arguments)")
     tool = item.get("tool")
     if not isinstance(tool, str) or not tool:
         raise ValueError(f'{where}.tool must be a tool name or glob, e.g. "fs_read" or "fs_*"')
-    arguments = item.get("arguments", {})
-    if not isinstance(arguments, Mapping):
-        raise ValueError(f'{where}.arguments must map JSON pointers to regexes, e.g. {{ "/path" = "notes/.*" }}')
-    pairs: list[tuple[str, re.Pattern[str]]] = []
-    for pointer, pattern in arguments.items():
-        if not isinstance(pointer, str) or not pointer.startswith("/"):
-            raise ValueError(f"{where}.arguments: {pointer!r} is not a JSON pointer (it starts with '/')")
-        if not isinstance(pattern, str):
-            raise ValueError(f"{where}.arguments[{pointer!r}] must be a regex string")
-        try:
-            pairs.append((pointer, re.compile(pattern)))
-        except re.error as exc:
-            raise ValueError(f"{where}.arguments[{pointer!r}]: bad regex {pattern!r}: {exc}") from None
-    return AutoApproveRule(tool=tool, arguments=tuple(pairs))
+    pattern = item.get("arguments", ANY_ARGUMENTS)
+    if not isinstance(pattern, str):
+        raise ValueError(f"{where}.arguments must be a regex (a string)")
+    try:
+        return AutoApproveRule(tool=tool, arguments=re.compile(pattern))
+    except re.error as exc:
+        raise ValueError(f"{where}.arguments: bad regex {pattern!r}: {exc}") from None
 
 
-def resolve_pointer(document: Any, pointer: str) -> Any:
-    """The value at an RFC 6901 JSON pointer, or `_MISSING`."""
-    value = document
-    for token in pointer.split("/")[1:]:
-        token = token.replace("~1", "/").replace("~0", "~")
-        if isinstance(value, Mapping):
-            if token not in value:
-                return _MISSING
-            value = value[token]
-        elif isinstance(value, list):
-            if not token.isdigit() or (token != "0" and token.startswith("0")) or int(token) >= len(value):
-                return _MISSING
-            value = value[int(token)]
-        else:
-            return _MISSING
-    return value
+def canonical_arguments(arguments_text: str) -> str | None:
+    """The arguments as compact JSON with sorted keys; None when they are not a JSON object."""
+    try:
+        parsed = json.loads(arguments_text) if arguments_text.strip() else {}
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    return json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def first_match(rules: Sequence[AutoApproveRule], tool: str, arguments_text: str) -> int | None:
     """The index of the first rule approving this call, or None."""
-    try:
-        parsed = json.loads(arguments_text) if arguments_text.strip() else {}
-    except ValueError:
-        parsed = None
-    arguments = parsed if isinstance(parsed, dict) else None
+    canonical = canonical_arguments(arguments_text)
     for index, rule in enumerate(rules):
-        if rule.matches(tool, arguments):
+        if rule.matches(tool, canonical):
             return index
     return None
