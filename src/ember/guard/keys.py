@@ -266,6 +266,8 @@ class KeyStore:
                         None,
                     ),
                 )
+                self._by_hash.clear()  # as in revoke(): our own commit does not move data_version
+                self._count = None
         except sqlite3.IntegrityError:
             raise Conflict(f"a key named '{name}' already exists") from None
         return secret, record
@@ -280,6 +282,9 @@ class KeyStore:
             cursor = self._conn().execute(
                 "UPDATE keys SET revoked = ? WHERE name = ? AND revoked IS NULL", (time.time(), name)
             )
+            # data_version moves only for other connections' commits: forget our own cached record.
+            self._by_hash.clear()
+            self._count = None
             if cursor.rowcount == 0:
                 exists = self._conn().execute("SELECT 1 FROM keys WHERE name = ?", (name,)).fetchone()
                 if not exists:
