@@ -1,0 +1,178 @@
+"""The dashboard's fixtures: one real server (keys required, the real model) and one headless
+Debian chromium for the session; a page per test whose console errors fail the test.
+
+Chromium logs every 4xx a page's fetch receives as a console error ("Failed to load resource");
+a test that expects one (the key prompt's 401, a non-admin key's 403) says so with
+`console.allow("401")`, and every other console error or uncaught exception fails the test.
+Screenshots go to $EMBER_SCREENSHOTS, else to the session's temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ServerHandle, start_server
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# Where the shell keeps the key (sessionStorage), as app.js names it.
+KEY_STORAGE = "ember.apiKey"
+
+
+@dataclass
+class Dashboard:
+    """The session's server and the keys made for it before it started."""
+
+    server: ServerHandle
+    admin_key: str
+    user_key: str  # chat, embed, models: no admin scope
+
+    def url(self, path: str = "/ui") -> str:
+        return self.server.url(path)
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"authorization": f"Bearer {key or self.admin_key}"}
+        return httpx.Client(base_url=self.server.base_url, headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def dashboard(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
+    from ember.guard.keys import KeyStore
+
+    home = tmp_path_factory.mktemp("dash") / "home"
+    shutil.copytree(model_home, home, ignore=shutil.ignore_patterns("state"))
+    store = KeyStore(home / "state" / "keys.db")
+    try:
+        admin, _ = store.create("dash-admin", frozenset({"chat", "embed", "models", "admin"}))
+        user, _ = store.create("dash-user", frozenset({"chat", "embed", "models"}))
+    finally:
+        store.close()
+    # Two slots: the stop test checks that the stopped request's slot is free again.
+    handle = start_server(home, tmp_path_factory.mktemp("dash-logs"), EMBER_AUTH="required", EMBER_NUM_PARALLEL="2")
+    try:
+        yield Dashboard(handle, admin, user)
+    finally:
+        handle.stop()
+
+
+@pytest.fixture(scope="session")
+def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    wanted = os.environ.get("EMBER_SCREENSHOTS")
+    path = Path(wanted) if wanted else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (scripts/debian-packages.sh)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@dataclass
+class ConsoleErrors:
+    """Console errors and uncaught exceptions of one page; failed loads with allowed statuses pass."""
+
+    errors: list[str] = field(default_factory=list)
+    allowed_statuses: set[str] = field(default_factory=set)
+
+    def allow(self, *statuses: str) -> None:
+        self.allowed_statuses.update(statuses)
+
+    def on_console(self, message: object) -> None:
+        if getattr(message, "type", "") != "error":
+            return
+        text: str = getattr(message, "text", "")
+        status = re.search(r"Failed to load resource: the server responded with a status of (\d+)", text)
+        if status and status.group(1) in self.allowed_statuses:
+            return
+        location = getattr(message, "location", {}) or {}
+        self.errors.append(f"console: {text} ({location.get('url', '')}:{location.get('lineNumber', '')})")
+
+    def on_page_error(self, error: object) -> None:
+        self.errors.append(f"uncaught: {error}")
+
+
+@dataclass
+class UiPage:
+    """A browser page on the dashboard, its console watched."""
+
+    page: object  # playwright.sync_api.Page
+    console: ConsoleErrors
+    dashboard: Dashboard
+    screenshots: Path
+
+    def open(self, hash_path: str = "#/overview") -> None:
+        self.page.goto(self.dashboard.url("/ui") + hash_path)  # type: ignore[attr-defined]
+
+    def shot(self, name: str) -> Path:
+        path = self.screenshots / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=False)  # type: ignore[attr-defined]
+        return path
+
+
+def _new_page(browser: object, dashboard: Dashboard, screenshots: Path, key: str | None, **context_args: object):
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, **context_args)  # type: ignore[attr-defined]
+    if key is not None:
+        # As if the key prompt had been answered in this tab: the shell reads sessionStorage.
+        context.add_init_script(f"window.sessionStorage.setItem({KEY_STORAGE!r}, {key!r});")
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    console = ConsoleErrors()
+    page.on("console", console.on_console)
+    page.on("pageerror", console.on_page_error)
+    return context, UiPage(page, console, dashboard, screenshots)
+
+
+@pytest.fixture
+def ui(browser: object, dashboard: Dashboard, screenshot_dir: Path) -> Iterator[UiPage]:
+    """A page holding the admin key, as after the key prompt."""
+    context, page = _new_page(browser, dashboard, screenshot_dir, dashboard.admin_key)
+    try:
+        yield page
+        assert not page.console.errors, "\n".join(page.console.errors)
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def ui_factory(browser: object, dashboard: Dashboard, screenshot_dir: Path) -> Iterator[object]:
+    """Pages with another key (or none) and other context options (viewport, color_scheme)."""
+    made: list[tuple[object, UiPage]] = []
+
+    def make(key: str | None = None, **context_args: object) -> UiPage:
+        context, page = _new_page(browser, dashboard, screenshot_dir, key, **context_args)
+        made.append((context, page))
+        return page
+
+    try:
+        yield make
+        errors = [e for _, page in made for e in page.console.errors]
+        assert not errors, "\n".join(errors)
+    finally:
+        for context, _ in made:
+            context.close()  # type: ignore[attr-defined]
