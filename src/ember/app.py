@@ -22,6 +22,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from ember.api.admin_audit import router as admin_audit_router
     from ember.api.admin_keys import router as admin_keys_router
     from ember.api.anthropic.routes import router as anthropic_router
+    from ember.api.approvals_routes import router as approvals_router
     from ember.api.deps import Services
     from ember.api.errors import install_error_handlers
     from ember.api.json_body import JsonBodyMiddleware
@@ -128,6 +129,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin_router)
     app.include_router(admin_keys_router)
     app.include_router(admin_audit_router)
+    app.include_router(approvals_router)
     app.include_router(metrics_router)
 
     @app.get("/", response_class=PlainTextResponse, include_in_schema=False)

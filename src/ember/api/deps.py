@@ -14,6 +14,7 @@ from ember.services.models import ModelService
 from ember.services.types import RequestContext
 
 if TYPE_CHECKING:
+    from ember.agents.approvals import ApprovalService
     from ember.api.responses.store import ResponseStore
     from ember.cache import ResponseCache
     from ember.gateway import Gateway, UsageLog
@@ -38,6 +39,7 @@ class Services:
     cache: ResponseCache | None = None
     jobs: Jobs | None = None  # /v1/files and /v1/batches; set once the app (which lines run through) is up
     schedules: ScheduleRunner | None = None  # /v1/ember/batch_schedules (jobs/schedules.py); beside jobs
+    approvals: ApprovalService | None = None  # parked agent runs (agents/approvals/), set with the agents
 
 
 async def services(request: Request) -> Services:

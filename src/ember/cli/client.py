@@ -83,8 +83,10 @@ class EmberClient:
             transport=transport,
             # A proxy configured for the internet must not swallow calls to our own loopback server.
             trust_env=False,
-            # A server that requires keys (EMBER_AUTH) gets the one in EMBER_API_KEY.
-            headers={"Authorization": f"Bearer {key}"} if (key := os.environ.get("EMBER_API_KEY")) else None,
+            # A server that requires keys (EMBER_AUTH) gets the one in EMBER_API_KEY. The client
+            # header names the CLI as the decider of an approval on a server without keys.
+            headers={"X-Ember-Client": "cli"}
+            | ({"Authorization": f"Bearer {key}"} if (key := os.environ.get("EMBER_API_KEY")) else {}),
         )
 
     @classmethod

@@ -15,7 +15,7 @@ import httpx
 import pydantic
 import typer
 
-from ember.cli import audit, batch, bench, chat, doctor, gateway, keys, models, pull, serve
+from ember.cli import approvals, audit, batch, bench, chat, doctor, gateway, keys, models, pull, serve
 from ember.cli.output import error_line
 from ember.errors import EmberError
 
@@ -50,6 +50,7 @@ app.command("usage")(gateway.usage)
 app.add_typer(keys.keys_app, name="keys")
 app.add_typer(audit.audit_app, name="audit")
 app.add_typer(batch.batch_app, name="batch")
+app.add_typer(approvals.approvals_app, name="approvals")
 
 
 def _validation_message(exc: pydantic.ValidationError) -> str:
