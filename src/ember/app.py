@@ -21,6 +21,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from ember.api.admin import router as admin_router
     from ember.api.admin_audit import router as admin_audit_router
     from ember.api.admin_keys import router as admin_keys_router
+    from ember.api.admin_stats import router as admin_stats_router
     from ember.api.anthropic.routes import router as anthropic_router
     from ember.api.approvals_routes import router as approvals_router
     from ember.api.deps import Services
@@ -36,6 +37,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from ember.api.responses.routes import router as responses_router
     from ember.api.responses.store import ResponseStore
     from ember.cache import build_cache
+    from ember.dashboard.router import router as dashboard_router
     from ember.gateway import Gateway, UsageLog, load_gateway_config
     from ember.guard import GuardMiddleware, build_guard
     from ember.guard.audit import AuditLog
@@ -43,6 +45,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from ember.jobs.metrics import BatchMetrics
     from ember.jobs.schedules import start_schedules
     from ember.jobs.service import build_jobs
+    from ember.recent_stats import RecentStats
     from ember.runtime.scheduler import Scheduler
     from ember.runtime.store import ModelStore
     from ember.services.embeddings import EmbeddingService
@@ -71,9 +74,10 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         audit = AuditLog(settings)
         cache = build_cache(settings, telemetry)
         responses = ResponseStore(settings.state_dir / "responses.db")
+        recent = RecentStats()
         gateway.cache = cache
         # Every request's usage record reaches each of these once, when it ends.
-        gateway.observers += [usage.add, guard.observe, audit.observe, telemetry.observe]
+        gateway.observers += [usage.add, guard.observe, audit.observe, telemetry.observe, recent.observe]
         services = Services(
             settings=settings,
             scheduler=scheduler,
@@ -84,6 +88,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             audit=audit,
             telemetry=telemetry,
             responses=responses,
+            recent=recent,
             cache=cache,
         )
         telemetry.bind(services)
@@ -131,6 +136,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin_audit_router)
     app.include_router(approvals_router)
     app.include_router(metrics_router)
+    app.include_router(admin_stats_router)
+    app.include_router(dashboard_router)
 
     @app.get("/", response_class=PlainTextResponse, include_in_schema=False)
     @app.head("/", response_class=PlainTextResponse, include_in_schema=False)

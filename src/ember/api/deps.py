@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ember.guard.audit import AuditLog
     from ember.jobs.schedules import ScheduleRunner
     from ember.jobs.service import Jobs
+    from ember.recent_stats import RecentStats
     from ember.telemetry import Telemetry
 
 
@@ -36,6 +37,7 @@ class Services:
     audit: AuditLog
     telemetry: Telemetry
     responses: ResponseStore  # stored /v1/responses (api/responses/store.py)
+    recent: RecentStats  # live counters for GET /admin/stats (recent_stats.py)
     cache: ResponseCache | None = None
     jobs: Jobs | None = None  # /v1/files and /v1/batches; set once the app (which lines run through) is up
     schedules: ScheduleRunner | None = None  # /v1/ember/batch_schedules (jobs/schedules.py); beside jobs

@@ -30,7 +30,9 @@ Send = Callable[[Message], Awaitable[None]]
 OPEN = "open"  # no key needed
 ANY = ""  # a valid key, whatever its scopes
 
-_OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+_OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/ui", "/ui/"})
+# The dashboard's page and files hold no secret (dashboard/router.py); every API call it makes is checked.
+_OPEN_PREFIXES = ("/ui/static/",)
 _EXACT = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "chat",
@@ -83,7 +85,7 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 def required_scope(path: str) -> str:
     """OPEN, ANY (a valid key) or the scope a route needs."""
-    if path in _OPEN_PATHS:
+    if path in _OPEN_PATHS or path.startswith(_OPEN_PREFIXES):
         return OPEN
     scope = _EXACT.get(path.rstrip("/") or "/")
     if scope is not None:
