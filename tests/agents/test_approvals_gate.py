@@ -239,3 +239,12 @@ def test_bad_rules_are_refused_with_what_is_wrong() -> None:
         parse_rules([{"tool": "x", "arguments": "("}])
     with pytest.raises(ValueError, match=r"auto_approve\[1\].tool"):
         parse_rules([{"tool": "x"}, {"arguments": ".*"}])
+
+
+async def test_a_follow_up_for_another_model_leaves_the_run_parked(gate: ApprovalService) -> None:
+    run = make_run()
+    await gate.park(run)
+    decision = [ApprovalDecision(run.pending[0].approval_id, True)]
+    with pytest.raises(BadRequest, match="a run of agent/ops, not of agent/opz"):
+        await gate.resume(decision, None, model="agent/opz")
+    assert (await gate.resume(decision, None, model="agent/ops")).run_id == run.run_id

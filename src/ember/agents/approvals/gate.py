@@ -71,10 +71,14 @@ class ApprovalService:
                 {"id": p.approval_id, "run_id": run.run_id, "agent": p.agent, "tool": p.tool, "arguments": p.arguments},
             )
 
-    async def resume(self, decisions: Sequence[ApprovalDecision], key_name: str | None) -> RunState:
+    async def resume(
+        self, decisions: Sequence[ApprovalDecision], key_name: str | None, *, model: str | None = None
+    ) -> RunState:
+        """As ApprovalGate.resume; `model` (the follow-up's model name), when given, must be the
+        one the run was parked under, checked before the run is taken out of the parking."""
         verdicts = [Verdict(d.approval_id, d.approve, d.reason) for d in decisions]
         by = key_name or "request"
-        state, decided = await asyncio.to_thread(self.store.resume, verdicts, key_name, by)
+        state, decided = await asyncio.to_thread(self.store.resume, verdicts, key_name, by, model=model)
         for record in decided:
             self._audit_decision(record, key_name)
         return decode_run(state)

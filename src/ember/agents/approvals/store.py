@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -172,9 +173,12 @@ class ApprovalStore:
         assert after is not None
         return after, changed
 
-    def resume(self, verdicts: Sequence[Verdict], key: str | None, by: str) -> tuple[str, list[ApprovalRecord]]:
+    def resume(
+        self, verdicts: Sequence[Verdict], key: str | None, by: str, *, model: str | None = None
+    ) -> tuple[str, list[ApprovalRecord]]:
         """Apply a follow-up request's decisions and take its run out of the parking: the run's
-        saved state (JSON) and the approvals this call decided."""
+        saved state (JSON) and the approvals this call decided. With `model`, a run that another
+        model name parked is a BadRequest and stays parked (a typo must not use the run up)."""
         if not verdicts:
             raise BadRequest("no approval decisions to resume a run with", param="approvals")
         seen: dict[str, Verdict] = {}
@@ -202,6 +206,12 @@ class ApprovalStore:
                 raise NotFound(f"no parked run {run_id}", param="approvals")
             if run[0] != "parked":
                 raise Conflict(f"run {run_id} was already resumed", param="approvals")
+            parked_model = json.loads(run[1]).get("model")
+            if model is not None and parked_model != model:
+                raise BadRequest(
+                    f"these approvals answer a run of {parked_model}, not of {model}: send them with that model",
+                    param="approvals",
+                )
             decided = [
                 r for r, v in zip(records, seen.values(), strict=True) if self._apply(db, r, v, by, resumed=False)
             ]
