@@ -8,8 +8,9 @@ calls run, results fed back, until the model answers) that sees the plan and the
 far -> a final synthesis (streamed) that answers the original request from the goals' results.
 
 Invariants:
-- the mode records a `plan` step when the plan is accepted (detail {"steps": [goals]}) and one
-  `plan` step as each goal is done (detail {"goal": i}, its result as the step's result).
+- the planner's model calls are `plan` steps (the runner records them); the mode adds a `plan`
+  step named "plan" when a plan is accepted (detail {"steps": [goals]}) and one named "goal" as
+  each goal is done (detail {"goal": i, "text": goal}, the goal's result as the step's result).
 - progress lives in `ctx.state` (the plan, the next goal's index, the results, and the goal's
   loop messages while it runs), so a run parked on an approval in the middle of a goal picks up
   that goal's loop where it stopped, with the decided calls' results appended.
@@ -30,6 +31,7 @@ from ember.services.message_codec import decode_message, encode_message
 from ember.services.types import AgentStep, ChatMessage, ResponseFormat, Tool
 
 DEFAULT_MAX_PLAN_STEPS = 5
+MAX_GOAL_CHARS = 200  # a goal is a sentence; the bound also keeps a small model's plan finite
 
 PLANNER_INSTRUCTIONS = (
     "Before answering, make a short plan: the steps that answer the request, in order, each a "
@@ -45,7 +47,7 @@ def plan_schema(max_steps: int) -> dict[str, Any]:
                 "type": "array",
                 "items": {
                     "type": "object",
-                    "properties": {"goal": {"type": "string", "minLength": 1}},
+                    "properties": {"goal": {"type": "string", "minLength": 1, "maxLength": MAX_GOAL_CHARS}},
                     "required": ["goal"],
                     "additionalProperties": False,
                 },
@@ -124,9 +126,9 @@ class PlanningMode:
                     index=ctx.next_index(),
                     kind="plan",
                     agent=ctx.agent.name,
-                    name=goals[i],
+                    name="goal",
                     result=result,
-                    detail={"goal": i},
+                    detail={"goal": i, "text": goals[i]},
                 )
             )
         synthesis = [
@@ -194,6 +196,7 @@ class PlanningMode:
                     index=ctx.next_index(),
                     kind="plan",
                     agent=ctx.agent.name,
+                    name="plan",
                     result=_plan_text(goals),
                     detail={"steps": goals},
                 )

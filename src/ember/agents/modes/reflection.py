@@ -11,8 +11,9 @@ Invariants:
   is streamed as it is made; the outcome's text (the winner's) is what the runner sends last.
 - a critique that is not JSON of that shape (or whose score is not a number in 0..1) counts
   as score 0, its raw text as the critique: a broken critic never ends a run early.
-- the mode records one `critique` step per critique, detail {"score", "round"} (round 0 is
-  the first answer's), in the order they were made.
+- each critique is two `critique` steps: the critic's model call (recorded by the runner: its
+  raw reply, tokens, cost), then the mode's verdict (name "verdict", detail {"score", "round"},
+  round 0 being the first answer's, the critique as its result).
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ CRITIQUE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "score": {"type": "number", "minimum": 0, "maximum": 1},
-        "critique": {"type": "string"},
+        # Bounded so a local model's critique ends well inside a call's token budget.
+        "critique": {"type": "string", "maxLength": 600},
     },
     "required": ["score", "critique"],
     "additionalProperties": False,
 }
+
+VERDICT = "verdict"  # the name of the mode's own critique step, beside the critic's model call
 
 CRITIC_INSTRUCTIONS = (
     "You review answers. Score how well the answer fulfils the request, from 0.0 (useless or "
@@ -114,9 +118,10 @@ class ReflectionMode:
         return ModeOutcome(text=best_text, finish_reason="stop")
 
     async def _critique(self, ctx: ModeContext, request: str, answer: str, round_: int) -> Critique:
+        # One user message: the runner puts the agent's instructions first as the system
+        # message, which the critic may well judge the answer by.
         prompt = [
-            ChatMessage(role="system", content=CRITIC_INSTRUCTIONS),
-            ChatMessage(role="user", content=f"Request:\n{request}\n\nAnswer:\n{answer}"),
+            ChatMessage(role="user", content=f"{CRITIC_INSTRUCTIONS}\n\nRequest:\n{request}\n\nAnswer:\n{answer}")
         ]
         fmt = ResponseFormat(type="json_schema", schema=CRITIQUE_SCHEMA, name="critique", strict=True)
         reply = await ctx.call_model(prompt, response_format=fmt, kind="critique")
@@ -126,6 +131,7 @@ class ReflectionMode:
                 index=ctx.next_index(),
                 kind="critique",
                 agent=ctx.agent.name,
+                name=VERDICT,
                 result=verdict.critique,
                 detail={"score": verdict.score, "round": round_},
             )

@@ -11,12 +11,12 @@ active agent answers without tool calls.
 
 Invariants:
 - the history is shared: the client's messages, then every turn's assistant message and tool
-  results; only the leading system message (the active agent's instructions) changes hands.
+  results; only the active agent's instructions (the runner puts them first) change hands.
 - at most `limits.max_handoffs` handoffs in a run, and one per turn: a transfer over the cap,
   or a second one in the same turn, is a tool error the model reads, and once the cap is
   reached the transfer tools are no longer offered, so the active agent must answer.
-- other tool calls of a turn run through `ctx.run_tools`, after the transfer is decided;
-  results go back in the order the model made the calls.
+- other tool calls of a turn run through `ctx.run_tools` as the agent that made them, before
+  the turn's transfer; results go back in the order the model made the calls.
 - progress (the group's agent, the handoffs made, the history) lives in `ctx.state`.
 """
 
@@ -26,7 +26,7 @@ import json
 import re
 from typing import Any
 
-from ember.agents.types import AgentSpec, ModeContext, ModeOutcome
+from ember.agents.types import ModeContext, ModeOutcome
 from ember.services.message_codec import decode_message, encode_message
 from ember.services.types import AgentStep, ChatMessage, Tool, ToolCall
 
@@ -61,137 +61,93 @@ class SwarmMode:
 
     async def run(self, ctx: ModeContext, messages: list[ChatMessage]) -> ModeOutcome:
         state = ctx.state
-        if "group" not in state:
+        if "group" in state:
+            # Resumed after an approval: the saved history ends with the assistant turn whose
+            # calls waited, and `messages` (the runner's) ends with their results.
+            history = [decode_message(m) for m in state["history"]]
+            last = history[-1]
+            given = {m.tool_call_id: m for m in messages if m.role == "tool" and m.tool_call_id}
+            results = {c.id: given[c.id] for c in last.tool_calls if c.id in given and not self._is_transfer(state, c)}
+            history.extend(self._finish_turn(ctx, state, last.tool_calls, results))
+        else:
             root = ctx.agent
             state["group"] = [root.name, *(m for m in root.members if m != root.name)]
             state["handoffs"] = 0
             state["max_handoffs"] = root.limits.max_handoffs  # the swarm's cap, whoever is active
-            # The client's messages, without a system message the runner may have put first
-            # for the swarm's own agent: each turn puts the active agent's instructions there.
-            state["history"] = [encode_message(m) for m in _without_instructions(messages, root)]
-        else:
-            # Resumed after an approval: the saved history ends with the assistant turn whose
-            # calls waited; the runner hands back the decided calls' results.
-            history = [decode_message(m) for m in state["history"]]
-            state["history"] = [encode_message(m) for m in await _answer_pending(ctx, history, messages)]
-        history = [decode_message(m) for m in state["history"]]
+            history = list(messages)
         while True:
+            state["history"] = [encode_message(m) for m in history]
             agent = ctx.agent
-            offered = self._transfers(ctx, state) if state["handoffs"] < state["max_handoffs"] else {}
-            tools = [*ctx.tools_for(agent), *(t for _, t in offered.values())]
-            prompt = [ChatMessage(role="system", content=agent.instructions)] if agent.instructions else []
-            answer = await ctx.call_model([*prompt, *history], tools=tools)
+            offered = self._transfers(ctx, state) if state["handoffs"] < state["max_handoffs"] else []
+            # The runner puts the active agent's instructions first; `final`, as in the tools
+            # mode: a turn is known to be the last only once it has ended without calls.
+            answer = await ctx.call_model(history, tools=[*ctx.tools_for(agent), *offered], final=True)
             if not answer.tool_calls:
                 return ModeOutcome(text=answer.text, finish_reason="stop")
             history.append(ChatMessage(role="assistant", content=answer.text, tool_calls=answer.tool_calls))
             state["history"] = [encode_message(m) for m in history]
-            results = self._handoffs(ctx, state, agent, answer.tool_calls, offered)
-            others = [c for c in answer.tool_calls if c.id not in results]
-            if others:
-                # Kept with the transfers' results first: a pause on one of the others resumes
-                # with the handoff already made (see _answer_pending).
-                state["history"] = [encode_message(m) for m in [*history, *results.values()]]
-                for message in await ctx.run_tools(others):
-                    results[message.tool_call_id or ""] = message
-            history.extend(results[c.id] for c in answer.tool_calls)
-            state["history"] = [encode_message(m) for m in history]
+            others = [c for c in answer.tool_calls if not self._is_transfer(state, c)]
+            # The other calls first, as the agent that made them: a pause on one of them parks
+            # the run before the handoff, which the resumed run then makes.
+            results = {m.tool_call_id or "": m for m in await ctx.run_tools(others)} if others else {}
+            history.extend(self._finish_turn(ctx, state, answer.tool_calls, results))
 
-    def _transfers(self, ctx: ModeContext, state: dict[str, Any]) -> dict[str, tuple[AgentSpec, Tool]]:
-        """The transfer tools the active agent is offered: tool name -> (target, tool)."""
-        current = ctx.agent.name
-        offered: dict[str, tuple[AgentSpec, Tool]] = {}
-        for name in state["group"]:
-            if name == current:
-                continue
-            target = ctx.agent_named(name)
-            tool_name = transfer_tool_name(name)
-            about = target.instructions.splitlines()[0][:200] if target.instructions else ""
-            offered[tool_name] = (
-                target,
-                Tool(
-                    name=tool_name,
-                    description=f"Hand the conversation over to the agent {name}." + (f" {about}" if about else ""),
-                    parameters=TRANSFER_PARAMETERS,
-                ),
-            )
-        return offered
-
-    def _handoffs(
-        self,
-        ctx: ModeContext,
-        state: dict[str, Any],
-        agent: AgentSpec,
-        calls: tuple[ToolCall, ...],
-        offered: dict[str, tuple[AgentSpec, Tool]],
-    ) -> dict[str, ChatMessage]:
-        """Decide this turn's transfer calls: call id -> the result fed back. At most one is made."""
-        results: dict[str, ChatMessage] = {}
-        moved = False
+    def _finish_turn(
+        self, ctx: ModeContext, state: dict[str, Any], calls: tuple[ToolCall, ...], results: dict[str, ChatMessage]
+    ) -> list[ChatMessage]:
+        """The turn's results in the order of its calls, its transfers decided (at most one made)."""
+        agent = ctx.agent
         cap: int = state["max_handoffs"]
+        moved = False
         for call in calls:
-            if not call.name.startswith(TRANSFER_PREFIX):
+            if not self._is_transfer(state, call):
                 continue
-            if call.name not in offered and not self._is_group_transfer(state, call.name):
-                continue  # not one of ours (a tool the agent has that happens to be named so)
+            target = next(name for name in state["group"] if transfer_tool_name(name) == call.name)
             if moved:
                 results[call.id] = _tool_result(call, "error: only one transfer per turn; this one was not made")
-                continue
-            if state["handoffs"] >= cap:
+            elif state["handoffs"] >= cap:
                 results[call.id] = _tool_result(call, f"error: handoff limit reached ({cap}); answer the user yourself")
+            elif target == agent.name:
+                results[call.id] = _tool_result(call, f"error: you are {agent.name}; answer the user yourself")
+            else:
+                reason = _reason(call.arguments)
+                ctx.switch_to(ctx.agent_named(target))
+                state["handoffs"] += 1
+                moved = True
+                ctx.record(
+                    AgentStep(
+                        index=ctx.next_index(),
+                        kind="handoff",
+                        agent=agent.name,
+                        name=call.name,
+                        arguments=call.arguments,
+                        result=f"transferred to {target}",
+                        detail={"from": agent.name, "to": target, "reason": reason},
+                    )
+                )
+                results[call.id] = _tool_result(call, f"transferred to {target}")
+        return [results[c.id] for c in calls]
+
+    def _transfers(self, ctx: ModeContext, state: dict[str, Any]) -> list[Tool]:
+        """The transfer tools the active agent is offered: one per other agent of the group."""
+        tools = []
+        for name in state["group"]:
+            if name == ctx.agent.name:
                 continue
-            if call.name not in offered:
-                results[call.id] = _tool_result(call, f"error: {agent.name} cannot transfer to itself")
-                continue
-            target, _ = offered[call.name]
-            reason = _reason(call.arguments)
-            ctx.switch_to(target)
-            state["handoffs"] += 1
-            moved = True
-            ctx.record(
-                AgentStep(
-                    index=ctx.next_index(),
-                    kind="handoff",
-                    agent=agent.name,
-                    name=call.name,
-                    arguments=call.arguments,
-                    result=f"transferred to {target.name}",
-                    detail={"from": agent.name, "to": target.name, "reason": reason},
+            target = ctx.agent_named(name)
+            about = target.instructions.strip().splitlines()[0][:200] if target.instructions.strip() else ""
+            tools.append(
+                Tool(
+                    name=transfer_tool_name(name),
+                    description=f"Hand the conversation over to the agent {name}." + (f" {about}" if about else ""),
+                    parameters=TRANSFER_PARAMETERS,
                 )
             )
-            results[call.id] = _tool_result(call, f"transferred to {target.name}")
-        return results
+        return tools
 
     @staticmethod
-    def _is_group_transfer(state: dict[str, Any], tool_name: str) -> bool:
-        return any(transfer_tool_name(name) == tool_name for name in state["group"])
-
-
-def _without_instructions(messages: list[ChatMessage], root: AgentSpec) -> list[ChatMessage]:
-    if root.instructions and messages and messages[0].role == "system" and messages[0].content == root.instructions:
-        return messages[1:]
-    return messages
-
-
-async def _answer_pending(
-    ctx: ModeContext, history: list[ChatMessage], messages: list[ChatMessage]
-) -> list[ChatMessage]:
-    """The history after a pause: the last assistant turn's calls answered by the results the
-    runner handed back (the decided calls) or already saved (a transfer), the rest run now."""
-    if not history:
-        return history
-    calls: tuple[ToolCall, ...] = ()
-    cut = len(history)
-    for n in range(len(history) - 1, -1, -1):
-        if history[n].role == "assistant":
-            calls, cut = history[n].tool_calls, n + 1
-            break
-        if history[n].role != "tool":
-            return history
-    have = {m.tool_call_id: m for m in history[cut:]}
-    for m in messages:
-        if m.role == "tool" and m.tool_call_id and m.tool_call_id not in have:
-            have[m.tool_call_id] = m
-    missing = [c for c in calls if c.id not in have]
-    if missing:
-        have.update({m.tool_call_id: m for m in await ctx.run_tools(missing)})
-    return [*history[:cut], *(have[c.id] for c in calls)]
+    def _is_transfer(state: dict[str, Any], call: ToolCall) -> bool:
+        """A call of the group's transfer tools (the names are the swarm's, whatever the agent has)."""
+        return call.name.startswith(TRANSFER_PREFIX) and any(
+            transfer_tool_name(name) == call.name for name in state["group"]
+        )
