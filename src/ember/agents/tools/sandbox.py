@@ -1,0 +1,357 @@
+"""Running one command in a sandbox: the `shell` tool's engine room.
+
+Every run is `asyncio.create_subprocess_exec` of an absolute path (never a shell) with:
+- rlimits: RLIMIT_CPU (soft N, hard N+1: SIGXCPU, then SIGKILL), RLIMIT_AS, RLIMIT_NOFILE,
+  RLIMIT_FSIZE, and RLIMIT_NPROC (how that one is made to bite: below);
+- an environment of PATH, LANG=C.UTF-8 and HOME (the working directory), nothing else;
+- a fresh temporary working directory, removed after the run;
+- its own session (`start_new_session`); at the end of the run, whether it exited, timed out or
+  was cut, everything it started is killed: its process group, and where it had a uid of its own
+  every process of that uid; under bubblewrap the pid namespace dies with it.
+
+Where bubblewrap works (checked once per process, then cached) and the config does not say
+"never", the command also runs in `bwrap --unshare-all`: no network (an empty net namespace), a
+read-only /usr (with /bin, /lib, /lib64 as links into it, this machine's layout), a private /proc,
+/dev and /tmp, and the working directory bound read-write at /sandbox. Where it does not work, a
+run gets the rlimits alone ("always" refuses instead), and one warning is logged.
+
+RLIMIT_NPROC counts the processes of the *user*, and root is exempt from it. What we found on
+this machine (kernel 6.18, as root): the limit set before exec does not stop a fork bomb, in or
+out of bwrap. So:
+- as root, each run gets a uid of its own (from a high, unused range), the limit is exact (only
+  that run's processes count), the command is not root on the host, and `kill -1` as that uid
+  ends processes that left the process group (setsid);
+- under bwrap, the limit is set inside the sandbox (`prlimit`), where the new user namespace
+  counts only the sandbox's processes (a limit set outside would count all of ember's threads
+  and make bwrap itself fail);
+- not root and no bwrap: the limit is the user's current count plus max_processes, which is
+  best effort (ember's own threads come and go).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import resource
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+BWRAP = "/usr/bin/bwrap"
+PRLIMIT = "/usr/bin/prlimit"
+SANDBOX_DIR = "/sandbox"  # where the working directory is seen inside bwrap
+# Per-run uids when ember runs as root: far above any real account (useradd stops at 60000,
+# systemd's dynamic users at 65519, container ranges at a few million).
+_UID_BASE = 1_900_000_000
+_UID_SPAN = 50_000_000
+_READ_CHUNK = 65536
+_DRAIN_AFTER_EXIT = 1.0  # seconds to read what is left once the command itself has ended
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    cpu_seconds: int
+    memory_bytes: int
+    max_files: int
+    max_processes: int
+    max_file_bytes: int
+    timeout: float
+    max_output_bytes: int
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: int | None  # None: killed by a signal (see `signal`) or never started
+    signal: str | None  # "SIGKILL", "SIGXCPU"...
+    stdout: str
+    stderr: str
+    stdout_bytes: int  # all the command wrote, kept or not
+    stderr_bytes: int
+    limit: str | None  # why ember stopped it ("killed after 2 s"...), or None
+    isolated: bool  # ran under bubblewrap
+    seconds: float
+
+
+class SandboxUnavailable(Exception):
+    """bubblewrap = "always" but it cannot run here."""
+
+
+class _Capped:
+    """Reads a pipe to its end, keeping the first `cap` bytes (so a chatty command never blocks
+    on a full pipe, and never fills ember's memory)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.kept = bytearray()
+        self.total = 0
+
+    async def drain(self, stream: asyncio.StreamReader | None) -> None:
+        if stream is None:
+            return
+        while chunk := await stream.read(_READ_CHUNK):
+            self.total += len(chunk)
+            room = self.cap - len(self.kept)
+            if room > 0:
+                self.kept += chunk[:room]
+
+    def text(self) -> str:
+        return self.kept.decode("utf-8", errors="replace")
+
+
+class _Bubblewrap:
+    """Whether bwrap can create its namespaces here: tried once, then remembered."""
+
+    def __init__(self) -> None:
+        self._works: bool | None = None
+        self._why = ""
+        self._lock = asyncio.Lock()
+
+    async def works(self) -> tuple[bool, str]:
+        async with self._lock:
+            if self._works is None:
+                self._works, self._why = await self._probe()
+                if not self._works:
+                    log.warning("shell tool: bubblewrap unusable (%s); runs get rlimits only", self._why)
+            return self._works, self._why
+
+    async def _probe(self) -> tuple[bool, str]:
+        if not os.access(BWRAP, os.X_OK):
+            return False, f"{BWRAP} is not installed"
+        with tempfile.TemporaryDirectory(prefix="ember-bwrap-probe-") as tmp:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *bwrap_argv(tmp),
+                    "/bin/true",
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE,
+                    env={"PATH": SAFE_PATH},
+                )
+                _, err = await asyncio.wait_for(proc.communicate(), 10)
+            except (OSError, TimeoutError) as exc:
+                return False, str(exc) or type(exc).__name__
+        if proc.returncode != 0:
+            return False, err.decode(errors="replace").strip() or f"exit {proc.returncode}"
+        return True, ""
+
+
+_BUBBLEWRAP = _Bubblewrap()
+_UIDS_IN_USE: set[int] = set()
+
+
+def bwrap_argv(workdir: str) -> list[str]:
+    """bwrap's arguments up to the command: no network, a read-only system, `workdir` read-write."""
+    argv = [BWRAP, "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
+    for link in ("bin", "lib", "lib64", "sbin"):
+        target = os.readlink(f"/{link}") if os.path.islink(f"/{link}") else None
+        if target is not None:
+            argv += ["--symlink", target, f"/{link}"]
+        elif os.path.isdir(f"/{link}"):
+            argv += ["--ro-bind", f"/{link}", f"/{link}"]
+    # Debian's alternatives (awk, editor...) and the loader cache live in /etc; nothing else does.
+    argv += ["--ro-bind-try", "/etc/alternatives", "/etc/alternatives"]
+    argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    argv += ["--bind", workdir, SANDBOX_DIR, "--chdir", SANDBOX_DIR, "--"]
+    return argv
+
+
+def _user_processes(uid: int) -> int:
+    """Threads of `uid` now (RLIMIT_NPROC counts threads)."""
+    count = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if entry.stat().st_uid == uid:
+                count += len(os.listdir(f"/proc/{entry.name}/task"))
+    return count
+
+
+def _take_uid() -> int:
+    while True:
+        uid = _UID_BASE + random.randrange(_UID_SPAN)
+        if uid not in _UIDS_IN_USE:
+            _UIDS_IN_USE.add(uid)
+            return uid
+
+
+def _limiter(limits: SandboxLimits, nproc: int | None) -> Callable[[], None]:
+    def set_limits() -> None:  # runs in the child between fork and exec
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
+        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_files, limits.max_files))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_bytes, limits.max_file_bytes))
+        if nproc is not None:
+            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+
+    return set_limits
+
+
+async def _kill_all(proc: asyncio.subprocess.Process, uid: int | None) -> None:
+    """End the command and everything it started, however it ended."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if uid is not None:
+        # As its own uid, `kill -1` reaches every process of that uid (those that left the group).
+        with contextlib.suppress(OSError):
+            killer = await asyncio.create_subprocess_exec(
+                "/bin/kill", "-KILL", "-1", user=uid, group=uid, extra_groups=[], env={"PATH": SAFE_PATH}
+            )
+            await killer.wait()
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> None:
+    """Until the command itself has ended. Not `proc.wait()`: asyncio's also waits for the pipes
+    to close, which a background child holding stdout would delay to the timeout."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        return  # already reaped
+    except OSError:
+        await proc.wait()  # no pidfd here (an old kernel): the slower, still correct way
+        return
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(pidfd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
+def _signal_of(code: int | None, isolated: bool) -> str | None:
+    """The signal that ended the command. bwrap reports a signalled child as 128 + the signal,
+    like a shell does, so under bwrap 129..159 are read that way (a command exiting with such a
+    code on purpose is read as signalled too)."""
+    if code is None:
+        return None
+    number = -code if code < 0 else code - 128 if isolated and 128 < code < 160 else 0
+    try:
+        return signal.Signals(number).name if number else None
+    except ValueError:
+        return None
+
+
+class Sandbox:
+    """Runs commands under one set of limits (see the module docstring for what it guarantees)."""
+
+    def __init__(self, limits: SandboxLimits, bubblewrap: Literal["auto", "always", "never"] = "auto") -> None:
+        self.limits = limits
+        self.bubblewrap = bubblewrap
+
+    async def isolated(self) -> bool:
+        """Whether runs get bubblewrap; raises SandboxUnavailable when it is required and cannot."""
+        if self.bubblewrap == "never":
+            return False
+        works, why = await _BUBBLEWRAP.works()
+        if not works and self.bubblewrap == "always":
+            raise SandboxUnavailable(f'bubblewrap is required (bubblewrap = "always") but cannot run: {why}')
+        return works
+
+    async def run(self, executable: str, args: list[str], stdin: bytes | None = None) -> RunResult:
+        """Run `executable` (an absolute path) with `args` (argv[1:]). Raises SandboxUnavailable
+        or OSError when it cannot start; everything after the start is in the RunResult."""
+        isolated = await self.isolated()
+        limits = self.limits
+        uid = _take_uid() if os.geteuid() == 0 else None
+        workdir = tempfile.mkdtemp(prefix="ember-shell-")
+        started = time.monotonic()
+        try:
+            if uid is not None:
+                os.chown(workdir, uid, uid)
+            argv = [executable, *args]
+            nproc: int | None
+            if isolated:
+                argv = [*bwrap_argv(workdir), PRLIMIT, f"--nproc={limits.max_processes}", "--", *argv]
+                nproc = None
+                home = SANDBOX_DIR
+            else:
+                if uid is not None:
+                    nproc = limits.max_processes
+                else:
+                    nproc = _user_processes(os.geteuid()) + limits.max_processes
+                home = workdir
+            env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": home}
+            owner = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=workdir,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_limiter(limits, nproc),
+                **owner,  # type: ignore[arg-type]
+            )
+            out, err = _Capped(limits.max_output_bytes), _Capped(limits.max_output_bytes)
+            readers = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr), self._feed(proc, stdin))
+            limit = None
+            try:
+                try:
+                    await asyncio.wait_for(_exited(proc), limits.timeout)
+                except TimeoutError:
+                    limit = f"killed after {limits.timeout:g} s (the timeout)"
+                await _kill_all(proc, uid)
+                await proc.wait()
+                with contextlib.suppress(TimeoutError):
+                    # A pipe still held by something we could not kill: keep what was read.
+                    await asyncio.wait_for(asyncio.shield(readers), _DRAIN_AFTER_EXIT)
+            finally:
+                # Also on cancellation: nothing the command started outlives the call.
+                if proc.returncode is None:
+                    await asyncio.shield(_kill_all(proc, uid))
+                readers.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await readers
+            code = proc.returncode
+            sig = _signal_of(code, isolated)
+            if limit is None and sig in ("SIGXCPU", "SIGKILL") and self._cpu_used(started):
+                limit = f"stopped at its CPU limit of {limits.cpu_seconds} s"
+            elif limit is None and sig == "SIGXFSZ":
+                limit = f"stopped at its file size limit of {limits.max_file_bytes // (1 << 20)} MB"
+            return RunResult(
+                exit_code=None if sig is not None else code,
+                signal=sig,
+                stdout=out.text(),
+                stderr=err.text(),
+                stdout_bytes=out.total,
+                stderr_bytes=err.total,
+                limit=limit,
+                isolated=isolated,
+                seconds=time.monotonic() - started,
+            )
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+            if uid is not None:
+                _UIDS_IN_USE.discard(uid)
+
+    def _cpu_used(self, started: float) -> bool:
+        # A SIGKILL counts as the CPU limit's hard stop only if the run lasted about that long
+        # (something else, like the OOM killer, may have sent it earlier).
+        return time.monotonic() - started >= self.limits.cpu_seconds * 0.9
+
+    @staticmethod
+    async def _feed(proc: asyncio.subprocess.Process, stdin: bytes | None) -> None:
+        if proc.stdin is None or stdin is None:
+            return
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            proc.stdin.write(stdin)
+            await proc.stdin.drain()
+        proc.stdin.close()
