@@ -18,6 +18,13 @@ from ember.engine.protocol import EngineLoader
 def build_app(settings: Settings | None = None) -> FastAPI:
     # Imported here so `import ember` stays light for the CLI.
     from ember import __version__
+    from ember.agents.approvals import ApprovalService
+    from ember.agents.config import load_agents_config
+    from ember.agents.runner import RunDeps
+    from ember.agents.service import AgentService
+    from ember.agents.toolbox import Toolbox
+    from ember.agents.tools.builtin import builtin_tools
+    from ember.agents.tools.mcp import McpSource
     from ember.api.admin import router as admin_router
     from ember.api.admin_audit import router as admin_audit_router
     from ember.api.admin_keys import router as admin_keys_router
@@ -56,6 +63,9 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     # Read now, so a bad ember.toml stops `ember serve` before it binds, with file and line.
     gateway_config = load_gateway_config(settings.config)
+    agents_config = load_agents_config(settings.config)
+    # Built now: a "${VAR}" an MCP server's env or headers name but the environment lacks fails here.
+    mcp_sources = [McpSource(server) for server in agents_config.mcp_servers]
     check_audit_settings(settings)
 
     @asynccontextmanager
@@ -78,6 +88,12 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         gateway.cache = cache
         # Every request's usage record reaches each of these once, when it ends.
         gateway.observers += [usage.add, guard.observe, audit.observe, telemetry.observe, recent.observe]
+        # Agents run their steps through the gateway (gateway.agents hands agent requests over).
+        toolbox = Toolbox(builtin_tools(agents_config.tools, settings.home), mcp_sources)
+        await toolbox.start()
+        approvals = ApprovalService(settings.state_dir / "approvals.db", audit)
+        agents = AgentService(agents_config, RunDeps(gateway, toolbox, audit, agents_config.specs(), approvals))
+        gateway.agents = agents
         services = Services(
             settings=settings,
             scheduler=scheduler,
@@ -90,6 +106,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             responses=responses,
             recent=recent,
             cache=cache,
+            agents=agents,
+            approvals=approvals,
         )
         telemetry.bind(services)
         app.state.services = services
@@ -103,6 +121,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await services.schedules.aclose()  # before jobs: a schedule firing creates a batch
             await services.jobs.aclose()  # first: its lines need everything below
+            await toolbox.aclose()
+            approvals.close()
             await gateway.aclose()
             await scheduler.shutdown()
             await guard.aclose()

@@ -15,6 +15,7 @@ from ember.services.types import RequestContext
 
 if TYPE_CHECKING:
     from ember.agents.approvals import ApprovalService
+    from ember.agents.service import AgentService
     from ember.api.responses.store import ResponseStore
     from ember.cache import ResponseCache
     from ember.gateway import Gateway, UsageLog
@@ -41,6 +42,7 @@ class Services:
     cache: ResponseCache | None = None
     jobs: Jobs | None = None  # /v1/files and /v1/batches; set once the app (which lines run through) is up
     schedules: ScheduleRunner | None = None  # /v1/ember/batch_schedules (jobs/schedules.py); beside jobs
+    agents: AgentService | None = None  # agent/NAME and mode requests (agents/service.py), gateway.agents
     approvals: ApprovalService | None = None  # parked agent runs (agents/approvals/), set with the agents
 
 
@@ -58,6 +60,7 @@ def request_context(request: Request) -> RequestContext:
         protocol=protocol_name(request.scope),
         endpoint=path,
         key_name=getattr(principal, "name", None),
+        scopes=getattr(principal, "scopes", None),
         priority=request.headers.get("x-ember-priority"),
         no_cache="no-cache" in cache_control or "no-store" in cache_control,
     )

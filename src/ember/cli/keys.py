@@ -24,7 +24,7 @@ def _store() -> KeyStore:
 @keys_app.command("create")
 def create(
     name: Annotated[str, typer.Option("--name", help="A unique name; usage and audit rows carry it.")],
-    scopes: Annotated[str, typer.Option("--scopes", help="Comma-separated: chat, embed, models, admin.")] = (
+    scopes: Annotated[str, typer.Option("--scopes", help="Comma-separated: chat, embed, models, admin, tools.")] = (
         "chat,embed,models"
     ),
     rpm: Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per minute.")] = None,

@@ -151,6 +151,8 @@ class GatewayConfig(_Strict):
 
 
 _GATEWAY_KEYS = ("providers", "routes", "retry", "breaker")
+# Top-level tables another part reads from the same file (agents/config.py): not typos here.
+OTHER_TABLES = ("agents", "agents_defaults", "mcp_servers", "tools")
 
 
 # The keys of ember.toml that belong to Settings (config.py) rather than the gateway.
@@ -162,7 +164,7 @@ def _unknown_key(data: dict[str, Any]) -> str | None:
     """A top-level key that is neither a setting nor a gateway table (a typo, say)."""
     from ember.config import Settings
 
-    known = set(Settings.model_fields) | set(_GATEWAY_KEYS)
+    known = set(Settings.model_fields) | set(_GATEWAY_KEYS) | set(OTHER_TABLES)
     return next((key for key in data if key not in known), None)
 
 
@@ -180,7 +182,7 @@ def load_gateway_config(path: Path | None) -> GatewayConfig:
         raise ConfigError(f"{path}: {exc}") from exc  # the message carries "(at line N, column M)"
     unknown = _unknown_key(data)
     if unknown is not None:
-        line = _line_of(text, [unknown])
+        line = line_of(text, [unknown])
         raise ConfigError(
             f"{path}:{line}: {unknown}: not a setting or a gateway table (a typo?)"
             if line
@@ -189,13 +191,18 @@ def load_gateway_config(path: Path | None) -> GatewayConfig:
     try:
         return GatewayConfig.model_validate(_gateway_part(data))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = [p for p in first.get("loc", ()) if p not in ("function-after",)]
-        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-        line = _line_of(text, loc or _loc_in_message(message))
-        where = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
-        prefix = f"{path}:{line}" if line else str(path)
-        raise ConfigError(f"{prefix}: {where + ': ' if where else ''}{message}") from exc
+        raise config_error(path, text, exc) from exc
+
+
+def config_error(path: Path, text: str, exc: ValidationError) -> ConfigError:
+    """The first validation error as one line naming the file, the line and the key."""
+    first = exc.errors()[0]
+    loc = [p for p in first.get("loc", ()) if p not in ("function-after",)]
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    line = line_of(text, loc or _loc_in_message(message))
+    where = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+    prefix = f"{path}:{line}" if line else str(path)
+    return ConfigError(f"{prefix}: {where + ': ' if where else ''}{message}")
 
 
 def _loc_in_message(message: str) -> list[Any]:
@@ -204,7 +211,7 @@ def _loc_in_message(message: str) -> list[Any]:
     return [match.group(1), int(match.group(2)), match.group(3)] if match else []
 
 
-def _line_of(text: str, loc: list[Any]) -> int | None:
+def line_of(text: str, loc: list[Any]) -> int | None:
     """The 1-based line of loc (e.g. ["routes", 1, "strategy"]) in the TOML text, best effort."""
     lines = text.splitlines()
     if not loc:

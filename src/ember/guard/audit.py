@@ -249,6 +249,10 @@ class AuditLog:
         """One audit row per admin action (pull, delete, copy, key management)."""
         self._writer.put(Entry(admin_fields(action, key_name, detail, status)))
 
+    def event(self, kind: str, key_name: str | None, fields: dict[str, Any]) -> None:
+        """One row of another kind (an agent's tool call or run, an approval decision)."""
+        self._writer.put(Entry({"kind": kind, "ts": time.time(), "key": key_name, **fields}))
+
     def _append(self, entries: list[Entry]) -> None:
         append(self._db, entries, self._cipher)
 

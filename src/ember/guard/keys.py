@@ -23,7 +23,7 @@ from ember.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 
 Period = Literal["day", "month", "total"]
 PERIODS: tuple[Period, ...] = get_args(Period)
-SCOPES = ("chat", "embed", "models", "admin")
+SCOPES = ("chat", "embed", "models", "admin", "tools")  # tools: agents that run ember tools (agents/)
 KEY_PREFIX = "ember-"
 _CACHE_MAX = 10_000  # random wrong keys are cached too; bound the memory they can take
 

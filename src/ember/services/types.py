@@ -116,6 +116,7 @@ class RequestContext:
     protocol: str = "openai"  # the wire protocol's name, chosen once per request by the API layer
     endpoint: str = ""  # the path, e.g. /v1/chat/completions
     key_name: str | None = None  # the API key's name, once the guard has checked it
+    scopes: frozenset[str] | None = None  # that key's scopes; None when keys are off (all allowed)
     priority: str | None = None  # X-Ember-Priority
     no_cache: bool = False  # Cache-Control: no-cache
 
