@@ -55,7 +55,7 @@ def test_create_list_use_and_revoke(dashboard: Dashboard) -> None:
     [
         ({}, "missing required field 'name'"),
         ({"name": "bad name"}, "invalid key name"),
-        ({"name": "x1", "scopes": ["root"]}, "'scopes[0]'"),
+        ({"name": "x1", "scopes": ["root"]}, "unknown scope(s) root: use some of chat"),
         ({"name": "x1", "scopes": []}, "'scopes'"),
         ({"name": "x1", "rmp": 5}, "'rmp'"),  # a misspelt limit must not make an unlimited key
         ({"name": "x1", "rpm": 0}, "'rpm'"),

@@ -21,10 +21,8 @@ from ember.guard.keys import SCOPES, KeyRecord, parse_expires, parse_scopes
 
 router = APIRouter(prefix="/admin/keys", tags=["admin"])
 
-Scope = Literal["chat", "embed", "models", "admin"]
 
-
-def _default_scopes() -> list[Scope]:
+def _default_scopes() -> list[str]:
     return ["chat", "embed", "models"]  # the CLI's default
 
 
@@ -34,7 +32,8 @@ class CreateKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=64)
-    scopes: list[Scope] = Field(default_factory=_default_scopes, min_length=1)
+    # Checked by parse_scopes against guard/keys.py SCOPES: one list of scopes, one message.
+    scopes: list[str] = Field(default_factory=_default_scopes, min_length=1)
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     max_concurrent: int | None = Field(None, ge=1)
