@@ -38,7 +38,9 @@ import random
 import resource
 import shutil
 import signal
+import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,38 +111,46 @@ class _Capped:
 
 
 class _Bubblewrap:
-    """Whether bwrap can create its namespaces here: tried once, then remembered."""
+    """Whether bwrap can create its namespaces here: tried once per process, then remembered.
+    (A thread lock, not an asyncio one: the probe is a blocking run in a worker thread, and the
+    answer holds for every event loop.)"""
 
     def __init__(self) -> None:
-        self._works: bool | None = None
-        self._why = ""
-        self._lock = asyncio.Lock()
+        self._answer: tuple[bool, str] | None = None
+        self._lock = threading.Lock()
 
     async def works(self) -> tuple[bool, str]:
-        async with self._lock:
-            if self._works is None:
-                self._works, self._why = await self._probe()
-                if not self._works:
-                    log.warning("shell tool: bubblewrap unusable (%s); runs get rlimits only", self._why)
-            return self._works, self._why
+        if self._answer is None:
+            return await asyncio.to_thread(self.works_sync)
+        return self._answer
 
-    async def _probe(self) -> tuple[bool, str]:
+    def works_sync(self) -> tuple[bool, str]:
+        with self._lock:
+            if self._answer is None:
+                self._answer = self._probe()
+                if not self._answer[0]:
+                    log.warning("shell tool: bubblewrap unusable (%s); runs get rlimits only", self._answer[1])
+            return self._answer
+
+    @staticmethod
+    def _probe() -> tuple[bool, str]:
         if not os.access(BWRAP, os.X_OK):
             return False, f"{BWRAP} is not installed"
         with tempfile.TemporaryDirectory(prefix="ember-bwrap-probe-") as tmp:
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *bwrap_argv(tmp),
-                    "/bin/true",
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.PIPE,
+                done = subprocess.run(
+                    [*bwrap_argv(tmp), "/bin/true"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
                     env={"PATH": SAFE_PATH},
+                    timeout=10,
+                    check=False,
                 )
-                _, err = await asyncio.wait_for(proc.communicate(), 10)
-            except (OSError, TimeoutError) as exc:
+            except (OSError, subprocess.TimeoutExpired) as exc:
                 return False, str(exc) or type(exc).__name__
-        if proc.returncode != 0:
-            return False, err.decode(errors="replace").strip() or f"exit {proc.returncode}"
+        if done.returncode != 0:
+            return False, done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
         return True, ""
 
 
@@ -161,7 +171,9 @@ def bwrap_argv(workdir: str) -> list[str]:
     argv += ["--ro-bind-try", "/etc/alternatives", "/etc/alternatives"]
     argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
     argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-    argv += ["--bind", workdir, SANDBOX_DIR, "--chdir", SANDBOX_DIR, "--"]
+    argv += ["--bind", workdir, SANDBOX_DIR]
+    # The root is bwrap's own tmpfs: read-only too, so only /sandbox and /tmp take writes.
+    argv += ["--remount-ro", "/", "--chdir", SANDBOX_DIR, "--"]
     return argv
 
 
@@ -259,7 +271,15 @@ class Sandbox:
         """Whether runs get bubblewrap; raises SandboxUnavailable when it is required and cannot."""
         if self.bubblewrap == "never":
             return False
-        works, why = await _BUBBLEWRAP.works()
+        return self._decide(*await _BUBBLEWRAP.works())
+
+    def isolated_sync(self) -> bool:
+        """`isolated()` for callers outside an event loop (a startup check, a test's skip)."""
+        if self.bubblewrap == "never":
+            return False
+        return self._decide(*_BUBBLEWRAP.works_sync())
+
+    def _decide(self, works: bool, why: str) -> bool:
         if not works and self.bubblewrap == "always":
             raise SandboxUnavailable(f'bubblewrap is required (bubblewrap = "always") but cannot run: {why}')
         return works
