@@ -61,6 +61,22 @@ def gone(pid: int) -> bool:
     return state == "X"
 
 
+def stdio_children() -> list[int]:
+    """Our child processes that are the stdio test server (zombies included)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == os.getpid() and (b"stdio_server" in cmdline or stat[0] == "Z"):
+            found.append(int(entry.name))
+    return found
+
+
 async def until(predicate: Any, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
@@ -116,6 +132,7 @@ def test_config_refuses_bad_tables() -> None:
         {"name": "x", "command": ["a"], "headers": {"A": "b"}},
         {"name": "x", "command": ["a"], "timeout": 0},
         {"name": "x", "command": ["a"], "colour": "red"},
+        {"name": "x", "command": ["a"], "tools": ["t"], "require_approval": ["u"]},
     ):
         with pytest.raises(ValidationError):
             McpServerConfig.model_validate(bad)
@@ -198,6 +215,29 @@ async def test_stdio_server_that_dies_is_a_tool_error_then_restarted(caplog: pyt
         last_pid = int(third[0])
     assert source.state == "closed"
     await until(lambda: gone(last_pid), 5)  # aclose: no child left, not even a zombie
+    assert stdio_children() == []
+
+
+async def test_aclose_while_connecting_leaves_no_child() -> None:
+    source = McpSource(stdio_config())
+    starting = asyncio.create_task(source.start())
+    await until(lambda: stdio_children() != [], 5)  # spawned, still importing
+    await source.aclose()
+    await starting
+    await until(lambda: stdio_children() == [], 5)
+
+
+async def test_changed_tool_lists_and_names_that_do_not_fit(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "ember.agents.mcp")
+    async with started(stdio_config()) as source:
+        names = source.known_tool_names()
+        assert "st__add" in names and not any("dot" in n or "xxx" in n for n in names)
+        assert "'has.dot' left out" in caplog.text and f"'{'x' * 62}' left out" in caplog.text
+        assert "st__extra" not in names
+        assert await call(source, "grow") == ("grown", False)
+        await until(lambda: "st__extra" in source.known_tool_names(), 5)  # listed again on the notification
+        assert await call(source, "extra") == ("extra here", False)
+        assert {tool.spec.name for tool in await source.tools()} >= {"st__extra", "st__add"}
 
 
 async def test_a_command_that_cannot_start_is_retried_and_calls_are_tool_errors(

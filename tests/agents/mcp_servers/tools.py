@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from mcp.server.mcpserver import Image, MCPServer
+from mcp.server.mcpserver import Context, Image, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 
@@ -48,5 +48,23 @@ def build(name: str) -> MCPServer:
     @server.tool(description="The value of an environment variable of the server.")
     def getenv(var: str) -> str:
         return os.environ.get(var, "")
+
+    @server.tool(description="Add the tool 'extra' and tell the client the list changed.")
+    async def grow(ctx: Context) -> str:
+        def extra() -> str:
+            return "extra here"
+
+        server.add_tool(extra, name="extra", description="Added by grow.")
+        await ctx.session.send_tool_list_changed()  # the plain notification (2025-11-25), as most servers send it
+        return "grown"
+
+    # Names that are no OpenAI function name once prefixed: the client leaves them out.
+    @server.tool(name="has.dot", description="A dotted name.")
+    def dotted() -> str:
+        return "dot"
+
+    @server.tool(name="x" * 62, description="A name too long with any prefix.")
+    def long_name() -> str:
+        return "long"
 
     return server

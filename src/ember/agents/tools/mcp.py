@@ -42,7 +42,7 @@ import httpx2
 from anyio.streams.memory import MemoryObjectSendStream
 from mcp import types as mcp_types
 from mcp.client._transport import ReadStream, TransportStreams
-from mcp.client.session import ClientSession
+from mcp.client.session import ClientSession, IncomingMessage
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -120,6 +120,8 @@ class McpSource:
         self._last_error = "not started"
         self._http_status: str | None = None  # the last HTTP error status seen, for messages
         self._dead = asyncio.Event()  # set when the current connection is known to be gone
+        self._wake = asyncio.Event()  # the owner has something to do: the connection ended, or relist
+        self._relist = False  # the server said its tool list changed
         self._owner: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
         self._starts: deque[float] = deque()
@@ -225,7 +227,17 @@ class McpSource:
 
     def _mark_dead(self, session: ClientSession) -> None:
         if session is self._session:
-            self._dead.set()
+            self._end()
+
+    def _end(self) -> None:
+        self._dead.set()
+        self._wake.set()
+
+    async def _on_message(self, message: IncomingMessage) -> None:
+        """The session's message handler: a changed tool list is listed again (by the owner)."""
+        if isinstance(message, mcp_types.ToolListChangedNotification):
+            self._relist = True
+            self._wake.set()
 
     def _died_why(self) -> str:
         return self._http_status or "connection closed"
@@ -244,6 +256,8 @@ class McpSource:
                 await asyncio.sleep(delay)
             self._starts.append(time.monotonic())
             self._dead = asyncio.Event()
+            self._wake = asyncio.Event()
+            self._relist = False
             self._http_status = None
             self._set_state("connecting")
             try:
@@ -274,7 +288,9 @@ class McpSource:
             # The pump stands between the transport and the session so that the end of the
             # transport's stream (a stdio child that exited) is seen here, not only by a call.
             to_session, session_read = anyio.create_memory_object_stream[Message](0)
-            session = await stack.enter_async_context(ClientSession(session_read, write))
+            session = await stack.enter_async_context(
+                ClientSession(session_read, write, message_handler=self._on_message)
+            )
             pumps = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(pumps.cancel_scope.cancel)  # runs before the task group's exit
             pumps.start_soon(self._pump, read, to_session)
@@ -286,12 +302,27 @@ class McpSource:
             self._last_error = "up"
             self._set_state("up")
             log.info("MCP server '%s' is up with %d tool(s)", self.name, len(listed))
-            await self._dead.wait()
+            while not self._dead.is_set():
+                await self._wake.wait()
+                self._wake.clear()
+                if self._relist and not self._dead.is_set():
+                    self._relist = False
+                    await self._list_again(session)
+
+    async def _list_again(self, session: ClientSession) -> None:
+        try:
+            with anyio.fail_after(self.config.startup_timeout):
+                listed = await self._list(session)
+        except Exception as exc:  # the old listing stays; a dead connection is the pump's to see
+            log.warning("MCP server '%s': listing its changed tools failed (%s)", self.name, _describe(exc))
+            return
+        self._listed = listed
+        log.info("MCP server '%s' changed its tools: now %d", self.name, len(listed))
 
     async def _pump(
         self,
-        read: ReadStream[SessionMessage | Exception],
-        to_session: MemoryObjectSendStream[SessionMessage | Exception],
+        read: ReadStream[Message],
+        to_session: MemoryObjectSendStream[Message],
     ) -> None:
         async with to_session:
             try:
@@ -299,7 +330,7 @@ class McpSource:
                     await to_session.send(item)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 pass
-        self._dead.set()
+        self._end()
 
     def _transport(self) -> AbstractAsyncContextManager[TransportStreams]:
         if self.config.command is not None:
@@ -344,8 +375,12 @@ class McpSource:
                 continue
             description = tool.description or tool.title or f"Tool '{tool.name}' of MCP server '{self.name}'."
             listed[tool.name] = _Listed(tool.name, self._spec(tool.name, description, dict(tool.input_schema)))
-        for missing in sorted((allowed or set()) - {tool.name for tool in tools}):
+        offered = {tool.name for tool in tools}
+        for missing in sorted((allowed or set()) - offered):
             log.warning("MCP server '%s' has no tool %r (named in its tools list)", self.name, missing)
+        if isinstance(self.config.require_approval, list):
+            for missing in sorted(set(self.config.require_approval) - offered):
+                log.warning("MCP server '%s' has no tool %r (named in require_approval)", self.name, missing)
         return listed
 
     def _spec(self, tool: str, description: str, parameters: dict[str, Any]) -> ToolSpec:

@@ -52,6 +52,12 @@ class McpServerConfig(BaseModel):
                 raise ValueError(f"mcp server '{self.name}': url must start with http:// or https://")
             if self.env:
                 raise ValueError(f"mcp server '{self.name}': env is for command servers, not url")
+        if self.tools is not None and isinstance(self.require_approval, list):
+            outside = sorted(set(self.require_approval) - set(self.tools))
+            if outside:
+                raise ValueError(
+                    f"mcp server '{self.name}': require_approval names {', '.join(outside)}, not in its tools list"
+                )
         return self
 
     @property
