@@ -357,11 +357,12 @@ function makeChart(el, config, registry) {
   const options = {
     width: Math.max(200, el.clientWidth || 400),
     height,
-    legend: { show: true },
+    legend: { show: true, live: false },
     cursor: { drag: { x: false, y: false } },
     scales: {
       x: { time: !category },
-      y: { range: (u, min, max) => [Math.min(config.yMin ?? 0, min ?? 0), Math.max(max ?? 1, (config.yMin ?? 0) + 1e-9) * 1.1 || 1] },
+      // From zero (or yMin) up to a little over the largest value; an all-zero chart spans 0..1.
+      y: { range: (u, min, max) => [Math.min(config.yMin ?? 0, Number.isFinite(min) ? min : 0), Number.isFinite(max) && max > 0 ? max * 1.1 : 1] },
     },
     axes: [
       category ? { ...axis, values: (u, splits) => splits.map((i) => labels[Math.round(i)] ?? "") , splits: () => labels.map((_, i) => i) } : { ...axis },
