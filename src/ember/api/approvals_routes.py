@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from ember.agents.approvals import ApprovalService
 from ember.api.deps import Services, request_context, services
@@ -31,7 +31,8 @@ MAX_REASON = 2000
 class Decide(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    approve: bool = Field(description="true runs the tool call, false denies it (the run ends).")
+    # Strict: "yes" or 1 is a 400, a decision is never guessed from a near-boolean.
+    approve: StrictBool = Field(description="true runs the tool call, false denies it (the run ends).")
     reason: str | None = Field(None, max_length=MAX_REASON, description="Kept with the decision, shown to the run.")
 
 
