@@ -41,6 +41,10 @@ def py(code: str) -> tuple[str, str, str]:
     return ("python3", "-c", code)
 
 
+def exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
 def alive(pid: int) -> bool:
     """Whether a host pid runs (a zombie waiting for a reaper counts as gone)."""
     try:
@@ -195,7 +199,10 @@ async def test_environment_is_empty_and_workdir_is_fresh_and_removed(
         request.getfixturevalue("bwrap_works")
     os.environ["EMBER_SECRET_FOR_TEST"] = "leak"
     try:
-        code = "import os, json; open('made', 'w').write('x'); print(json.dumps([dict(os.environ), os.getcwd(), os.listdir('.')]))"
+        code = (
+            "import os, json; open('made', 'w').write('x')\n"
+            "print(json.dumps([dict(os.environ), os.getcwd(), os.listdir('.')]))"
+        )
         body, _ = await run(shell(bubblewrap=bubblewrap), *py(code))
     finally:
         del os.environ["EMBER_SECRET_FOR_TEST"]
@@ -203,7 +210,7 @@ async def test_environment_is_empty_and_workdir_is_fresh_and_removed(
     assert set(env) <= {"PATH", "LANG", "HOME", "PWD"} and env["PATH"] == "/usr/local/bin:/usr/bin:/bin"
     assert env["LANG"] == "C.UTF-8" and env["HOME"] == cwd and listing == ["made"]
     if bubblewrap == "never":
-        assert not os.path.exists(cwd)  # removed after the run
+        assert not exists(cwd)  # removed after the run
     else:
         assert cwd == "/sandbox"
 
@@ -244,7 +251,7 @@ async def test_system_is_read_only_inside_bubblewrap(bwrap_works: None) -> None:
     for path in ("/usr/x", "/etc/x", "/bin/x"):
         body, _ = await run(tool, *py(f"open({path!r}, 'w')"))
         assert body["exit_code"] == 1 and "Read-only file system" in body["stderr"], (path, body)
-    assert not os.path.exists("/usr/x")
+    assert not exists("/usr/x")
     # What it can see of the host: the system, not the rest (no /root, /home, /work).
     body, _ = await run(tool, "ls", "/")
     assert set(body["stdout"].split()) <= {"bin", "dev", "etc", "lib", "lib64", "proc", "sandbox", "sbin", "tmp", "usr"}
@@ -259,14 +266,53 @@ async def test_a_timed_out_run_in_bubblewrap_leaves_nothing_running(bwrap_works:
     assert is_error and "killed after 1 s" in body["error"] and time.monotonic() - started < 4
     await asyncio.sleep(0.2)
     # The pid namespace died with bwrap: no `sleep 60` of any sandbox uid is left on the host.
-    leftovers = []
+    assert sandbox_sleepers() == []
+
+
+def sandbox_sleepers() -> list[str]:
+    found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
                     cmd = f.read()
                 if cmd == b"sleep\x0060\x00" and os.stat(f"/proc/{entry}").st_uid >= 1_900_000_000:
-                    leftovers.append(entry)
+                    found.append(entry)
             except OSError:
                 pass
-    assert leftovers == []
+    return found
+
+
+async def test_a_cancelled_call_kills_the_command_and_removes_its_directory() -> None:
+    # The runner cancels a call at the agent's deadline: nothing may be left behind.
+    tool = shell(bubblewrap="never", timeout=30)
+    code = "import os, time; print(os.getpid(), os.getcwd(), flush=True); time.sleep(60)"
+    task = asyncio.create_task(tool.call({"argv": list(py(code))}))
+    await asyncio.sleep(0.5)
+    before = set(leftover_dirs())
+    assert before  # the run's working directory exists while it runs
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not (before & set(leftover_dirs()))
+    assert sandbox_sleepers() == [] and not any(alive_python_sleeper())
+
+
+def leftover_dirs() -> list[str]:
+    import tempfile
+
+    tmp = tempfile.gettempdir()
+    return [name for name in os.listdir(tmp) if name.startswith("ember-shell-")]
+
+
+def alive_python_sleeper() -> list[str]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if b"time.sleep(60)" in f.read() and alive(int(entry)):
+                        found.append(entry)
+            except OSError:
+                pass
+    return found

@@ -146,8 +146,7 @@ class HttpFetchTool:
             for hop in range(config.max_redirects + 1):
                 scheme, host, port = _split(url)
                 target = await netguard.check(host, port, config.allow_hosts)
-                request = self._request(client, url, target, method, headers, body, scheme)
-                response = await client.send(request, stream=True)
+                response = await self._send(client, url, target, method, headers, body, scheme)
                 try:
                     location = response.headers.get("location")
                     if response.status_code in _REDIRECTS and location:
@@ -166,7 +165,7 @@ class HttpFetchTool:
         raise AssertionError("unreachable")  # the loop returns or raises
 
     @staticmethod
-    def _request(
+    async def _send(
         client: httpx.AsyncClient,
         url: str,
         target: netguard.Target,
@@ -174,17 +173,25 @@ class HttpFetchTool:
         headers: dict[str, str],
         body: bytes | None,
         scheme: str,
-    ) -> httpx.Request:
-        """A request to the checked IP that the server sees as one to `url`'s host."""
+    ) -> httpx.Response:
+        """The response of a request to a checked IP that the server sees as one to `url`'s
+        host; the next address when one cannot be connected to."""
         parts = httpx.URL(url)
-        host_header = parts.netloc.decode("ascii").rsplit("@", 1)[-1]
-        return client.build_request(
-            method,
-            parts.copy_with(host=target.address),
-            headers={**headers, "Host": host_header},
-            content=body,
-            extensions={"sni_hostname": target.host} if scheme == "https" else {},
-        )
+        host_header = parts.netloc.decode("ascii")
+        for i, address in enumerate(target.addresses):
+            request = client.build_request(
+                method,
+                parts.copy_with(host=address),
+                headers={**headers, "Host": host_header},
+                content=body,
+                extensions={"sni_hostname": target.host} if scheme == "https" else {},
+            )
+            try:
+                return await client.send(request, stream=True)
+            except httpx.ConnectError:
+                if i == len(target.addresses) - 1:
+                    raise
+        raise AssertionError("unreachable")  # check() never returns an empty target
 
     async def _answer(self, response: httpx.Response, url: str) -> ToolOutcome:
         cap = self.config.max_bytes

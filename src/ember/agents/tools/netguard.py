@@ -7,8 +7,9 @@ Invariants:
   public (private, loopback, link-local, multicast, reserved, unspecified, shared/CGNAT, or an
   IPv4-mapped IPv6 form of one), the host is refused unless it was named exactly. Wildcards
   never reach a non-public address.
-- The caller connects to the address returned here, never to the name again: a DNS answer that
-  changes between the check and the connection (rebinding) cannot redirect the request.
+- The caller connects to the addresses returned here (the next one when a connection fails),
+  never to the name again: a DNS answer that changes between the check and the connection
+  (rebinding) cannot redirect the request.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Refused(Exception):
 @dataclass(frozen=True)
 class Target:
     host: str  # as in the URL, lowercased (an IPv6 address without brackets)
-    address: str  # the checked IP to connect to
+    addresses: tuple[str, ...]  # the checked IPs to connect to, in the resolver's order
 
 
 def canonical_host(host: str) -> str:
@@ -93,4 +94,4 @@ async def check(host: str, port: int, allow_hosts: tuple[str, ...]) -> Target:
                 f"host {name!r} resolves to a non-public address ({', '.join(private)}); "
                 "only a host named exactly in allow_hosts may"
             )
-    return Target(host=name, address=str(addresses[0]))
+    return Target(host=name, addresses=tuple(str(ip) for ip in addresses))
