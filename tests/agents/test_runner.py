@@ -1,19 +1,23 @@
-"""The agent runner end to end: the real server, the real openai client, the scripted upstream as
-the agents' model (and, once, the real default model with forced tool calls)."""
+"""The agent runner end to end: the real server, the real openai client and httpx, the scripted
+upstream as the agents' model (and, once, the real default model with forced tool calls)."""
 
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
-
 from tests.agents.conftest import MODEL, agent_toml, history, script, start_agent_server, tool_call
-from tests.conftest import ServerHandle
+from tests.conftest import DEFAULT_MODEL, ServerHandle
 from tests.gateway.conftest import UpstreamHandle
 
 AGENTS = f"""
@@ -21,17 +25,26 @@ AGENTS = f"""
 allow = ["echo", "sleep"]
 timeout = 5
 
+[tools.fs]
+root = "files"
+
 [[agents]]
 name = "helper"
 model = "{MODEL}"
 instructions = "You help."
-tools = ["shell"]
+tools = ["shell", "fs_read", "fs_list"]
 
 [[agents]]
 name = "short"
 model = "{MODEL}"
-tools = ["shell"]
+tools = ["fs_list"]
 max_steps = 2
+
+[[agents]]
+name = "frugal"
+model = "{MODEL}"
+tools = ["fs_list"]
+max_tool_calls = 1
 
 [[agents]]
 name = "hurried"
@@ -45,38 +58,264 @@ model = "{MODEL}"
 """
 
 
+def _create_key(home: Path, name: str, scopes: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "ember", "keys", "create", "--name", name, "--scopes", scopes],
+        env={**os.environ, "EMBER_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="module")
-def server(upstream: UpstreamHandle, agent_logs: Path) -> Iterator[ServerHandle]:
-    handle = start_agent_server(agent_logs, agent_toml(upstream, AGENTS))
+def keys_and_server(upstream: UpstreamHandle, agent_logs: Path) -> Iterator[tuple[dict[str, str], ServerHandle]]:
+    home = agent_logs / "home"
+    (home / "files").mkdir(parents=True)
+    (home / "files" / "note.txt").write_text("the note says 42\n", encoding="utf-8")
+    keys = {"full": _create_key(home, "full", "chat,tools"), "chat": _create_key(home, "chat-only", "chat")}
+    handle = start_agent_server(agent_logs, agent_toml(upstream, AGENTS), home=home, EMBER_AUTH="required")
     try:
-        yield handle
+        yield keys, handle
     finally:
         handle.stop()
 
 
 @pytest.fixture
-def client(server: ServerHandle) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url("/v1"), api_key="unused", max_retries=0)
+def server(keys_and_server: tuple[dict[str, str], ServerHandle]) -> ServerHandle:
+    return keys_and_server[1]
 
 
-def _ember(response: openai.types.chat.ChatCompletion) -> dict:
-    extra = response.model_extra or {}
-    return extra.get("ember") or {}
+@pytest.fixture
+def key(keys_and_server: tuple[dict[str, str], ServerHandle]) -> str:
+    return keys_and_server[0]["full"]
+
+
+@pytest.fixture
+def client(server: ServerHandle, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url("/v1"), api_key=key, max_retries=0)
+
+
+def _ember(response: Any) -> dict[str, Any]:
+    return (response.model_extra or {}).get("ember") or {}
+
+
+def _ask(client: openai.OpenAI, model: str, text: str = "go", **extra: Any) -> Any:
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": text}], max_tokens=20, **extra
+    )
 
 
 def test_two_step_loop(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
-    script(scripted, {"tool_calls": [tool_call("shell", argv=["echo", "hello"])]}, {"text": "It said hello."})
-    response = client.chat.completions.create(
-        model="agent/helper", messages=[{"role": "user", "content": "run echo"}], max_tokens=20
-    )
-    assert response.choices[0].message.content == "It said hello."
+    script(scripted, {"tool_calls": [tool_call("fs_read", path="note.txt")]}, {"text": "The note says 42."})
+    response = _ask(client, "agent/helper", "what does the note say?")
+    assert response.choices[0].message.content == "The note says 42."
     assert response.choices[0].finish_reason == "stop"
+    trace = _ember(response)
+    assert [s["kind"] for s in trace["steps"]] == ["model", "tool", "model"]
+    assert trace["steps"][1]["name"] == "fs_read" and not trace["steps"][1]["is_error"]
+    assert trace["finish_reason"] == "stop" and trace["run_id"].startswith("run_")
     sent = history(scripted)
     assert len(sent) == 2
     first, second = sent[0]["body"], sent[1]["body"]
     assert first["messages"][0] == {"role": "system", "content": "You help."}
-    assert [t["function"]["name"] for t in first["tools"]] == ["shell"]
-    tool_message = second["messages"][-1]
-    assert tool_message["role"] == "tool"
-    assert "hello" in tool_message["content"]
-    assert second["messages"][-2]["tool_calls"][0]["function"]["name"] == "shell"
+    assert sorted(t["function"]["name"] for t in first["tools"]) == ["fs_list", "fs_read", "shell"]
+    assert first["max_tokens"] == 20  # the client's settings are carried to each step
+    assert "mode" not in first
+    call = second["messages"][-2]["tool_calls"][0]
+    assert call["function"]["name"] == "fs_read"
+    assert second["messages"][-1]["role"] == "tool"
+    assert second["messages"][-1]["tool_call_id"] == call["id"]
+    assert "the note says 42" in second["messages"][-1]["content"]
+    # Tokens summed over the steps (the upstream counts a few per answer).
+    steps_in = sum(s["tokens_in"] for s in trace["steps"])
+    assert response.usage is not None and response.usage.prompt_tokens == steps_in
+
+
+def test_parallel_calls_run_concurrently(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
+    sleeps = [tool_call("shell", argv=["sleep", "0.5"]), tool_call("shell", argv=["sleep", "0.5"])]
+    script(scripted, {"tool_calls": sleeps}, {"text": "slept"})
+    started = time.perf_counter()
+    response = _ask(client, "agent/helper")
+    took = time.perf_counter() - started
+    tools = [s for s in _ember(response)["steps"] if s["kind"] == "tool"]
+    assert len(tools) == 2 and not any(s["is_error"] for s in tools), tools
+    assert all(s["seconds"] >= 0.45 for s in tools)
+    assert took < 0.9, f"two 0.5 s sleeps in one turn took {took:.2f} s"
+    assert response.choices[0].message.content == "slept"
+
+
+def test_bad_arguments_are_fed_back(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
+    script(
+        scripted,
+        {"tool_calls": [tool_call("fs_read", file="note.txt"), tool_call("rm", path="/")]},
+        {"text": "sorry"},
+    )
+    response = _ask(client, "agent/helper")
+    assert response.choices[0].message.content == "sorry"
+    results = history(scripted)[1]["body"]["messages"][-2:]
+    assert results[0]["content"].startswith("error: the arguments do not fit the schema of tool 'fs_read'")
+    assert "path" in results[0]["content"]
+    assert results[1]["content"].startswith("error: tool 'rm' is not one of this agent's tools")
+    assert [s["is_error"] for s in _ember(response)["steps"] if s["kind"] == "tool"] == [True, True]
+
+
+def test_step_limit_ends_with_reason(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
+    httpx.post(scripted.url + "/_script", json={"tool_calls": [tool_call("fs_list")]}, timeout=5).raise_for_status()
+    response = _ask(client, "agent/short")
+    trace = _ember(response)
+    assert trace["finish_reason"] == "max_steps"
+    assert "stopped after 2 model steps without a final answer" in (response.choices[0].message.content or "")
+    assert [s["kind"] for s in trace["steps"]] == ["model", "tool", "model", "tool"]
+    assert len(history(scripted)) == 2
+
+
+def test_tool_call_limit(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
+    script(scripted, {"tool_calls": [tool_call("fs_list"), tool_call("fs_list")]}, {"text": "never"})
+    response = _ask(client, "agent/frugal")
+    assert _ember(response)["finish_reason"] == "max_steps"
+    assert "limit of 1 tool calls" in (response.choices[0].message.content or "")
+
+
+def test_deadline(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
+    script(scripted, {"tool_calls": [tool_call("shell", argv=["sleep", "4"])]}, {"text": "late"})
+    started = time.perf_counter()
+    response = _ask(client, "agent/hurried")
+    assert time.perf_counter() - started < 3
+    assert _ember(response)["finish_reason"] == "deadline"
+    assert "deadline of 1 s" in (response.choices[0].message.content or "")
+
+
+def test_streaming_sends_steps_before_the_answer(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
+    script(scripted, {"tool_calls": [tool_call("fs_list")]}, {"text": "one file"})
+    order: list[str] = []
+    text = ""
+    for chunk in client.chat.completions.create(
+        model="agent/helper", messages=[{"role": "user", "content": "list"}], max_tokens=20, stream=True
+    ):
+        extra = chunk.model_extra or {}
+        if "ember" in extra and "step" in extra["ember"]:
+            order.append("step:" + extra["ember"]["step"]["kind"])
+        for choice in chunk.choices:
+            if choice.delta.content:
+                order.append("text")
+                text += choice.delta.content
+    assert text == "one file"
+    assert order[:2] == ["step:model", "step:tool"]
+    assert order.index("text") > order.index("step:tool")
+    assert order[-1] == "step:model"  # the final call's step, once its text is out
+
+
+def test_plain_model_in_tools_mode(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
+    script(scripted, {"tool_calls": [tool_call("fs_list")]}, {"text": "listed"})
+    response = _ask(client, MODEL, extra_body={"mode": "tools", "mode_tools": ["fs_list"]})
+    assert response.choices[0].message.content == "listed"
+    trace = _ember(response)
+    assert trace["agent"] == "mode:tools" and [s["kind"] for s in trace["steps"]] == ["model", "tool", "model"]
+    assert [t["function"]["name"] for t in history(scripted)[0]["body"]["tools"]] == ["fs_list"]
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "status", "param"),
+    [
+        ("agent/nobody", {}, 404, None),
+        (MODEL, {"mode": "dreaming"}, 400, "mode"),
+        (MODEL, {"mode": "tools", "mode_tools": ["rm_rf"]}, 400, "mode_tools"),
+        (
+            "agent/helper",
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
+            400,
+            "tools",
+        ),
+        ("agent/helper", {"response_format": {"type": "json_object"}}, 400, "response_format"),
+    ],
+)
+def test_bad_agent_requests(
+    server: ServerHandle, key: str, model: str, extra: dict[str, Any], status: int, param: str | None
+) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": "x"}], **extra}
+    response = httpx.post(
+        server.url("/v1/chat/completions"), json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    )
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param
+
+
+def test_key_without_tools_scope(
+    scripted: UpstreamHandle, keys_and_server: tuple[dict[str, str], ServerHandle]
+) -> None:
+    keys, server = keys_and_server
+    chat_only = openai.OpenAI(base_url=server.url("/v1"), api_key=keys["chat"], max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        _ask(chat_only, "agent/helper")
+    assert "'tools' scope" in str(caught.value)
+    with pytest.raises(openai.PermissionDeniedError):
+        _ask(chat_only, MODEL, extra_body={"mode": "tools", "mode_tools": ["fs_list"]})
+    assert history(scripted) == []  # refused before any model call
+    # An agent without tools needs only chat.
+    script(scripted, {"text": "hi"})
+    assert _ask(chat_only, "agent/plain").choices[0].message.content == "hi"
+
+
+def test_usage_and_audit_rows(scripted: UpstreamHandle, client: openai.OpenAI, server: ServerHandle) -> None:
+    script(scripted, {"tool_calls": [tool_call("fs_read", path="note.txt")]}, {"text": "done"})
+    run_id = _ember(_ask(client, "agent/helper"))["run_id"]
+    audit = server.home / "state" / "audit.db"
+    deadline = time.monotonic() + 10
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        with sqlite3.connect(f"file:{audit}?mode=ro", uri=True) as db:
+            rows = [json.loads(d) for (d,) in db.execute("SELECT data FROM audit ORDER BY seq")]
+        mine = [r for r in rows if r.get("run_id") == run_id]
+        if any(r["kind"] == "agent_run" for r in mine):
+            break
+        time.sleep(0.1)
+    mine = [r for r in rows if r.get("run_id") == run_id]
+    tool_rows = [r for r in mine if r["kind"] == "agent_tool"]
+    assert len(tool_rows) == 1 and tool_rows[0]["tool"] == "fs_read" and tool_rows[0]["outcome"] == "ok"
+    assert tool_rows[0]["key"] == "full" and len(tool_rows[0]["arguments_sha256"]) == 16
+    run_row = next(r for r in mine if r["kind"] == "agent_run")
+    assert run_row["steps"] == 3 and run_row["finish_reason"] == "stop" and run_row["tool_calls"] == 1
+    requests = [r for r in rows if r["kind"] == "request" and r["model"] == "agent/helper"]
+    assert requests and requests[-1]["provider"] == "agent" and requests[-1]["tokens_in"] == 0
+
+
+@pytest.mark.slow
+def test_real_model_forced_tool_call(model_home: Path, agent_server_factory: Callable[..., ServerHandle]) -> None:
+    """The loop's mechanics on the real default model: the first step must call fs_list (the
+    grammar forces it), the second may not call anything, so it answers."""
+    home = model_home.parent / "agents-real-home"
+    if not home.exists():
+        import shutil
+
+        shutil.copytree(model_home, home, ignore=shutil.ignore_patterns("state"))
+    (home / "files").mkdir(exist_ok=True)
+    (home / "files" / "a.txt").write_text("a", encoding="utf-8")
+    toml = f"""
+[tools.fs]
+root = "files"
+
+[[agents]]
+name = "lister"
+model = "{DEFAULT_MODEL}"
+instructions = "List the files, then say what you found."
+tools = ["fs_list"]
+first_tool_choice = "required"
+tool_choice = "none"
+"""
+    server = agent_server_factory(toml, home)
+    client = openai.OpenAI(base_url=server.url("/v1"), api_key="unused", max_retries=0)
+    response = client.chat.completions.create(
+        model="agent/lister", messages=[{"role": "user", "content": "What files are there?"}], max_tokens=24
+    )
+    steps = _ember(response)["steps"]
+    assert [s["kind"] for s in steps] == ["model", "tool", "model"]
+    assert steps[1]["name"] == "fs_list" and not steps[1]["is_error"], steps[1]
+    assert "a.txt" in steps[1]["result"]
+    assert steps[0]["tokens_in"] > 0 and steps[2]["tokens_in"] > steps[0]["tokens_in"]
+    assert response.choices[0].message.content == steps[2]["result"]

@@ -173,7 +173,7 @@ class AgentsConfig(_Strict):
                 raise ValueError(f"mcp server name '{name}' is used twice")
         names = [a.name for a in self.agents]
         for i, agent in enumerate(self.agents):
-            if names.count(agent.name) > 1:
+            if agent.name in names[:i]:
                 raise ValueError(f"agents[{i}].name: agent '{agent.name}' is defined twice")
             if agent.mode not in MODES:
                 raise ValueError(f"agents[{i}].mode: unknown mode '{agent.mode}' (modes: {', '.join(sorted(MODES))})")

@@ -212,33 +212,47 @@ def _loc_in_message(message: str) -> list[Any]:
 
 
 def line_of(text: str, loc: list[Any]) -> int | None:
-    """The 1-based line of loc (e.g. ["routes", 1, "strategy"]) in the TOML text, best effort."""
+    """The 1-based line of loc (e.g. ["routes", 1, "strategy"], or ["agents", 0, "auto_approve",
+    1, "tool"] in an array of tables inside one) in the TOML text, best effort."""
     lines = text.splitlines()
     if not loc:
         return None
     table = str(loc[0])
     index = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
-    rest = [str(p) for p in loc[2:] if not isinstance(p, int)] if index is not None else [str(p) for p in loc[1:]]
-    header = re.compile(rf"^\s*\[\[\s*{re.escape(table)}\s*\]\]")
-    starts = [i for i, line in enumerate(lines) if header.match(line)]
+    rest = list(loc[2:]) if index is not None else list(loc[1:])
+    starts = _headers(lines, table, 0, len(lines))
     if index is None or index >= len(starts):
         for i, line in enumerate(lines):
             if re.match(rf"^\s*(\[+\s*)?{re.escape(table)}\b", line):
                 return i + 1
         return None
     start = starts[index]
-    end = next(
-        (
-            i
-            for i in range(start + 1, len(lines))
-            if re.match(r"^\s*\[", lines[i]) and not re.match(rf"^\s*\[\s*{re.escape(table)}\.", lines[i])
-        ),
-        len(lines),
-    )
-    for key in reversed(rest):
+    end = _table_end(lines, table, start, len(lines))
+    # Arrays of tables inside this one ([[agents.auto_approve]]): narrow to the one loc names.
+    while len(rest) >= 2 and not isinstance(rest[0], int) and isinstance(rest[1], int):
+        inner = f"{table}.{rest[0]}"
+        found = _headers(lines, inner, start, end)
+        if rest[1] >= len(found):
+            break
+        start, end = found[rest[1]], _table_end(lines, inner, found[rest[1]], end)
+        table, rest = inner, rest[2:]
+    own_end = next((i for i in range(start + 1, end) if re.match(r"^\s*\[", lines[i])), end)
+    for key in reversed([str(p) for p in rest if not isinstance(p, int)]):
         assignment = re.compile(rf"^\s*{re.escape(key)}\s*=")
-        subtable = re.compile(rf"^\s*\[\s*{re.escape(table)}\.{re.escape(key)}\s*\]")
+        subtable = re.compile(rf"^\s*\[+\s*{re.escape(table)}\.{re.escape(key)}\s*\]")
         for i in range(start, end):
-            if assignment.match(lines[i]) or subtable.match(lines[i]):
+            if (i < own_end and assignment.match(lines[i])) or subtable.match(lines[i]):
                 return i + 1
     return start + 1
+
+
+def _headers(lines: list[str], table: str, start: int, end: int) -> list[int]:
+    """The lines (0-based) in [start, end) that open an element of the array of tables `table`."""
+    header = re.compile(rf"^\s*\[\[\s*{re.escape(table)}\s*\]\]")
+    return [i for i in range(start, end) if header.match(lines[i])]
+
+
+def _table_end(lines: list[str], table: str, start: int, end: int) -> int:
+    """Where the table opened at `start` ends: the next header that is not one of its sub-tables."""
+    inside = re.compile(rf"^\s*\[+\s*{re.escape(table)}\.")
+    return next((i for i in range(start + 1, end) if re.match(r"^\s*\[", lines[i]) and not inside.match(lines[i])), end)
