@@ -217,10 +217,14 @@ class ApprovalGate(Protocol):
         """Save the run (its `pending` filled in) so it survives a restart."""
         ...
 
-    async def resume(self, decisions: Sequence[ApprovalDecision], key_name: str | None) -> RunState:
+    async def resume(
+        self, decisions: Sequence[ApprovalDecision], key_name: str | None, *, model: str | None = None
+    ) -> RunState:
         """The parked run these decisions answer, with each pending call's decision applied
-        (`decision_of`); a decision for an unknown id, another key's run, or a run that still
-        has undecided calls is a BadRequest naming the id. The run is no longer parked after."""
+        (`decision_of`); a decision for an unknown id or another key's run is a NotFound, a run
+        that still has undecided calls a BadRequest naming the ids, a run already resumed a
+        Conflict. With `model` (the follow-up's model name), a run parked under another name
+        is a BadRequest. On any of these the run stays parked; after success it is not."""
         ...
 
     def decision_of(self, approval_id: str) -> tuple[Decision, str | None]:
