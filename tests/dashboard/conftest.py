@@ -18,8 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from tests.conftest import ServerHandle, start_server
+from tests.conftest import DEFAULT_MODEL, ServerHandle, free_port, start_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -32,7 +31,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 # Where the shell keeps the key (sessionStorage), as app.js names it.
-KEY_STORAGE = "ember.apiKey"
+KEY_STORAGE = "ember.key"
 
 
 @dataclass
@@ -63,10 +62,30 @@ def dashboard(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         user, _ = store.create("dash-user", frozenset({"chat", "embed", "models"}))
     finally:
         store.close()
+    # A route whose first target is a closed loopback port: the Routes page has a breaker to show.
+    config = home / "ember.toml"
+    config.write_text(
+        f'[[providers]]\nname = "down"\nkind = "openai"\nbase_url = "http://127.0.0.1:{free_port()}/v1"\n\n'
+        f'[[routes]]\nmodel = "chat"\ntargets = ["down/gpt-test", "local/{DEFAULT_MODEL}"]\n'
+        'strategy = "fallback"\nbreaker = { failures = 1, cooldown = 600 }\n'
+    )
     # Two slots: the stop test checks that the stopped request's slot is free again.
-    handle = start_server(home, tmp_path_factory.mktemp("dash-logs"), EMBER_AUTH="required", EMBER_NUM_PARALLEL="2")
+    handle = start_server(
+        home,
+        tmp_path_factory.mktemp("dash-logs"),
+        EMBER_AUTH="required",
+        EMBER_NUM_PARALLEL="2",
+        EMBER_CONFIG=str(config),
+    )
     try:
-        yield Dashboard(handle, admin, user)
+        dash = Dashboard(handle, admin, user)
+        with dash.client() as client:  # usage, audit and route health for the pages to show
+            answer = client.post(
+                "/v1/chat/completions",
+                json={"model": "chat", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3},
+            )
+            assert answer.status_code == 200, answer.text
+        yield dash
     finally:
         handle.stop()
 
@@ -136,7 +155,7 @@ class UiPage:
 
 
 def _new_page(browser: object, dashboard: Dashboard, screenshots: Path, key: str | None, **context_args: object):
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, **context_args)  # type: ignore[attr-defined]
+    context = browser.new_context(**{"viewport": {"width": 1280, "height": 800}, **context_args})  # type: ignore[attr-defined]
     if key is not None:
         # As if the key prompt had been answered in this tab: the shell reads sessionStorage.
         context.add_init_script(f"window.sessionStorage.setItem({KEY_STORAGE!r}, {key!r});")

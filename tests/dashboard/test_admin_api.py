@@ -6,7 +6,6 @@ import sqlite3
 
 import httpx
 import pytest
-
 from tests.dashboard.conftest import Dashboard
 
 
@@ -106,7 +105,7 @@ def test_audit_rows_and_verify(dashboard: Dashboard) -> None:
         assert ("keys.create", "dash-admin", "audited") in actions
         assert all("prompt" not in r for r in rows["data"])
         older = admin.get("/admin/audit", params={"limit": 2, "before": seqs[0]}).json()["data"]
-        assert [r["seq"] for r in older] == [s for s in range(seqs[0] - 1, 0, -1)][:2]
+        assert [r["seq"] for r in older] == list(range(seqs[0] - 1, 0, -1))[:2]
 
         for bad in ({"limit": 0}, {"limit": 5000}, {"limit": "many"}, {"before": 0}):
             answer = admin.get("/admin/audit", params=bad)
