@@ -136,6 +136,17 @@ def names_in(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
+async def test_a_writable_root_is_made_at_first_use_a_read_only_one_is_not(tmp_path: Path) -> None:
+    from ember.agents.tools.builtin_config import FsConfig
+
+    tools = builtin_tools(BuiltinToolsConfig(fs=FsConfig(root="ro")), tmp_path)
+    outcome = await tools["fs_list"].call({})
+    assert outcome.is_error and "does not exist" in outcome.content
+    tools = builtin_tools(BuiltinToolsConfig(fs=FsConfig(root="rw", writable=True)), tmp_path)
+    assert (await tools["fs_write"].call({"path": "a", "content": "1"})).content == "wrote 1 bytes to a"
+    assert (await tools["fs_list"].call({})).content == ".: 1 entry\na (1 bytes)"
+
+
 async def test_fs_refusals_and_caps(fs: Fs) -> None:
     outcome = await fs.read.call({"path": "/etc/passwd"})
     assert outcome.is_error and "relative to the root" in outcome.content
@@ -302,7 +313,14 @@ async def test_a_host_not_in_the_allowlist_is_refused(
     assert len(one.seen) == before
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "0.0.0.0", "169.254.169.254", "10.1.2.3"])
+@pytest.mark.parametrize(
+    "host",
+    # The odd spellings of 127.0.0.1 (what inet_aton accepts) are resolved, then checked, too.
+    [
+        *("127.0.0.1", "localhost", "[::1]", "0.0.0.0", "169.254.169.254", "10.1.2.3", "100.64.0.1", "224.0.0.1"),
+        *("2130706433", "0x7f.0.0.1", "127.1", "[::ffff:127.0.0.1]"),
+    ],
+)
 async def test_wildcards_never_reach_a_non_public_address(sites: tuple[Site, Site], host: str) -> None:
     one, _ = sites
     message, is_error = await fetch(fetcher("*", "*.localhost"), f"http://{host}:{one.port}/ok")

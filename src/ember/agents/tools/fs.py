@@ -63,7 +63,9 @@ class FsRoot:
         # Resolved at each call: the root may be created (or moved) after ember started.
         real = os.path.realpath(self.root)
         if not os.path.isdir(real):
-            raise FsError(f"the root directory {self.root} does not exist")
+            if not self.config.writable or os.path.exists(real):
+                raise FsError(f"the root directory {self.root} does not exist")
+            os.makedirs(real, exist_ok=True)  # a writable root is made at first use
         return real
 
     def resolve(self, path: str) -> tuple[str, str]:

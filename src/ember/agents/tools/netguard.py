@@ -39,6 +39,11 @@ def canonical_host(host: str) -> str:
     try:
         return str(ipaddress.ip_address(name))
     except ValueError:
+        pass
+    try:
+        # An internationalised name as DNS (and allow_hosts) spell it: "bücher.de" -> "xn--bcher-kva.de".
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
         return name
 
 

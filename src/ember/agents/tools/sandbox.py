@@ -298,8 +298,12 @@ class Sandbox:
             argv = [executable, *args]
             nproc: int | None
             if isolated:
-                argv = [*bwrap_argv(workdir), PRLIMIT, f"--nproc={limits.max_processes}", "--", *argv]
-                nproc = None
+                if os.access(PRLIMIT, os.X_OK):
+                    argv = [PRLIMIT, f"--nproc={limits.max_processes}", "--", *argv]
+                    nproc = None
+                else:  # (util-linux is essential on Debian; elsewhere: exact for root only)
+                    nproc = limits.max_processes + 2 if uid is not None else None  # + bwrap's two
+                argv = [*bwrap_argv(workdir), *argv]
                 home = SANDBOX_DIR
             else:
                 if uid is not None:
