@@ -248,3 +248,22 @@ async def test_a_follow_up_for_another_model_leaves_the_run_parked(gate: Approva
     with pytest.raises(BadRequest, match="a run of agent/ops, not of agent/opz"):
         await gate.resume(decision, None, model="agent/opz")
     assert (await gate.resume(decision, None, model="agent/ops")).run_id == run.run_id
+
+
+async def test_a_row_this_ember_cannot_read_stays_parked(gate: ApprovalService, home: Path) -> None:
+    import sqlite3
+
+    from ember.errors import EmberError
+
+    run = make_run()
+    await gate.park(run)
+    db = sqlite3.connect(home / "state" / "approvals.db")
+    with db:
+        db.execute("UPDATE runs SET state = replace(state, '\"version\": 1', '\"version\": 99')")
+    with pytest.raises(EmberError, match="format version 99"):
+        await gate.resume([ApprovalDecision(run.pending[0].approval_id, True)], None)
+    with db:
+        db.execute("UPDATE runs SET state = replace(state, '\"version\": 99', '\"version\": 1')")
+    db.close()
+    assert gate.decision_of(run.pending[0].approval_id) == ("pending", None)
+    assert await gate.resume([ApprovalDecision(run.pending[0].approval_id, True)], None) == run

@@ -23,7 +23,7 @@ import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
-from ember.agents.approvals.codec import decode_run, encode_run
+from ember.agents.approvals.codec import encode_run
 from ember.agents.approvals.rules import AutoApproveRule, first_match, parse_rules
 from ember.agents.approvals.store import ApprovalRecord, ApprovalStore, Status, Verdict
 from ember.agents.types import AgentSpec, Decision, RunState
@@ -78,10 +78,10 @@ class ApprovalService:
         one the run was parked under, checked before the run is taken out of the parking."""
         verdicts = [Verdict(d.approval_id, d.approve, d.reason) for d in decisions]
         by = key_name or "request"
-        state, decided = await asyncio.to_thread(self.store.resume, verdicts, key_name, by, model=model)
+        run, decided = await asyncio.to_thread(self.store.resume, verdicts, key_name, by, model=model)
         for record in decided:
             self._audit_decision(record, key_name)
-        return decode_run(state)
+        return run
 
     def decision_of(self, approval_id: str) -> tuple[Decision, str | None]:
         record = self.store.get(approval_id)

@@ -16,7 +16,6 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ember.agents.approvals.codec import decode_run
+from ember.agents.types import RunState
 from ember.errors import BadRequest, Conflict, NotFound
 from ember.services.types import PendingApproval
 
@@ -175,9 +176,9 @@ class ApprovalStore:
 
     def resume(
         self, verdicts: Sequence[Verdict], key: str | None, by: str, *, model: str | None = None
-    ) -> tuple[str, list[ApprovalRecord]]:
+    ) -> tuple[RunState, list[ApprovalRecord]]:
         """Apply a follow-up request's decisions and take its run out of the parking: the run's
-        saved state (JSON) and the approvals this call decided. With `model`, a run that another
+        saved state and the approvals this call decided. With `model`, a run that another
         model name parked is a BadRequest and stays parked (a typo must not use the run up)."""
         if not verdicts:
             raise BadRequest("no approval decisions to resume a run with", param="approvals")
@@ -206,10 +207,12 @@ class ApprovalStore:
                 raise NotFound(f"no parked run {run_id}", param="approvals")
             if run[0] != "parked":
                 raise Conflict(f"run {run_id} was already resumed", param="approvals")
-            parked_model = json.loads(run[1]).get("model")
-            if model is not None and parked_model != model:
+            # Read back before the run leaves the parking: a row this ember cannot read fails
+            # here and stays parked for one that can.
+            state = decode_run(str(run[1]))
+            if model is not None and state.model != model:
                 raise BadRequest(
-                    f"these approvals answer a run of {parked_model}, not of {model}: send them with that model",
+                    f"these approvals answer a run of {state.model}, not of {model}: send them with that model",
                     param="approvals",
                 )
             decided = [
@@ -228,7 +231,7 @@ class ApprovalStore:
                 )
             db.execute("UPDATE runs SET status = 'resumed', resumed_at = ? WHERE id = ?", (time.time(), run_id))
             after = [self._get(db, r.id, None, any_key=True) for r in decided]
-        return str(run[1]), [r for r in after if r is not None]
+        return state, [r for r in after if r is not None]
 
     def _apply(
         self, db: sqlite3.Connection, record: ApprovalRecord, verdict: Verdict, by: str, *, resumed: bool
