@@ -12,13 +12,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
-from tests.conftest import free_port
+from tests.agents.conftest import MODEL, agent_toml, history, script, tool_call
+from tests.conftest import ServerHandle, free_port
+from tests.gateway.conftest import UpstreamHandle
 
 from ember.agents.tools.mcp import McpServerConfig, McpSource
 from ember.errors import ConfigError
@@ -193,6 +196,7 @@ async def test_slow_tool_times_out_and_the_next_call_works() -> None:
         assert source.state == "up"
 
 
+@pytest.mark.slow
 async def test_stdio_server_that_dies_is_a_tool_error_then_restarted(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "ember.agents.mcp")
     async with started(stdio_config(timeout=10)) as source:
@@ -279,6 +283,7 @@ async def test_http_server_refusing_the_header_makes_calls_tool_errors(http_serv
         assert is_error and "HTTP 401" in text, text
 
 
+@pytest.mark.slow
 async def test_http_server_that_stops_is_a_tool_error_then_reconnected() -> None:
     port = free_port()
     proc = spawn_http_server(port)
@@ -315,3 +320,51 @@ def test_structured_content_alone_is_json() -> None:
 
     result = mcp_types.CallToolResult(content=[], structured_content={"ok": True, "n": 1})
     assert json.loads(_result_text(result)) == {"ok": True, "n": 1}
+
+
+# -- through the ember server -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_agent_calls_mcp_tools_through_the_server(
+    scripted: UpstreamHandle, agent_server_factory: Callable[..., ServerHandle]
+) -> None:
+    toml = f"""
+[[mcp_servers]]
+name = "st"
+command = [{json.dumps(sys.executable)}, "-m", "tests.agents.mcp_servers.stdio_server"]
+env = {{ PYTHONPATH = {json.dumps(str(ROOT))} }}
+timeout = 10
+
+[[agents]]
+name = "calc"
+model = "{MODEL}"
+tools = ["st__add", "st__crash"]
+"""
+    server = agent_server_factory(agent_toml(scripted, toml))
+    client = openai.OpenAI(base_url=server.url("/v1"), api_key="none", max_retries=0)
+
+    def ask() -> Any:
+        return client.chat.completions.create(
+            model="agent/calc", messages=[{"role": "user", "content": "go"}], max_tokens=20
+        )
+
+    script(scripted, {"tool_calls": [tool_call("st__add", a=2, b=3)]}, {"text": "five"})
+    assert ask().choices[0].message.content == "five"
+    offered = sorted(t["function"]["name"] for t in history(scripted)[0]["body"]["tools"])
+    assert offered == ["st__add", "st__crash"]
+    assert history(scripted)[1]["body"]["messages"][-1]["content"] == "5"
+
+    # The server dies in a call: a tool error fed back, and the run's next call reaches a new one.
+    scripted.reset()
+    script(
+        scripted,
+        {"tool_calls": [tool_call("st__crash")]},
+        {"tool_calls": [tool_call("st__add", a=1, b=1)]},
+        {"text": "recovered"},
+    )
+    response = ask()
+    assert response.choices[0].message.content == "recovered"
+    sent = history(scripted)
+    assert "MCP server 'st' died during the call" in sent[1]["body"]["messages"][-1]["content"]
+    assert sent[2]["body"]["messages"][-1]["content"] == "2"
