@@ -331,3 +331,49 @@ def test_cli_errors_are_one_line(site: Site) -> None:
     assert code == 1 and err.startswith("Error:"), err
     code, _, err = ember_cli(site, "show", "apr_nope")
     assert code == 1 and "apr_nope" in err
+
+
+def test_streamed_pause_and_streamed_resume(site: Site) -> None:
+    script(site, write_call("streamed.txt", "via a stream"), {"text": "streamed and written"})
+    client = openai.OpenAI(base_url=site.live.url("/v1"), api_key=site.keys["alice"], max_retries=0)
+
+    def run(**extra: Any) -> tuple[str, dict[str, Any]]:
+        text, closing = "", {}
+        stream = client.chat.completions.create(model=AGENT, messages=ASK, stream=True, **extra)  # type: ignore[call-overload]
+        for chunk in stream:
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+            ember = (chunk.model_extra or {}).get("ember") or {}
+            if "finish_reason" in ember:
+                closing = ember
+        return text, closing
+
+    _, paused = run()
+    assert paused["finish_reason"] == "approval"
+    [waiting] = paused["pending_approvals"]
+    assert not (site.files / "streamed.txt").exists()
+    text, done = run(extra_body={"approvals": [{"id": waiting["id"], "approve": True}]})
+    assert text == "streamed and written" and done["finish_reason"] == "stop"
+    assert done["run_id"] == paused["run_id"]
+    assert (site.files / "streamed.txt").read_text() == "via a stream"
+
+
+def test_an_admin_denial_kept_for_the_follow_up(site: Site) -> None:
+    script(
+        site,
+        {
+            "tool_calls": [
+                {"name": "fs_write", "arguments": {"path": "kept.txt", "content": "yes"}},
+                {"name": "fs_write", "arguments": {"path": "dropped.txt", "content": "no"}},
+            ]
+        },
+    )
+    keep, drop = pending_of(site.chat())
+    assert site.admin("POST", f"/{drop['id']}", json={"approve": False, "reason": "not that one"}).status_code == 200
+    # The follow-up answers only what is still open; the admin's denial stands for the other.
+    ended = site.chat(approvals=[{"id": keep["id"], "approve": True}])
+    assert ended.status_code == 200, ended.text
+    text = ended.json()["choices"][0]["message"]["content"]
+    assert "denied" in text and "not that one" in text
+    assert (site.files / "kept.txt").read_text() == "yes"  # the approved call of the turn ran
+    assert not (site.files / "dropped.txt").exists()
