@@ -316,3 +316,19 @@ def alive_python_sleeper() -> list[str]:
             except OSError:
                 pass
     return found
+
+
+def test_runs_the_same_on_the_servers_event_loop() -> None:
+    # `ember serve` runs on uvloop, whose subprocesses take fewer options than asyncio's.
+    uvloop = pytest.importorskip("uvloop")
+    code = "import subprocess, time; print(subprocess.Popen(['sleep', '60']).pid, flush=True); time.sleep(60)"
+
+    async def calls() -> tuple[tuple[dict[str, Any], bool], tuple[dict[str, Any], bool]]:
+        return await run(shell(), "echo", "on uvloop"), await run(shell(bubblewrap="never", timeout=1), *py(code))
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        (echo, echo_error), (hang, hang_error) = runner.run(calls())
+    assert not echo_error and echo["stdout"] == "on uvloop\n"
+    assert hang_error and hang["error"] == "killed after 1 s (the timeout)"
+    time.sleep(0.2)
+    assert not alive(int(hang["stdout"]))

@@ -197,8 +197,24 @@ def _take_uid() -> int:
             return uid
 
 
-def _limiter(limits: SandboxLimits, nproc: int | None) -> Callable[[], None]:
+def _become(uid: int | None) -> None:
+    # By hand, not Popen's user=/group=: uvloop (the server's loop) does not take those.
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+
+def _as_uid(uid: int) -> Callable[[], None]:
+    def become() -> None:
+        _become(uid)
+
+    return become
+
+
+def _limiter(limits: SandboxLimits, nproc: int | None, uid: int | None) -> Callable[[], None]:
     def set_limits() -> None:  # runs in the child between fork and exec
+        _become(uid)
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
         resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_files, limits.max_files))
@@ -217,7 +233,7 @@ async def _kill_all(proc: asyncio.subprocess.Process, uid: int | None) -> None:
         # As its own uid, `kill -1` reaches every process of that uid (those that left the group).
         with contextlib.suppress(OSError):
             killer = await asyncio.create_subprocess_exec(
-                "/bin/kill", "-KILL", "-1", user=uid, group=uid, extra_groups=[], env={"PATH": SAFE_PATH}
+                "/bin/kill", "-KILL", "-1", preexec_fn=_as_uid(uid), env={"PATH": SAFE_PATH}
             )
             await killer.wait()
 
@@ -312,7 +328,6 @@ class Sandbox:
                     nproc = _user_processes(os.geteuid()) + limits.max_processes
                 home = workdir
             env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": home}
-            owner = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -321,8 +336,7 @@ class Sandbox:
                 cwd=workdir,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_limiter(limits, nproc),
-                **owner,  # type: ignore[arg-type]
+                preexec_fn=_limiter(limits, nproc, uid),
             )
             out, err = _Capped(limits.max_output_bytes), _Capped(limits.max_output_bytes)
             readers = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr), self._feed(proc, stdin))
