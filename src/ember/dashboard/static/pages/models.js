@@ -47,7 +47,8 @@ export default {
         h("tr", {}, h("td", { class: "empty", colspan: 8 }, "The store is empty: pull a model above.")),
       ]));
       // Context lengths are only in /api/show: one call per model, after the table is drawn.
-      for (const m of models) {
+      // Routes and agents are listed too but are no stored file: /api/show answers them 404.
+      for (const m of models.filter((t) => !["route", "agent"].includes((t.details || {}).format))) {
         ctx.api("/api/show", { method: "POST", body: { model: m.name } }).then((info) => {
           const cell = tbody.querySelector(`[data-ctx="${CSS.escape(m.name)}"]`);
           if (cell) cell.textContent = fmt.number(contextLength(info));
