@@ -318,6 +318,10 @@ def test_undecided_unknown_and_bad_input(site: Site) -> None:
     }
     assert fields <= set(view)
     assert (view["agent"], view["tool"], view["status"], view["key"]) == ("scribe", "fs_write", "denied", "alice")
+    run = view["run"]  # what the human deciding sees of the run
+    assert (run["id"], run["status"], run["model"]) == (view["run_id"], "parked", AGENT)
+    assert {"role": "user", "content": "write the note"} in run["messages"]
+    assert [c["name"] for c in run["messages"][-1]["tool_calls"]] == ["fs_write", "fs_write"]
     denied_only = site.admin("GET", params={"status": "denied"}).json()["data"]
     assert a["id"] in {x["id"] for x in denied_only} and all(x["status"] == "denied" for x in denied_only)
     every = site.admin("GET", params={"status": "all"}).json()["data"]

@@ -1,7 +1,7 @@
 """/admin/approvals: the agent tool calls that wait for a human, and their decisions.
 
     GET  /admin/approvals?status=pending|approved|denied|all&limit=N   newest first
-    GET  /admin/approvals/{id}
+    GET  /admin/approvals/{id}   the approval, and its run (model, status, conversation)
     POST /admin/approvals/{id}   {"approve": true|false, "reason": "..."}
 
 The guard gives every /admin/ path the `admin` scope. A decision here is kept until the
@@ -62,7 +62,10 @@ async def list_approvals(
 
 @router.get("/{approval_id}")
 async def get_approval(approval_id: str, svc: Services = Depends(services)) -> dict[str, Any]:
-    return (await _gate(svc).get(approval_id)).view()
+    """The approval and, under `run`, its run's model, status and conversation."""
+    gate = _gate(svc)
+    record = await gate.get(approval_id)
+    return {**record.view(), "run": await gate.context(record)}
 
 
 @router.post("/{approval_id}")

@@ -22,6 +22,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ember.agents.approvals.codec import encode_run
 from ember.agents.approvals.rules import AutoApproveRule, first_match, parse_rules
@@ -29,6 +30,7 @@ from ember.agents.approvals.store import ApprovalRecord, ApprovalStore, Status, 
 from ember.agents.types import AgentSpec, Decision, RunState
 from ember.errors import NotFound
 from ember.guard.audit import AuditLog
+from ember.services.message_codec import encode_message
 from ember.services.types import ApprovalDecision, ToolCall
 
 log = logging.getLogger("ember.agents")
@@ -106,6 +108,21 @@ class ApprovalService:
         if record is None:
             raise NotFound(f"no approval {approval_id}", param="id")
         return record
+
+    async def context(self, record: ApprovalRecord) -> dict[str, Any]:
+        """What a human deciding on `record` wants to see of its run: the model asked for, the
+        run's status and its conversation up to the waiting calls (image data left out)."""
+        found = await asyncio.to_thread(self.store.run_of, record.run_id)
+        if found is None:
+            return {"id": record.run_id, "status": "gone"}
+        status, run = found
+        messages = []
+        for message in run.messages:
+            shown = encode_message(message)
+            if message.attachments:
+                shown["attachments"] = len(message.attachments)
+            messages.append(shown)
+        return {"id": run.run_id, "status": status, "model": run.model, "mode": run.mode, "messages": messages}
 
     async def list(self, status: Status | None, limit: int = 100) -> list[ApprovalRecord]:
         return await asyncio.to_thread(self.store.list, status, limit)

@@ -265,6 +265,12 @@ class ApprovalStore:
         with self._lock:
             return self._get(self._db, approval_id, None, any_key=True)
 
+    def run_of(self, run_id: str) -> tuple[str, RunState] | None:
+        """A run's status ("parked" or "resumed") and its state as it was parked."""
+        with self._lock:
+            row = self._db.execute("SELECT status, state FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return None if row is None else (str(row[0]), decode_run(str(row[1])))
+
     def list(self, status: Status | None, limit: int) -> list[ApprovalRecord]:
         """The newest first; `status` None lists every status."""
         where, args = ("WHERE status = ?", [status]) if status else ("", [])
