@@ -10,6 +10,7 @@ the last busy minute's figures. Everything here runs on the event loop: no locks
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -41,7 +42,9 @@ def percentiles(values: list[float]) -> Percentiles:
     ranked = sorted(values)
 
     def rank(q: float) -> float:
-        return ranked[min(len(ranked) - 1, max(0, round(q * len(ranked) + 0.5) - 1))]
+        # The smallest value with at least q of them at or below it (the epsilon: 0.95 * 100 is
+        # 95.00000000000001 in floating point, which would round the rank up past 95).
+        return ranked[min(len(ranked) - 1, max(0, math.ceil(q * len(ranked) - 1e-9) - 1))]
 
     return Percentiles(len(ranked), rank(0.50), rank(0.95))
 
