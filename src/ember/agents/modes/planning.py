@@ -31,7 +31,7 @@ from ember.services.message_codec import decode_message, encode_message
 from ember.services.types import AgentStep, ChatMessage, ResponseFormat, Tool
 
 DEFAULT_MAX_PLAN_STEPS = 5
-MAX_GOAL_CHARS = 200  # a goal is a sentence; the bound also keeps a small model's plan finite
+MAX_GOAL_CHARS = 120  # a goal is a sentence; the bound also keeps a small model's plan short
 
 PLANNER_INSTRUCTIONS = (
     "Before answering, make a short plan: the steps that answer the request, in order, each a "

@@ -33,7 +33,7 @@ CRITIQUE_SCHEMA: dict[str, Any] = {
     "properties": {
         "score": {"type": "number", "minimum": 0, "maximum": 1},
         # Bounded so a local model's critique ends well inside a call's token budget.
-        "critique": {"type": "string", "maxLength": 600},
+        "critique": {"type": "string", "maxLength": 400},
     },
     "required": ["score", "critique"],
     "additionalProperties": False,

@@ -1,0 +1,370 @@
+"""The reflection, planning and swarm modes, end to end: the real server, the real openai client.
+
+The scripted fake upstream (ember.bench.upstream) is the agents' model for the deterministic
+multi-step scenarios: `POST /_script {"queue": [...]}` scripts the next answers in order, and
+`GET /_history` shows what each model call was sent. One run of each mode on the real default
+model checks the mechanics there (the critique's and the plan's grammars): the trace's shape,
+not the text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from tests.agents.conftest import agent_toml, history, script, start_agent_server
+from tests.agents.test_modes_readme import trace_pattern, trace_text
+from tests.conftest import DEFAULT_MODEL, ServerHandle
+from tests.gateway.conftest import UpstreamHandle
+
+CONFIG = """
+[tools.fs]
+root = "{files}"
+
+[[agents]]
+name = "critic"
+model = "up/gpt-test"
+mode = "reflection"
+instructions = "Answer well."
+threshold = 0.8
+rounds = 2
+
+[[agents]]
+name = "planner"
+model = "up/gpt-test"
+mode = "planning"
+tools = ["fs_list"]
+max_plan_steps = 3
+
+[[agents]]
+name = "triage"
+model = "up/gpt-test"
+mode = "swarm"
+instructions = "You are triage: hand billing questions to billing."
+members = ["billing"]
+
+[[agents]]
+name = "capped"
+model = "up/gpt-test"
+mode = "swarm"
+instructions = "You are triage, capped."
+members = ["billing"]
+max_handoffs = 1
+
+[[agents]]
+name = "billing"
+model = "up/gpt-test"
+instructions = "You are billing."
+tools = ["fs_list"]
+
+[[agents]]
+name = "lister"
+model = "up/gpt-test"
+tools = ["fs_list"]
+
+[[agents]]
+name = "local-critic"
+model = "{local}"
+mode = "reflection"
+rounds = 0
+
+[[agents]]
+name = "local-planner"
+model = "{local}"
+mode = "planning"
+max_plan_steps = 1
+
+[[agents]]
+name = "local-triage"
+model = "{local}"
+mode = "swarm"
+instructions = "Hand every question to helper."
+members = ["local-helper"]
+max_handoffs = 1
+
+[[agents]]
+name = "local-helper"
+model = "{local}"
+instructions = "Answer in one short sentence."
+"""
+
+
+@pytest.fixture(scope="module")
+def server(model_home: Path, upstream: UpstreamHandle, agent_logs: Path) -> Iterator[ServerHandle]:
+    """One server for the module: the scripted upstream as `up`, the real model beside it."""
+    home = agent_logs / "home"
+    # Hard links: the model's files are only read, and a copy would cost seconds.
+    shutil.copytree(model_home, home, ignore=shutil.ignore_patterns("state"), copy_function=os.link)
+    files = agent_logs / "files"
+    files.mkdir()
+    (files / "notes.txt").write_text("three apples\n")
+    (files / "todo.txt").write_text("buy pears\n")
+    body = CONFIG.format(files=files, local=DEFAULT_MODEL)
+    handle = start_agent_server(agent_logs, agent_toml(upstream, body), home)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def client(server: ServerHandle, scripted: UpstreamHandle) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url("/v1"), api_key="unused", max_retries=0, timeout=120)
+
+
+def queue(upstream: UpstreamHandle, *answers: str | dict[str, Any]) -> None:
+    """The upstream's next chat answers, in order: a text, or {"text", "tool_calls"}."""
+    script(upstream, *({"text": a} if isinstance(a, str) else a for a in answers))
+
+
+def bodies(upstream: UpstreamHandle) -> list[dict[str, Any]]:
+    """The chat requests the upstream got, oldest first: their bodies."""
+    return [h["body"] for h in history(upstream)]
+
+
+def ask(client: openai.OpenAI, model: str, text: str, **extra: Any) -> tuple[str, dict[str, Any]]:
+    """A non-streamed question; its answer's text and its `ember` trace."""
+    extra.setdefault("max_tokens", 64)
+    response = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}], **extra)
+    ember = (response.model_extra or {}).get("ember")
+    assert ember is not None, response
+    return response.choices[0].message.content or "", ember
+
+
+def steps_of(ember: dict[str, Any], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [s for s in ember["steps"] if s["kind"] == kind and (name is None or s["name"] == name)]
+
+
+def follows_readme(ember: dict[str, Any], mode: str, **options: int) -> None:
+    """The run's trace is one the README's definition of `mode` allows (tests/agents/test_modes_readme.py)."""
+    trace = trace_text(ember["steps"])
+    assert trace_pattern(mode, **options).fullmatch(trace), f"{mode}: {trace}"
+    assert [s["index"] for s in ember["steps"]] == list(range(len(ember["steps"])))
+
+
+def critique(score: float, text: str) -> str:
+    return json.dumps({"score": score, "critique": text})
+
+
+def sent_text(body: dict[str, Any]) -> str:
+    return json.dumps(body["messages"])
+
+
+# -- tools (the core's mode; checked here against its README definition) ----------------------------
+
+
+def test_tools_follows_its_definition(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(scripted, {"text": "", "tool_calls": [{"name": "fs_list", "arguments": {"path": "."}}]}, "Two files.")
+    text, ember = ask(client, "agent/lister", "What files are there?")
+    assert text == "Two files."
+    follows_readme(ember, "tools")
+
+
+# -- reflection -----------------------------------------------------------------------------------
+
+
+def test_reflection_revises_a_low_score(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(
+        scripted,
+        "Paris.",
+        critique(0.3, "say why it is the capital"),
+        "Paris, the seat of government.",
+        critique(0.9, "good"),
+    )
+    text, ember = ask(client, "agent/critic", "What is the capital of France?")
+    assert text == "Paris, the seat of government."
+    assert ember["finish_reason"] == "stop" and ember["mode"] == "reflection" and ember["agent"] == "critic"
+    follows_readme(ember, "reflection", rounds=2)
+    verdicts = steps_of(ember, "critique", "verdict")
+    assert [(v["detail"]["score"], v["detail"]["round"]) for v in verdicts] == [(0.3, 0), (0.9, 1)]
+    assert verdicts[0]["result"] == "say why it is the capital"
+    sent = bodies(scripted)
+    assert len(sent) == 4
+    # The critic asked for the schema, and its critique was fed into the revision.
+    assert sent[1]["response_format"]["type"] == "json_schema"
+    assert sent[1]["response_format"]["json_schema"]["schema"]["required"] == ["score", "critique"]
+    assert "Paris." in sent_text(sent[1]) and "What is the capital of France?" in sent_text(sent[1])
+    assert "say why it is the capital" in sent_text(sent[2]) and "Paris." in sent_text(sent[2])
+    assert sent[0]["messages"][0] == {"role": "system", "content": "Answer well."}  # the agent's instructions
+
+
+def test_reflection_best_score_wins_not_the_last(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(scripted, "one", critique(0.5, "more"), "two", critique(0.7, "more still"), "three", critique(0.4, "worse"))
+    text, ember = ask(client, "agent/critic", "Count.")
+    assert text == "two"
+    follows_readme(ember, "reflection", rounds=2)
+    assert [v["detail"]["round"] for v in steps_of(ember, "critique", "verdict")] == [0, 1, 2]  # rounds = 2
+    assert len(bodies(scripted)) == 6
+
+
+def test_reflection_a_tie_goes_to_the_later_answer(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(scripted, "one", critique(0.5, "more"), "two", critique(0.5, "still"), "three", critique(0.1, "no"))
+    text, _ = ask(client, "agent/critic", "Count.")
+    assert text == "two"
+
+
+def test_reflection_a_critique_that_is_not_json_scores_zero(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(scripted, "first", "I think it is fine", "second", critique(0.95, "fine"))
+    text, ember = ask(client, "agent/critic", "Say something.")
+    assert text == "second"
+    follows_readme(ember, "reflection", rounds=2)
+    first, second = steps_of(ember, "critique", "verdict")
+    assert first["detail"]["score"] == 0 and first["result"] == "I think it is fine"
+    assert second["detail"]["score"] == 0.95
+
+
+def test_reflection_streams_the_winner(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(scripted, "draft", critique(0.2, "too short"), "final words", critique(0.85, "ok"))
+    stream = client.chat.completions.create(
+        model="agent/critic", messages=[{"role": "user", "content": "hi"}], max_tokens=64, stream=True
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == "final words"
+
+
+# -- planning -------------------------------------------------------------------------------------
+
+
+def plan(*goals: str) -> str:
+    return json.dumps({"steps": [{"goal": g} for g in goals]})
+
+
+def test_planning_runs_each_step_with_tools_then_synthesises(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(
+        scripted,
+        plan("list the files", "summarise them"),
+        {"text": "", "tool_calls": [{"name": "fs_list", "arguments": {"path": "."}}]},
+        "two files: notes.txt and todo.txt",
+        "notes and a todo list",
+        "You have notes and a todo list.",
+    )
+    text, ember = ask(client, "agent/planner", "What is in my files?")
+    assert text == "You have notes and a todo list."
+    assert ember["finish_reason"] == "stop"
+    follows_readme(ember, "planning", max_plan_steps=3)
+    (accepted,) = steps_of(ember, "plan", "plan")
+    assert accepted["detail"]["steps"] == ["list the files", "summarise them"]
+    goals = steps_of(ember, "plan", "goal")
+    assert [g["detail"] for g in goals] == [
+        {"goal": 0, "text": "list the files"},
+        {"goal": 1, "text": "summarise them"},
+    ]
+    assert [g["result"] for g in goals] == ["two files: notes.txt and todo.txt", "notes and a todo list"]
+    (tool,) = steps_of(ember, "tool")
+    assert tool["name"] == "fs_list" and "notes.txt" in tool["result"] and not tool["is_error"]
+    sent = bodies(scripted)
+    assert len(sent) == 5
+    assert sent[0]["response_format"]["json_schema"]["schema"]["properties"]["steps"]["maxItems"] == 3
+    assert [t["function"]["name"] for t in sent[1]["tools"]] == ["fs_list"]
+    assert "list the files" in sent_text(sent[1]) and "summarise them" in sent_text(sent[1])  # the plan
+    assert "notes.txt" in sent_text(sent[2])  # the tool's result went back to the model
+    assert "two files" in sent_text(sent[3])  # step 2 sees step 1's result
+    assert "notes and a todo list" in sent_text(sent[4]) and "What is in my files?" in sent_text(sent[4])
+    assert "tools" not in sent[4]
+
+
+def test_planning_an_invalid_plan_is_asked_for_again_once(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(scripted, '{"steps": []}', plan("answer"), "42", "The answer is 42.")
+    text, ember = ask(client, "agent/planner", "What is six times seven?")
+    assert text == "The answer is 42."
+    follows_readme(ember, "planning", max_plan_steps=3)
+    assert steps_of(ember, "plan", "plan")[0]["detail"]["steps"] == ["answer"]
+    again = sent_text(bodies(scripted)[1])
+    assert "not valid" in again and "steps: [] should be non-empty" in again
+
+
+def test_planning_too_many_steps_is_invalid(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(scripted, plan("a", "b", "c", "d"), plan("a"), "done a", "All done.")
+    text, _ = ask(client, "agent/planner", "Do four things.")
+    assert text == "All done."
+    assert "is too long" in sent_text(bodies(scripted)[1])
+
+
+def test_planning_invalid_twice_is_an_error(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(scripted, "no plan here", json.dumps({"steps": [{"task": "x"}]}))
+    with pytest.raises(openai.APIStatusError) as caught:
+        ask(client, "agent/planner", "Do it.")
+    assert caught.value.status_code == 502
+    message = str(caught.value)
+    assert "failed validation twice" in message and "not JSON" in message and "goal" in message
+    assert len(bodies(scripted)) == 2
+
+
+# -- swarm ----------------------------------------------------------------------------------------
+
+
+def transfer(to: str, reason: str) -> dict[str, Any]:
+    return {"text": "", "tool_calls": [{"name": f"transfer_to_{to}", "arguments": {"reason": reason}}]}
+
+
+def tool_names(body: dict[str, Any]) -> list[str]:
+    return [t["function"]["name"] for t in body.get("tools", [])]
+
+
+def test_swarm_triage_hands_over_to_billing_which_answers(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(scripted, transfer("billing", "a refund"), "Your refund is on its way.")
+    text, ember = ask(client, "agent/triage", "I want my money back.")
+    assert text == "Your refund is on its way."
+    follows_readme(ember, "swarm")
+    (handoff,) = steps_of(ember, "handoff")
+    assert handoff["detail"] == {"from": "triage", "to": "billing", "reason": "a refund"}
+    assert [s["agent"] for s in steps_of(ember, "model")] == ["triage", "billing"]
+    first, second = bodies(scripted)
+    assert tool_names(first) == ["transfer_to_billing"] and tool_names(second) == ["fs_list", "transfer_to_triage"]
+    assert first["messages"][0] == {"role": "system", "content": "You are triage: hand billing questions to billing."}
+    assert second["messages"][0] == {"role": "system", "content": "You are billing."}
+    # The history is shared: the user's question, the transfer and its result.
+    assert "I want my money back." in sent_text(second) and "transferred to billing" in sent_text(second)
+
+
+def test_swarm_the_new_agent_runs_its_own_tools(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(
+        scripted,
+        transfer("billing", "invoices"),
+        {"text": "", "tool_calls": [{"name": "fs_list", "arguments": {"path": "."}}]},
+        "Your invoices are in notes.txt.",
+    )
+    text, ember = ask(client, "agent/triage", "Where are my invoices?")
+    assert text == "Your invoices are in notes.txt."
+    follows_readme(ember, "swarm")
+    (tool,) = steps_of(ember, "tool")
+    assert tool["agent"] == "billing" and "notes.txt" in tool["result"]
+
+
+def test_swarm_a_handoff_over_the_cap_is_a_tool_error(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(scripted, transfer("billing", "money"), transfer("capped", "back"), "Billing answers itself.")
+    text, ember = ask(client, "agent/capped", "Help.")
+    assert text == "Billing answers itself."
+    follows_readme(ember, "swarm")
+    assert len(steps_of(ember, "handoff")) == 1
+    sent = bodies(scripted)
+    assert len(sent) == 3
+    assert tool_names(sent[1]) == ["fs_list"]  # the cap is reached: no transfer is offered any more
+    assert "handoff limit reached" in sent_text(sent[2])
+
+
+# -- the real default model -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_each_mode_on_the_real_model(client: openai.OpenAI) -> None:
+    _, ember = ask(client, "agent/local-critic", "Name a colour.", max_tokens=48)
+    assert ember["finish_reason"] == "stop"
+    follows_readme(ember, "reflection", rounds=0)
+    assert all(0 <= v["detail"]["score"] <= 1 for v in steps_of(ember, "critique", "verdict"))
+
+    _, ember = ask(client, "agent/local-planner", "Name a fruit.", max_tokens=64)
+    assert ember["finish_reason"] == "stop", ember
+    follows_readme(ember, "planning", max_plan_steps=1)
+
+    _, ember = ask(client, "agent/local-triage", "Hello.", max_tokens=32)
+    assert ember["finish_reason"] in ("stop", "max_steps")
+    assert len(steps_of(ember, "handoff")) <= 1
+    if ember["finish_reason"] == "stop":
+        follows_readme(ember, "swarm")
