@@ -28,8 +28,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from tests.agents.conftest import MODEL, agent_toml, history, tool_call
+from tests.agents.conftest import script as queue_answers
 from tests.conftest import ServerHandle, start_server
-from tests.gateway.conftest import UpstreamHandle, start_upstream
+from tests.gateway.conftest import UpstreamHandle
 
 from ember.cli.main import main as ember_main
 from ember.guard.audit import open_readonly, rows, verify
@@ -40,19 +42,16 @@ ASK = [{"role": "user", "content": "write the note"}]
 
 
 def _config(upstream: UpstreamHandle, files: Path) -> str:
-    return f"""
-[[providers]]
-name = "up"
-kind = "openai"
-base_url = "{upstream.v1}"
-
+    return agent_toml(
+        upstream,
+        f"""
 [tools.fs]
 root = "{files}"
 writable = true
 
 [[agents]]
 name = "scribe"
-model = "up/gpt-test"
+model = "{MODEL}"
 instructions = "You write notes."
 tools = ["fs_write", "fs_read"]
 require_approval = ["fs_write"]
@@ -60,7 +59,8 @@ require_approval = ["fs_write"]
 [[agents.auto_approve]]
 tool = "fs_write"
 arguments = '^\\{{"content":"[a-z ]*","path":"auto/[a-z]+\\.txt"\\}}$'
-"""
+""",
+    )
 
 
 @dataclass
@@ -103,9 +103,8 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def site(upstream: UpstreamHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("approvals")
-    upstream = start_upstream(root)
     home, files = root / "home", root / "files"
     home.mkdir()
     files.mkdir()
@@ -125,16 +124,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     finally:
         if site.server is not None:
             site.server.stop()
-        upstream.stop()
 
 
 def script(site: Site, *answers: dict[str, Any]) -> None:
     site.upstream.reset()
-    httpx.post(site.upstream.url + "/_script", json={"queue": list(answers)}, timeout=5).raise_for_status()
+    queue_answers(site.upstream, *answers)
 
 
 def write_call(path: str, content: str) -> dict[str, Any]:
-    return {"tool_calls": [{"name": "fs_write", "arguments": {"path": path, "content": content}}]}
+    return {"tool_calls": [tool_call("fs_write", path=path, content=content)]}
 
 
 def pending_of(response: httpx.Response) -> list[dict[str, Any]]:
@@ -235,7 +233,7 @@ def test_deny_ends_the_run_and_the_tool_never_runs(site: Site) -> None:
     assert not (site.files / "denied.txt").exists()
     record = site.admin("GET", f"/{waiting['id']}").json()
     assert (record["status"], record["decided_by"], record["reason"]) == ("denied", "alice", "not today")
-    assert len(httpx.get(site.upstream.url + "/_history", timeout=5).json()) == 1  # the model was not asked again
+    assert len(history(site.upstream)) == 1  # the model was not asked again after the denial
     denials = approval_rows(site, "approval.denied")
     assert [(r["key"], r["detail"]["reason"]) for r in denials] == [("alice", "not today")]
 
@@ -270,8 +268,8 @@ def test_undecided_unknown_and_bad_input(site: Site) -> None:
         site,
         {
             "tool_calls": [
-                {"name": "fs_write", "arguments": {"path": "a.txt", "content": "A"}},
-                {"name": "fs_write", "arguments": {"path": "b.txt", "content": "B"}},
+                tool_call("fs_write", path="a.txt", content="A"),
+                tool_call("fs_write", path="b.txt", content="B"),
             ]
         },
     )
@@ -367,8 +365,8 @@ def test_an_admin_denial_kept_for_the_follow_up(site: Site) -> None:
         site,
         {
             "tool_calls": [
-                {"name": "fs_write", "arguments": {"path": "kept.txt", "content": "yes"}},
-                {"name": "fs_write", "arguments": {"path": "dropped.txt", "content": "no"}},
+                tool_call("fs_write", path="kept.txt", content="yes"),
+                tool_call("fs_write", path="dropped.txt", content="no"),
             ]
         },
     )
