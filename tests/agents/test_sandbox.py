@@ -295,7 +295,7 @@ async def test_a_cancelled_call_kills_the_command_and_removes_its_directory() ->
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not (before & set(leftover_dirs()))
-    assert sandbox_sleepers() == [] and not any(alive_python_sleeper())
+    assert sandbox_sleepers() == [] and alive_python_sleeper() == []
 
 
 def leftover_dirs() -> list[str]:

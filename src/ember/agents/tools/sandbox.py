@@ -238,6 +238,14 @@ async def _kill_all(proc: asyncio.subprocess.Process, uid: int | None) -> None:
             await killer.wait()
 
 
+async def _kill_and_wait(proc: asyncio.subprocess.Process, uid: int | None) -> None:
+    """On cancellation: kill, and see the command gone before the call ends (briefly: a
+    process in uninterruptible sleep may take its time, and the caller is leaving)."""
+    await _kill_all(proc, uid)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(_exited(proc), 2)
+
+
 async def _exited(proc: asyncio.subprocess.Process) -> None:
     """Until the command itself has ended. Not `proc.wait()`: asyncio's also waits for the pipes
     to close, which a background child holding stdout would delay to the timeout."""
@@ -338,6 +346,9 @@ class Sandbox:
                 start_new_session=True,
                 preexec_fn=_limiter(limits, nproc, uid),
             )
+            # Under bwrap the pid namespace dies with it, taking every process of the run along:
+            # killing by uid is only needed (and only paid for: one more process) without it.
+            killable_uid = None if isolated else uid
             out, err = _Capped(limits.max_output_bytes), _Capped(limits.max_output_bytes)
             readers = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr), self._feed(proc, stdin))
             limit = None
@@ -346,7 +357,7 @@ class Sandbox:
                     await asyncio.wait_for(_exited(proc), limits.timeout)
                 except TimeoutError:
                     limit = f"killed after {limits.timeout:g} s (the timeout)"
-                await _kill_all(proc, uid)
+                await _kill_all(proc, killable_uid)
                 await proc.wait()
                 with contextlib.suppress(TimeoutError):
                     # A pipe still held by something we could not kill: keep what was read.
@@ -354,7 +365,7 @@ class Sandbox:
             finally:
                 # Also on cancellation: nothing the command started outlives the call.
                 if proc.returncode is None:
-                    await asyncio.shield(_kill_all(proc, uid))
+                    await asyncio.shield(_kill_and_wait(proc, killable_uid))
                 readers.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await readers
