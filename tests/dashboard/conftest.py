@@ -118,6 +118,7 @@ class ConsoleErrors:
 
     errors: list[str] = field(default_factory=list)
     allowed_statuses: set[str] = field(default_factory=set)
+    failed: list[str] = field(default_factory=list)
 
     def allow(self, *statuses: str) -> None:
         self.allowed_statuses.update(statuses)
@@ -134,6 +135,17 @@ class ConsoleErrors:
 
     def on_page_error(self, error: object) -> None:
         self.errors.append(f"uncaught: {error}")
+
+    def on_response(self, response: object) -> None:
+        """Keep each failed answer's request, so a console line about it can be traced."""
+        status: int = getattr(response, "status", 0)
+        if status >= 400 and str(status) not in self.allowed_statuses:
+            request = getattr(response, "request", None)
+            body = getattr(request, "post_data", None) or ""
+            self.failed.append(f"{status} {getattr(request, 'method', '')} {getattr(response, 'url', '')} {body[:200]}")
+
+    def report(self) -> str:
+        return "\n".join(self.errors + (["failed requests:", *self.failed] if self.failed else []))
 
 
 @dataclass
@@ -164,6 +176,7 @@ def _new_page(browser: object, dashboard: Dashboard, screenshots: Path, key: str
     console = ConsoleErrors()
     page.on("console", console.on_console)
     page.on("pageerror", console.on_page_error)
+    page.on("response", console.on_response)
     return context, UiPage(page, console, dashboard, screenshots)
 
 
@@ -173,7 +186,7 @@ def ui(browser: object, dashboard: Dashboard, screenshot_dir: Path) -> Iterator[
     context, page = _new_page(browser, dashboard, screenshot_dir, dashboard.admin_key)
     try:
         yield page
-        assert not page.console.errors, "\n".join(page.console.errors)
+        assert not page.console.errors, page.console.report()
     finally:
         context.close()
 
@@ -190,8 +203,7 @@ def ui_factory(browser: object, dashboard: Dashboard, screenshot_dir: Path) -> I
 
     try:
         yield make
-        errors = [e for _, page in made for e in page.console.errors]
-        assert not errors, "\n".join(errors)
+        assert not any(page.console.errors for _, page in made), "\n".join(page.console.report() for _, page in made)
     finally:
         for context, _ in made:
             context.close()  # type: ignore[attr-defined]
