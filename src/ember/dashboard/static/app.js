@@ -360,12 +360,21 @@ function makeChart(el, config, registry) {
     legend: { show: true, live: false },
     cursor: { drag: { x: false, y: false } },
     scales: {
-      x: { time: !category },
+      // A live chart (config.window) shows the whole window from the start, so its ticks stay
+      // seconds apart and it scrolls evenly instead of zooming into the first few points.
+      x: config.window && !category
+        ? { time: true, range: (u, min, max) => [(Number.isFinite(max) ? max : Date.now() / 1000) - config.window, Number.isFinite(max) ? max : Date.now() / 1000] }
+        : { time: !category },
       // From zero (or yMin) up to a little over the largest value; an all-zero chart spans 0..1.
       y: { range: (u, min, max) => [Math.min(config.yMin ?? 0, Number.isFinite(min) ? min : 0), Number.isFinite(max) && max > 0 ? max * 1.1 : 1] },
     },
     axes: [
-      category ? { ...axis, values: (u, splits) => splits.map((i) => labels[Math.round(i)] ?? "") , splits: () => labels.map((_, i) => i) } : { ...axis },
+      category
+        ? { ...axis, values: (u, splits) => splits.map((i) => labels[Math.round(i)] ?? ""), splits: () => labels.map((_, i) => i) }
+        : config.window
+          // A live chart spans minutes: the clock time on one line (uPlot's default adds a date row).
+          ? { ...axis, space: 70, values: (u, splits) => splits.map((v) => new Date(v * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false })) }
+          : { ...axis },
       { ...axis, label: config.yLabel || "", size: 56 },
     ],
     series: [

@@ -277,13 +277,23 @@ export default {
       el.replaceChildren(...parts);
     };
 
-    const stepView = (s) => h("div", { class: "step", dataset: { testid: "chat-step" } },
-      h("strong", {}, `${s.index + 1}. ${s.kind}${s.name ? ` ${s.name}` : ""}`),
-      s.agent ? h("span", { class: "muted" }, ` · ${s.agent}`) : null,
-      s.seconds ? h("span", { class: "muted" }, ` · ${fmt.ms(s.seconds * 1000)}`) : null,
-      s.is_error ? h("span", { class: "bad" }, " · error") : null,
-      s.arguments ? h("div", { class: "mono" }, s.arguments) : null,
-      s.result ? h("div", {}, s.result.length > 2000 ? `${s.result.slice(0, 2000)}…` : s.result) : null);
+    // One step of an agent run: a model call (and the tools it asked for), a tool run (its
+    // arguments and result), or a mode's own step (its detail: a score, a plan, a handoff).
+    const stepView = (s) => {
+      const detail = s.detail || {};
+      const asked = (detail.tool_calls || []).map((c) => `${c.name}(${c.arguments || ""})`).join(", ");
+      const extra = Object.entries(detail).filter(([k]) => !["tool_calls", "finish_reason", "call_id"].includes(k));
+      return h("div", { class: "step", dataset: { testid: "chat-step", kind: s.kind } },
+        h("strong", {}, `${s.index + 1}. ${s.kind}${s.name ? ` ${s.name}` : ""}`),
+        s.agent ? h("span", { class: "muted" }, ` · ${s.agent}`) : null,
+        s.seconds ? h("span", { class: "muted" }, ` · ${fmt.ms(s.seconds * 1000)}`) : null,
+        s.tokens_out ? h("span", { class: "muted" }, ` · ${s.tokens_in} in, ${s.tokens_out} out`) : null,
+        s.is_error ? h("span", { class: "bad" }, " · error") : null,
+        asked ? h("div", { class: "mono" }, `→ ${asked}`) : null,
+        s.arguments ? h("div", { class: "mono" }, s.arguments) : null,
+        s.result ? h("div", {}, s.result.length > 2000 ? `${s.result.slice(0, 2000)}…` : s.result) : null,
+        extra.length ? h("div", { class: "mono muted" }, extra.map(([k, v]) => `${k}: ${typeof v === "string" ? v : JSON.stringify(v)}`).join("\n")) : null);
+    };
 
     const toolCallView = (c, index) => {
       const answered = current.messages.some((r) => r.role === "tool" && r.tool_call_id === c.id);
@@ -379,10 +389,10 @@ export default {
         else ctx.showError(err);
       } finally {
         const end = performance.now();
-        if (first !== null && answer.meta.completion_tokens && end > first) {
-          // The first token's own time is TTFT's; the rate is over the ones after it.
-          const after = Math.max(0, answer.meta.completion_tokens - 1);
-          answer.meta.tok_s = after ? after / ((end - first) / 1000) : 0;
+        // The first token's own time is TTFT's; the rate is over the ones after it, and only
+        // when they took a measurable time (an upstream may send a whole answer in one chunk).
+        if (first !== null && answer.meta.completion_tokens > 1 && end - first >= 50) {
+          answer.meta.tok_s = (answer.meta.completion_tokens - 1) / ((end - first) / 1000);
         }
         answer.meta.total_ms = end - started;
         answer.meta.ended = true;

@@ -39,16 +39,27 @@ export default {
     const start = h("button", { class: "primary", type: "submit", dataset: { testid: "pull-start" } }, "Pull");
     const cancel = h("button", { type: "button", hidden: true, dataset: { testid: "pull-cancel" }, onclick: () => pulling && pulling.abort() }, "Cancel");
 
+    const routesLine = h("p", { dataset: { testid: "models-virtual" } });
+
     const refresh = async () => {
       const [tags, ps] = await Promise.all([ctx.api("/api/tags"), ctx.api("/api/ps")]);
       const loaded = new Map((ps.models || []).map((m) => [m.name, m]));
-      const models = tags.models || [];
+      // /api/tags lists the gateway's routes and agents too (as Ollama clients should see them);
+      // they are no stored file (nothing to load, copy or delete, /api/show answers 404), so they
+      // go in a line of their own below the store.
+      const virtual = (t) => ["route", "agent"].includes((t.details || {}).format);
+      const models = (tags.models || []).filter((t) => !virtual(t));
+      const others = (tags.models || []).filter(virtual);
       tbody.replaceChildren(...(models.length ? models.map((m) => row(m, loaded.get(m.name))) : [
         h("tr", {}, h("td", { class: "empty", colspan: 8 }, "The store is empty: pull a model above.")),
       ]));
+      routesLine.replaceChildren(...(others.length ? [
+        h("span", { class: "muted" }, "Also served here (not stored): "),
+        ...others.map((t, i) => h("span", { dataset: { testid: `virtual-${t.name}` } }, i ? ", " : "", h("code", {}, t.name),
+          t.details.parent_model ? ` → ${t.details.parent_model}` : "", ` (${t.details.format})`)),
+      ] : []));
       // Context lengths are only in /api/show: one call per model, after the table is drawn.
-      // Routes and agents are listed too but are no stored file: /api/show answers them 404.
-      for (const m of models.filter((t) => !["route", "agent"].includes((t.details || {}).format))) {
+      for (const m of models) {
         ctx.api("/api/show", { method: "POST", body: { model: m.name } }).then((info) => {
           const cell = tbody.querySelector(`[data-ctx="${CSS.escape(m.name)}"]`);
           if (cell) cell.textContent = fmt.number(contextLength(info));
@@ -179,7 +190,8 @@ export default {
           h("thead", {}, h("tr", {},
             h("th", {}, "Name"), h("th", {}, "Family"), h("th", {}, "Parameters"), h("th", {}, "Quantization"),
             h("th", { class: "num" }, "Size"), h("th", { class: "num" }, "Context"), h("th", {}, "Modified"), h("th", {}, ""))),
-          tbody))),
+          tbody)),
+        routesLine),
       details,
     );
     await refresh();
