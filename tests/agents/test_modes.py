@@ -69,6 +69,27 @@ model = "up/gpt-test"
 tools = ["fs_list"]
 
 [[agents]]
+name = "careful-planner"
+model = "up/gpt-test"
+mode = "planning"
+tools = ["fs_list"]
+require_approval = ["fs_list"]
+
+[[agents]]
+name = "careful-triage"
+model = "up/gpt-test"
+mode = "swarm"
+instructions = "You are triage."
+members = ["careful-billing"]
+
+[[agents]]
+name = "careful-billing"
+model = "up/gpt-test"
+instructions = "You are careful billing."
+tools = ["fs_list"]
+require_approval = ["fs_list"]
+
+[[agents]]
 name = "local-critic"
 model = "{local}"
 mode = "reflection"
@@ -145,7 +166,8 @@ def follows_readme(ember: dict[str, Any], mode: str, **options: int) -> None:
     """The run's trace is one the README's definition of `mode` allows (tests/agents/test_modes_readme.py)."""
     trace = trace_text(ember["steps"])
     assert trace_pattern(mode, **options).fullmatch(trace), f"{mode}: {trace}"
-    assert [s["index"] for s in ember["steps"]] == list(range(len(ember["steps"])))
+    if "run_id" in ember:  # a whole run, not one stitched from two halves
+        assert [s["index"] for s in ember["steps"]] == list(range(len(ember["steps"])))
 
 
 def critique(score: float, text: str) -> str:
@@ -347,6 +369,63 @@ def test_swarm_a_handoff_over_the_cap_is_a_tool_error(client: openai.OpenAI, scr
     assert len(sent) == 3
     assert tool_names(sent[1]) == ["fs_list"]  # the cap is reached: no transfer is offered any more
     assert "handoff limit reached" in sent_text(sent[2])
+
+
+# -- a pause for an approval in the middle of a run ------------------------------------------------
+
+
+LIST = {"text": "", "tool_calls": [{"name": "fs_list", "arguments": {"path": "."}}]}
+
+
+def approve_and_resume(
+    client: openai.OpenAI, model: str, text: str, ember: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    assert ember["finish_reason"] == "approval", ember
+    (waiting,) = ember["pending_approvals"]
+    assert waiting["tool"] == "fs_list"
+    return ask(client, model, text, extra_body={"approvals": [{"id": waiting["id"], "approve": True}]})
+
+
+def whole_run(paused: dict[str, Any], resumed: dict[str, Any]) -> dict[str, Any]:
+    """Both halves of a paused run's trace (the resumed answer carries the steps after the pause),
+    without the approval steps, which the README's patterns leave out."""
+    steps = [*paused["steps"], *resumed["steps"]]
+    assert [s["index"] for s in steps] == list(range(len(steps)))
+    return {"steps": [s for s in steps if s["kind"] != "approval"]}
+
+
+def test_planning_resumes_the_goal_it_paused_in(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(scripted, plan("list the files", "count them"), LIST)
+    _, paused = ask(client, "agent/careful-planner", "How many files?")
+    assert len(bodies(scripted)) == 2
+    queue(scripted, "notes.txt and todo.txt", "two", "There are two files.")
+    text, ember = approve_and_resume(client, "agent/careful-planner", "How many files?", paused)
+    assert text == "There are two files."
+    assert ember["run_id"] == paused["run_id"] and ember["finish_reason"] == "stop"
+    sent = bodies(scripted)
+    assert len(sent) == 5  # no new plan: the goal's loop went on, then goal 2 and the synthesis
+    assert "notes.txt" in sent_text(sent[2]) and "list the files" in sent_text(sent[2])
+    assert "notes.txt and todo.txt" in sent_text(sent[3]) and "count them" in sent_text(sent[3])
+    assert "How many files?" in sent_text(sent[4]) and "two" in sent_text(sent[4])
+    goals = steps_of(ember, "plan", "goal")
+    assert [g["result"] for g in goals] == ["notes.txt and todo.txt", "two"]
+    follows_readme(whole_run(paused, ember), "planning", max_plan_steps=5)
+
+
+def test_swarm_resumes_with_the_agent_it_paused_in(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(scripted, transfer("careful-billing", "files"), LIST)
+    _, paused = ask(client, "agent/careful-triage", "Which files do I have?")
+    queue(scripted, "You have notes.txt and todo.txt.")
+    text, ember = approve_and_resume(client, "agent/careful-triage", "Which files do I have?", paused)
+    assert text == "You have notes.txt and todo.txt."
+    last = bodies(scripted)[-1]
+    assert last["messages"][0] == {"role": "system", "content": "You are careful billing."}
+    assert "transferred to careful-billing" in sent_text(last) and "todo.txt" in sent_text(last)
+    assert tool_names(last) == ["fs_list", "transfer_to_careful-triage"]
+    whole = whole_run(paused, ember)
+    (handoff,) = steps_of(whole, "handoff")
+    assert handoff["detail"]["to"] == "careful-billing"
+    follows_readme(whole, "swarm")
 
 
 # -- the real default model -----------------------------------------------------------------------
