@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ember.api import agent_wire
 from ember.api.anthropic.protocol import ContentBlockIn, MessageIn, MessagesRequest, PromptRequest, ToolChoiceIn
 from ember.engine.types import SamplingParams
 from ember.errors import BadRequest, UnsupportedParameter
@@ -50,8 +51,10 @@ def text_request(body: PromptRequest, context: RequestContext) -> TextRequest:
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     sampling = SamplingParams()
+    agent = agent_wire.AgentRequest()
     if isinstance(body, MessagesRequest):
         max_tokens, stop, sampling = body.max_tokens, _stops(body.stop_sequences), _sampling(body)
+        agent = agent_wire.agent_fields(body.model, body)
     request = TextRequest(
         model=body.model,
         messages=_system(body.system) + chat_messages(body.messages),
@@ -63,6 +66,10 @@ def text_request(body: PromptRequest, context: RequestContext) -> TextRequest:
         parallel_tool_calls=parallel,
         response_format=_response_format(body),
         context=context,
+        mode=agent.mode,
+        mode_tools=agent.mode_tools,
+        mode_members=agent.mode_members,
+        approvals=agent.approvals,
     )
     validate_request(request)  # the checks every protocol shares (tool names, schemas, ...)
     return request

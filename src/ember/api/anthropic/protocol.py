@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ember.api.agent_wire import AgentFields
+
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -101,7 +103,9 @@ class PromptRequest(_Strict):
     context_management: Any = None
 
 
-class MessagesRequest(PromptRequest):
+class MessagesRequest(PromptRequest, AgentFields):
+    # AgentFields: ember's agent extension (mode, mode_tools, mode_members, approvals); the
+    # anthropic SDK sends them in extra_body. count_tokens takes none of them.
     max_tokens: int = Field(ge=1)
     stop_sequences: list[str] | None = None
     stream: bool = False

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
+from ember.api import agent_wire
 from ember.engine.types import GenerationStats
 from ember.errors import EmberError
 from ember.services.types import Answer, FinishReason, GenerationEvent, ToolCall
@@ -68,7 +69,13 @@ def tool_use_id(call_id: str) -> str:
 
 
 def stop_reason(reason: FinishReason | None, stop_sequence: str | None, has_calls: bool) -> str:
-    if reason == "length":
+    """An agent run paused for an approval is "pause_turn" (Anthropic's word for a turn to be
+    continued by a later request; not "tool_use": ember runs the tool, not the client); one
+    stopped at its step limit or deadline is "max_tokens", an answer cut short. The exact
+    reason is the `ember` object's (api/agent_wire.py)."""
+    if reason == "approval":
+        return "pause_turn"
+    if reason in ("length", "max_steps", "deadline"):
         return "max_tokens"
     if has_calls:  # "tool_calls" with no call that could be rendered as one is a turn's end
         return "tool_use"
@@ -95,10 +102,11 @@ def tool_input(call: ToolCall) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def message(ident: str, model: str, answer: Answer) -> dict[str, Any]:
+def message(ident: str, model: str, answer: Answer, label: agent_wire.RunLabel) -> dict[str, Any]:
     """The whole message. A call whose arguments are not an object cannot be a tool_use block:
     what the model wrote of it is text (as the Ollama API does), so nothing is lost; a stream
-    sends such a call's fragments as they came, which the SDK parses as far as they go."""
+    sends such a call's fragments as they came, which the SDK parses as far as they go. An
+    agent run's answer carries its trace as `ember`."""
     text = answer.text
     calls: list[dict[str, Any]] = []
     for call in answer.tool_calls:
@@ -118,6 +126,11 @@ def message(ident: str, model: str, answer: Answer) -> dict[str, Any]:
         "stop_reason": reason,
         "stop_sequence": answer.stop_sequence if reason == "stop_sequence" else None,
         "usage": usage(answer.stats),
+        **(
+            {"ember": agent_wire.answer_trace(label, answer)}
+            if agent_wire.is_agent_run(answer.run_id, answer.steps, answer.pending)
+            else {}
+        ),
     }
 
 
@@ -125,13 +138,16 @@ def message(ident: str, model: str, answer: Answer) -> dict[str, Any]:
 
 
 async def stream_events(
-    ident: str, model: str, prompt_tokens: int, events: AsyncIterable[GenerationEvent]
+    ident: str, model: str, prompt_tokens: int, events: AsyncIterable[GenerationEvent], label: agent_wire.RunLabel
 ) -> AsyncIterator[dict[str, Any]]:
     """The neutral events as Anthropic's stream: message_start, a ping, then one content block
     at a time (start, deltas, stop; indexes 0, 1, ...), then message_delta and message_stop.
 
     message_start can only say the whole prompt's size (how much of it was reused is known at
     the end); message_delta carries the final usage, which the SDK's accumulator takes over.
+    An agent run's steps are `ember_step` events as they finish (Anthropic's clients pass over
+    event types they do not know, as its versioning policy asks), and its message_delta has
+    the run's `ember` object.
     """
     yield {
         "type": "message_start",
@@ -154,7 +170,11 @@ async def stream_events(
     yield {"type": "ping"}
     blocks = _Blocks()
     final: GenerationEvent | None = None
+    stepped = False
     async for event in events:
+        if event.step is not None:
+            stepped = True
+            yield {"type": "ember_step", "step": agent_wire.step(event.step)}
         if event.text:
             for out in blocks.text(event.text):
                 yield out
@@ -174,6 +194,11 @@ async def stream_events(
         "type": "message_delta",
         "delta": {"stop_reason": reason, "stop_sequence": final.stop_sequence if reason == "stop_sequence" else None},
         "usage": usage(final.stats),
+        **(
+            {"ember": agent_wire.event_trace(label, final)}
+            if stepped or agent_wire.is_agent_run(final.run_id, (), final.pending)
+            else {}
+        ),
     }
     yield {"type": "message_stop"}
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from ember.api.agent_wire import AgentFields
 from ember.config import parse_duration
 
 
@@ -99,7 +100,9 @@ class ToolDef(_Wire):
     function: FunctionDef
 
 
-class ChatRequest(_Run):
+class ChatRequest(_Run, AgentFields):
+    # AgentFields: ember's agent extension (mode, mode_tools, mode_members, approvals). The ollama
+    # python client's chat() has no way to send extra fields: post them with httpx.
     messages: list[Message] = Field(default_factory=list)
     tools: list[ToolDef] | None = None
 

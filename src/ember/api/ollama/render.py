@@ -27,8 +27,10 @@ MEDIA_TYPE = "application/x-ndjson"
 
 
 def done_reason(reason: FinishReason | None) -> str:
-    # Ollama says "stop" for an answer that ends in tool calls, and for a cancelled one.
-    return "length" if reason == "length" else "stop"
+    # Ollama says "stop" for an answer that ends in tool calls, and for a cancelled one. An agent
+    # run paused for an approval stopped; one at its step limit or deadline was cut short, as
+    # "length" says (the exact reason is the `ember` object's, api/agent_wire.py).
+    return "length" if reason in ("length", "max_steps", "deadline") else "stop"
 
 
 def tool_call(call: ToolCall) -> dict[str, Any] | None:

@@ -11,6 +11,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from ember import __version__
+from ember.agents.types import AgentSpec
+from ember.api import agent_wire
 from ember.api.deps import Services, request_context, services
 from ember.api.ollama import parse, render
 from ember.api.ollama.protocol import (
@@ -27,7 +29,7 @@ from ember.api.ollama.protocol import (
 from ember.api.protocols import OLLAMA
 from ember.api.streaming import stream_response
 from ember.engine.types import GenerationStats, LoadOptions, SamplingParams
-from ember.errors import ContextLengthExceeded, UnsupportedParameter
+from ember.errors import BadRequest, ContextLengthExceeded, UnsupportedParameter
 from ember.runtime.chat_template import template_for
 from ember.runtime.scheduler import Runner
 from ember.runtime.store import ModelRecord
@@ -186,12 +188,18 @@ async def _start_response(svc: Services, request: TextRequest, stream: bool, *, 
     want_logprobs = request.logprobs is not None
     if not stream:
         done, answer = await svc.gateway.complete(request)
+        ember = (
+            {"ember": agent_wire.answer_trace(agent_wire.run_label(request, svc.agents), answer)}
+            if agent_wire.is_agent_run(answer.run_id, answer.steps, answer.pending)
+            else {}
+        )
         return JSONResponse(
             {
                 "model": done.model,
                 "created_at": _now(),
                 **render.answer_fields(answer, chat=chat, want_logprobs=want_logprobs),
                 **_final_fields(done, answer.finish_reason, answer.stats),
+                **ember,
             },
             headers=done.response_headers(),
         )
@@ -200,15 +208,26 @@ async def _start_response(svc: Services, request: TextRequest, stream: bool, *, 
     chunks = render.ChunkRenderer(chat=chat, want_logprobs=want_logprobs)
 
     async def events() -> AsyncIterator[dict[str, Any]]:
+        stepped = False  # an agent run's stream: its steps came before the end
         async for event in generation:
+            if event.step is not None:  # a chunk of no text, as Ollama's clients read any chunk
+                stepped = True
+                step = {"ember": {"step": agent_wire.step(event.step)}}
+                yield {"model": model, "created_at": _now(), **chunks.final(), "done": False, **step}
             for fields in chunks.chunks(event):
                 yield {"model": model, "created_at": _now(), **fields, "done": False}
             if event.done:
+                ember = (
+                    {"ember": agent_wire.event_trace(agent_wire.run_label(request, svc.agents), event)}
+                    if stepped or agent_wire.is_agent_run(event.run_id, (), event.pending)
+                    else {}
+                )
                 yield {
                     "model": model,
                     "created_at": _now(),
                     **chunks.final(),
                     **_final_fields(generation, event.finish_reason, event.stats),
+                    **ember,
                 }
 
     return stream_response(OLLAMA, events(), headers=generation.response_headers())
@@ -223,6 +242,7 @@ async def chat(body: ChatRequest, http: Request, svc: Services = Depends(service
                 svc, svc.gateway.local_model(body.model), body, {"message": {"role": "assistant", "content": ""}}
             )
         )
+    agent = agent_wire.agent_fields(body.model, body)
     request = TextRequest(
         model=body.model,
         messages=parse.chat_messages(body.messages),
@@ -235,14 +255,22 @@ async def chat(body: ChatRequest, http: Request, svc: Services = Depends(service
         response_format=parse.response_format(body.format),
         logprobs=parse.logprobs(body),
         context=request_context(http),
+        mode=agent.mode,
+        mode_tools=agent.mode_tools,
+        mode_members=agent.mode_members,
+        approvals=agent.approvals,
     )
     validate_request(request)
+    if not agent_wire.runs_agent(request, svc.gateway.agents):
+        agent_wire.check_routed(request)
     return await _respond(svc, request, body, chat=True)
 
 
 @router.post("/generate", response_model=None)
 async def generate(body: GenerateRequest, http: Request, svc: Services = Depends(services)) -> Response:
     _refuse_unsupported(body)
+    if body.model.startswith(agent_wire.AGENT_PREFIX):
+        raise BadRequest(f"'{body.model}' is an agent, which answers chats: send it to /api/chat", param="model")
     if not body.prompt and not body.system:
         return JSONResponse(await _load_or_unload(svc, svc.gateway.local_model(body.model), body, {"response": ""}))
     if body.raw:
@@ -319,10 +347,28 @@ def _route_tag(name: str) -> dict[str, Any]:
     }
 
 
+def _agent_tag(spec: AgentSpec) -> dict[str, Any]:
+    """A configured agent as a tag: its model is the parent, its mode the family."""
+    name = agent_wire.AGENT_PREFIX + spec.name
+    return {
+        **_route_tag(name),
+        "details": {
+            "parent_model": spec.model,
+            "format": "agent",
+            "family": spec.mode,
+            "families": ["agent", spec.mode],
+            "parameter_size": "",
+            "quantization_level": "",
+        },
+    }
+
+
 @router.get("/tags")
 async def tags(svc: Services = Depends(services)) -> dict[str, Any]:
+    agents = svc.agents.specs() if svc.agents is not None else []
     return {
         "models": [_route_tag(name) for name in svc.gateway.route_names()]
+        + [_agent_tag(spec) for spec in agents]
         + [
             {
                 "name": str(r.ref),

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ember.api.agent_wire import AgentFields
+
 
 class _Wire(BaseModel):
     # Clients send fields that change nothing here (user, metadata, store, ...): accept and
@@ -122,7 +124,9 @@ class _Sampling(_Wire):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(_Sampling, AgentFields):
+    # AgentFields: ember's agent extension (mode, mode_tools, mode_members, approvals); the
+    # openai SDK sends them in extra_body.
     messages: list[ChatMessageIn]
     max_completion_tokens: int | None = Field(None, ge=0)
     tools: list[ToolDef] | None = None

@@ -39,7 +39,19 @@ MEDIA_TYPE = "text/event-stream"
 
 # -- answers and chunks ---------------------------------------------------------------------------
 
-_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "cancelled": "stop"}
+# An agent run's own reasons, as the reasons OpenAI's clients know (their types take no other):
+# paused for an approval is "stop" (ember runs the tool, so the pending call is no tool call for
+# the client to run); stopped at a step limit or the deadline is "length", an answer cut short.
+# The exact reason is the `ember` object's finish_reason (api/agent_wire.py).
+_FINISH = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "cancelled": "stop",
+    "approval": "stop",
+    "max_steps": "length",
+    "deadline": "length",
+}
 
 
 def finish_reason(reason: FinishReason | None) -> str:

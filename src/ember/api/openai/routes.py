@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from ember.api import agent_wire
 from ember.api.deps import Services, request_context, services
 from ember.api.openai import parse, render
 from ember.api.openai.protocol import (
@@ -73,9 +74,18 @@ def _route_card(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "ember-gateway"}
 
 
+def _agent_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "ember-agent"}
+
+
+def _agent_names(svc: Services) -> list[str]:
+    return svc.agents.names() if svc.agents is not None else []
+
+
 @router.get("/models")
 async def list_models(svc: Services = Depends(services)) -> dict[str, Any]:
     cards = [_route_card(name) for name in svc.gateway.route_names()]
+    cards += [_agent_card(name) for name in _agent_names(svc)]
     return {"object": "list", "data": cards + [_model_card(r) for r in svc.models.list()]}
 
 
@@ -83,6 +93,8 @@ async def list_models(svc: Services = Depends(services)) -> dict[str, Any]:
 async def get_model(model_id: str, svc: Services = Depends(services)) -> dict[str, Any]:
     if model_id in svc.gateway.route_names():
         return _route_card(model_id)
+    if model_id in _agent_names(svc):
+        return _agent_card(model_id)
     return _model_card(svc.models.get(model_id))
 
 
@@ -113,6 +125,7 @@ def _refuse_unsupported(body: _Sampling) -> None:
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, http: Request, svc: Services = Depends(services)) -> Response:
     _refuse_unsupported(body)
+    agent = agent_wire.agent_fields(body.model, body)
     request = TextRequest(
         model=body.model,
         messages=parse.chat_messages(body.messages),
@@ -125,14 +138,27 @@ async def chat_completions(body: ChatCompletionRequest, http: Request, svc: Serv
         response_format=parse.response_format(body.response_format),
         logprobs=parse.chat_logprobs(body),
         context=request_context(http),
+        mode=agent.mode,
+        mode_tools=agent.mode_tools,
+        mode_members=agent.mode_members,
+        approvals=agent.approvals,
     )
     validate_request(request)
+    if agent_wire.runs_agent(request, svc.gateway.agents):
+        if body.n != 1:  # each answer would be a run of its own, its tools run again
+            raise BadRequest("an agent run gives one answer: n must be 1", param="n")
+    else:
+        agent_wire.check_routed(request)
     return await _serve(svc, [request], body, chat=True)
 
 
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, http: Request, svc: Services = Depends(services)) -> Response:
     _refuse_unsupported(body)
+    if body.model.startswith(agent_wire.AGENT_PREFIX):
+        raise BadRequest(
+            f"'{body.model}' is an agent, which answers chats: send it to /v1/chat/completions", param="model"
+        )
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if not prompts:
         raise BadRequest("prompt must not be empty", param="prompt")
@@ -181,6 +207,7 @@ async def _serve(
     choices: list[dict[str, Any]] = []
     prompt_tokens = completion_tokens = cached_tokens = 0
     served: Generation | None = None
+    ember: dict[str, Any] = {}
     for request in requests:
         for _ in range(body.n):
             generation, answer = await svc.gateway.complete(request)
@@ -189,6 +216,8 @@ async def _serve(
             completion_tokens += answer.stats.completion_tokens
             if chat:
                 choices.append(render.chat_choice(len(choices), answer, logprobs))
+                if agent_wire.is_agent_run(answer.run_id, answer.steps, answer.pending):
+                    ember = {"ember": agent_wire.answer_trace(agent_wire.run_label(request, svc.agents), answer)}
             else:
                 prefix = (request.prompt or "") if echo else ""
                 choices.append(render.completion_choice(len(choices), answer, logprobs, prefix))
@@ -203,6 +232,7 @@ async def _serve(
             "system_fingerprint": "ember",
             "choices": choices,
             "usage": render.usage(prompt_tokens, completion_tokens, cached_tokens),
+            **ember,
         },
         headers=served.response_headers(),
     )
@@ -227,6 +257,7 @@ async def _stream(
         return {**base, "choices": [choice], **extra}
 
     prompt_tokens = completion_tokens = cached_tokens = 0
+    stepped = False  # an agent run's stream: its steps came before the end
     generation: Generation | None = first
     try:
         for index in range(n):
@@ -235,18 +266,27 @@ async def _stream(
             if chat:
                 yield chunk(render.chat_delta(index, None, logprobs, role=True))
             async for event in generation:
+                if event.step is not None:  # an agent run's step: a chunk of no choice, as usage's is
+                    stepped = True
+                    yield {**base, "choices": [], **extra, "ember": {"step": agent_wire.step(event.step)}}
                 if not (event.done or event.text or event.tool_calls or event.logprobs):
                     continue
+                closing: dict[str, Any] = {}
                 if event.done:
                     stats = _stats(event.stats)
                     prompt_tokens = stats.prompt_tokens
                     cached_tokens = max(cached_tokens, stats.cached_prompt_tokens)
                     completion_tokens += stats.completion_tokens
-                yield chunk(
-                    render.chat_delta(index, event, logprobs)
-                    if chat
-                    else render.completion_delta(index, event, logprobs)
-                )
+                    if stepped or agent_wire.is_agent_run(event.run_id, (), event.pending):
+                        closing = {"ember": agent_wire.event_trace(agent_wire.run_label(request, svc.agents), event)}
+                yield {
+                    **chunk(
+                        render.chat_delta(index, event, logprobs)
+                        if chat
+                        else render.completion_delta(index, event, logprobs)
+                    ),
+                    **closing,
+                }
             generation = None
         if include_usage:
             yield {**base, "choices": [], "usage": render.usage(prompt_tokens, completion_tokens, cached_tokens)}

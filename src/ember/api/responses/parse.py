@@ -10,7 +10,16 @@ import re
 
 from ember.api.responses.protocol import ContentPartIn, InputItem, ResponseCreateRequest, ToolChoiceIn
 from ember.errors import BadRequest, UnsupportedParameter
-from ember.services.types import ChatMessage, ContentPart, ImagePart, ResponseFormat, Tool, ToolCall, ToolChoice
+from ember.services.types import (
+    ApprovalDecision,
+    ChatMessage,
+    ContentPart,
+    ImagePart,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
 from ember.services.validation import check_schema
 
 MESSAGE_ROLES = ("user", "assistant", "system", "developer")
@@ -18,6 +27,10 @@ MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 HARMLESS_INCLUDES = frozenset({"reasoning.encrypted_content"})
 _METADATA_PAIRS, _METADATA_KEY, _METADATA_VALUE = 16, 64, 512
 _FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for a json_schema format's name
+# An agent run's output items, sent back as input (a client that keeps `input += output`): the
+# run keeps its own record of them (its RunState and trace), so they add nothing to the prompt.
+AGENT_ECHOES = frozenset({"mcp_call", "mcp_approval_request"})
+APPROVAL_RESPONSE = "mcp_approval_response"
 
 
 def refuse_unsupported(body: ResponseCreateRequest) -> None:
@@ -96,15 +109,45 @@ def input_messages(body: ResponseCreateRequest, earlier_calls: dict[str, str]) -
             _add_call(messages, call)
         elif kind == "function_call_output":
             messages.append(_function_output(i, item, calls))
+        elif kind in AGENT_ECHOES or kind == APPROVAL_RESPONSE:
+            pass  # see AGENT_ECHOES; the approvals are approval_decisions'
         elif kind is None:
             raise BadRequest(f"input[{i}] has neither a type nor a role", param=f"input[{i}].type")
         else:
             raise BadRequest(
-                f"input[{i}] is a '{kind}' item: ember takes message, function_call and function_call_output items",
+                f"input[{i}] is a '{kind}' item: ember takes message, function_call, function_call_output "
+                "and (for agent runs) mcp_approval_response items",
                 param=f"input[{i}].type",
             )
         origins += [f"input[{i}]"] * (len(messages) - len(origins))
     return messages, origins
+
+
+def approval_decisions(body: ResponseCreateRequest) -> tuple[ApprovalDecision, ...]:
+    """The input's mcp_approval_response items: the decisions a paused agent run resumes with."""
+    out: list[ApprovalDecision] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(body.input if isinstance(body.input, list) else ()):
+        if item.type != APPROVAL_RESPONSE:
+            continue
+        ident = item.approval_request_id
+        if not ident:
+            raise BadRequest(
+                f"input[{i}] is an mcp_approval_response without 'approval_request_id'",
+                param=f"input[{i}].approval_request_id",
+            )
+        if not isinstance(item.approve, bool):
+            raise BadRequest(
+                f"input[{i}].approve must be true or false, not {item.approve!r}", param=f"input[{i}].approve"
+            )
+        if ident in seen:
+            raise BadRequest(
+                f"input[{i}] answers approval request '{ident}', which input[{seen[ident]}] answers already",
+                param=f"input[{i}].approval_request_id",
+            )
+        seen[ident] = i
+        out.append(ApprovalDecision(approval_id=ident, approve=item.approve, reason=item.reason))
+    return tuple(out)
 
 
 def _message(i: int, item: InputItem) -> ChatMessage:

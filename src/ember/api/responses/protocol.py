@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ember.api.agent_wire import ModeFields
+
 
 class _Wire(BaseModel):
     # Inside items: fields a client echoes back from an earlier response (id, status,
@@ -28,7 +30,9 @@ class ContentPartIn(_Wire):
 
 
 class InputItem(_Wire):
-    """A message (`type` "message" or absent), a function_call or a function_call_output."""
+    """A message (`type` "message" or absent), a function_call or a function_call_output; for
+    agent runs an mcp_approval_response, and mcp_call / mcp_approval_request items echoed back
+    from an earlier response's output."""
 
     type: str | None = None
     id: str | None = None  # kept for input_items; never sent to the model
@@ -38,6 +42,11 @@ class InputItem(_Wire):
     name: str | None = None
     arguments: str | None = None
     output: str | list[ContentPartIn] | None = None
+    server_label: str | None = None  # mcp_call, mcp_approval_request
+    error: Any = None  # mcp_call
+    approval_request_id: str | None = None  # mcp_approval_response: the request it answers
+    approve: Any = None  # mcp_approval_response: a boolean (parse.py says so when it is not)
+    reason: str | None = None  # mcp_approval_response
 
 
 class ToolIn(_Wire):
@@ -80,7 +89,9 @@ class ReasoningIn(_Wire):
     generate_summary: str | None = None
 
 
-class ResponseCreateRequest(BaseModel):
+class ResponseCreateRequest(ModeFields):
+    # ModeFields: ember's agent extension (mode, mode_tools, mode_members); approvals come as
+    # mcp_approval_response input items.
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)

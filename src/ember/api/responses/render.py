@@ -7,7 +7,14 @@ A stream is rendered by one `StreamRenderer` per response; it numbers every even
   (whitespace around the calls is not a message);
 - each tool call is one function_call item (`id` fc_..., `call_id` the call's id);
 - an answer cut by max_output_tokens is `status: "incomplete"` with
-  `incomplete_details.reason = "max_output_tokens"`, and so are its unfinished items.
+  `incomplete_details.reason = "max_output_tokens"`, and so are its unfinished items;
+- an agent run (api/agent_wire.py): each tool step is an `mcp_call` item (server_label "ember"
+  for a built-in tool, the MCP server's name for one of its tools), in the order the steps
+  finished and before the answer's items; each pending approval is an `mcp_approval_request`
+  item (its id is the approval's, which an `mcp_approval_response` names), after them, with
+  status "completed" as OpenAI's MCP approvals have; a run stopped at its step limit or deadline
+  is "incomplete" (reason "max_output_tokens": the SDK's types know no other); the whole trace,
+  with the exact finish reason, is the response's `ember` object.
 """
 
 from __future__ import annotations
@@ -17,11 +24,12 @@ import secrets
 import time
 from typing import Any, Literal
 
+from ember.agents.tools.mcp_config import SEPARATOR
 from ember.api.openai.render import error_body, error_type
 from ember.api.responses.protocol import ContentPartIn, InputItem, ResponseCreateRequest
 from ember.engine.types import GenerationStats
 from ember.errors import EmberError
-from ember.services.types import Answer, FinishReason, GenerationEvent, ToolCall
+from ember.services.types import AgentStep, Answer, FinishReason, GenerationEvent, PendingApproval, ToolCall
 
 __all__ = ["MEDIA_TYPE", "STREAM_END", "StreamRenderer", "error_body", "frame"]
 
@@ -42,7 +50,7 @@ def new_id(prefix: str) -> str:
 
 
 def status_of(reason: FinishReason) -> Status:
-    return "incomplete" if reason == "length" else "completed"
+    return "incomplete" if reason in ("length", "max_steps", "deadline") else "completed"
 
 
 def usage(stats: GenerationStats) -> dict[str, Any]:
@@ -77,12 +85,46 @@ def function_call_item(item_id: str, call: ToolCall, status: Status) -> dict[str
     }
 
 
+def _server_and_tool(name: str) -> tuple[str, str]:
+    """An agent tool's name as an MCP item names it: "<server>__<tool>" is that server's tool,
+    any other a built-in of ember's."""
+    server, sep, tool = name.partition(SEPARATOR)
+    return (server, tool) if sep and server and tool else ("ember", name)
+
+
+def mcp_call_item(step: AgentStep) -> dict[str, Any]:
+    """A finished tool step of an agent run."""
+    server, tool = _server_and_tool(step.name)
+    return {
+        "type": "mcp_call",
+        "id": new_id("mcp"),
+        "server_label": server,
+        "name": tool,
+        "arguments": step.arguments,
+        "output": None if step.is_error else step.result,
+        "error": {"type": "mcp_tool_execution_error", "content": step.result} if step.is_error else None,
+        "status": "failed" if step.is_error else "completed",
+    }
+
+
+def approval_request_item(pending: PendingApproval) -> dict[str, Any]:
+    server, tool = _server_and_tool(pending.tool)
+    return {
+        "type": "mcp_approval_request",
+        "id": pending.approval_id,
+        "server_label": server,
+        "name": tool,
+        "arguments": pending.arguments,
+    }
+
+
 def output_items(answer: Answer) -> list[dict[str, Any]]:
     status = status_of(answer.finish_reason)
-    items = []
-    if answer.text.strip() or not answer.tool_calls:
+    items = [mcp_call_item(s) for s in answer.steps if s.kind == "tool"]
+    if answer.text.strip() or not (answer.tool_calls or answer.pending or items):
         items.append(message_item(new_id("msg"), answer.text, status))
     items += [function_call_item(new_id("fc"), call, status) for call in answer.tool_calls]
+    items += [approval_request_item(p) for p in answer.pending]
     return items
 
 
@@ -92,7 +134,20 @@ def input_items(body: ResponseCreateRequest) -> list[dict[str, Any]]:
     items = [InputItem(role="user", content=body.input)] if isinstance(body.input, str) else list(body.input or ())
     out = []
     for item in items:
-        if item.type == "function_call":
+        if item.type == "mcp_approval_response":
+            out.append(
+                {
+                    "type": "mcp_approval_response",
+                    "id": item.id or new_id("mcpr"),
+                    "approval_request_id": item.approval_request_id,
+                    "approve": item.approve,
+                    "reason": item.reason,
+                }
+            )
+        elif item.type in ("mcp_call", "mcp_approval_request"):  # an echo of an agent run's output
+            echo = item.model_dump(include={"type", "id", "server_label", "name", "arguments", "output", "error"})
+            out.append({**echo, "id": item.id or new_id("mcp")})
+        elif item.type == "function_call":
             call = ToolCall(id=item.call_id or "", name=item.name or "", arguments=item.arguments or "{}")
             out.append(function_call_item(item.id or new_id("fc"), call, "completed"))
         elif item.type == "function_call_output":
@@ -154,8 +209,10 @@ def response_object(
     output: list[dict[str, Any]],
     stats: GenerationStats | None = None,
     error: EmberError | None = None,
+    ember: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`base` holds id, created_at, model and the request's echoes (routes.echo)."""
+    """`base` holds id, created_at, model and the request's echoes (routes.echo); `ember` is an
+    agent run's trace (api/agent_wire.py)."""
     incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
     return {
         **base,
@@ -168,6 +225,7 @@ def response_object(
         "output_text": output_text(output),
         "usage": None if stats is None else usage(stats),
         "completed_at": int(time.time()) if status == "completed" else None,
+        **({} if ember is None else {"ember": ember}),
     }
 
 
@@ -183,6 +241,7 @@ class StreamRenderer:
         self._held = ""  # whitespace not yet known to be a message (it may only surround calls)
         self._calls: dict[int, int] = {}  # tool-call index -> output_index (open until the end)
         self._args: dict[int, list[str]] = {}  # output_index -> argument fragments
+        self.steps: list[AgentStep] = []  # an agent run's steps so far, for its trace
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"type": kind, "sequence_number": self._seq, **fields}
@@ -198,6 +257,11 @@ class StreamRenderer:
 
     def feed(self, event: GenerationEvent) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
+        if event.step is not None:
+            self.steps.append(event.step)
+            if event.step.kind == "tool":  # a finished item: added and done at once
+                out += self._close_message("completed")
+                out += self._whole_item(mcp_call_item(event.step))
         if event.text:
             out += self._add_text(event.text)
         for delta in event.tool_calls:
@@ -221,6 +285,14 @@ class StreamRenderer:
                     )
                 )
         return out
+
+    def _whole_item(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        index = len(self._items)
+        self._items.append(item)
+        return [
+            self._event("response.output_item.added", output_index=index, item=item),
+            self._event("response.output_item.done", output_index=index, item=item),
+        ]
 
     def _add_text(self, text: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -294,17 +366,22 @@ class StreamRenderer:
         self._calls.clear()
         return out
 
-    def finish(self, final: GenerationEvent) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """The closing events, and the finished response object (to store)."""
+    def finish(
+        self, final: GenerationEvent, ember: dict[str, Any] | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The closing events, and the finished response object (to store); `ember`: an agent
+        run's trace."""
         assert final.stats is not None, "the final event carries stats"
         status = status_of(final.finish_reason or "stop")
         out: list[dict[str, Any]] = []
-        if not self._items:  # no call and no visible text: the answer is a message, even if empty
+        if not self._items and not final.pending:  # no item nor visible text: an empty message
             out += self._open_message()
             out += self._add_text(self._held) if self._held else []
         out += self._close_message(status)
         out += self._close_calls(status)
-        response = response_object(self._base, status=status, output=list(self._items), stats=final.stats)
+        for pending in final.pending:
+            out += self._whole_item(approval_request_item(pending))
+        response = response_object(self._base, status=status, output=list(self._items), stats=final.stats, ember=ember)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         out.append(self._event(kind, response=response))
         return out, response

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from ember.api import agent_wire
 from ember.api.deps import Services, request_context, services
 from ember.api.protocols import RESPONSES
 from ember.api.responses import parse, render
@@ -25,6 +26,7 @@ from ember.api.streaming import stream_response
 from ember.engine.grammar import GrammarError
 from ember.engine.types import SamplingParams
 from ember.errors import BadRequest, EmberError, NotFound, UnsupportedParameter
+from ember.gateway.gateway import AgentHost
 from ember.services.generation import DROPPED_FIELDS, Generation
 from ember.services.types import Answer, ChatMessage, GenerationEvent, TextRequest, ToolCall, ToolChoice
 from ember.services.validation import validate_request
@@ -115,7 +117,9 @@ def _turn(items: list[dict[str, Any]]) -> ChatMessage:
 class _Plan:
     """One create request, parsed: the neutral request, the conversation so far, the ids."""
 
-    def __init__(self, body: ResponseCreateRequest, http: Request, store: ResponseStore) -> None:
+    def __init__(
+        self, body: ResponseCreateRequest, http: Request, store: ResponseStore, agents: AgentHost | None
+    ) -> None:
         parse.refuse_unsupported(body)
         context = request_context(http)
         history: tuple[ChatMessage, ...] = ()
@@ -126,6 +130,14 @@ class _Plan:
             history = previous.conversation
         earlier_calls = {c.id: c.name for m in history for c in m.tool_calls}
         new, origins = parse.input_messages(body, earlier_calls)
+        approvals = parse.approval_decisions(body)
+        agent = agent_wire.agent_fields(body.model, body, approvals)
+        if approvals and not history and not new:
+            raise BadRequest(
+                "input holds only mcp_approval_response items: send them with previous_response_id (the response "
+                "that asked for them) or with the conversation",
+                param="input",
+            )
         self.inputs = [*history, *new]
         system = [ChatMessage(role="system", content=body.instructions)] if body.instructions else []
         # Where each neutral message came from, so the service's "messages[3]" reads "input[1]".
@@ -140,9 +152,15 @@ class _Plan:
             parallel_tool_calls=body.parallel_tool_calls is not False,
             response_format=parse.response_format(body),
             context=context,
+            mode=agent.mode,
+            mode_tools=agent.mode_tools,
+            mode_members=agent.mode_members,
+            approvals=agent.approvals,
         )
         with self.named_fields():
             validate_request(self.request)
+        if not agent_wire.runs_agent(self.request, agents):
+            agent_wire.check_routed(self.request, approvals_field="input")
         self.key = context.key_name
         self.keep = body.store is not False
         self.id = render.new_id("resp")
@@ -208,7 +226,7 @@ async def _start(svc: Services, plan: _Plan) -> Generation:
 
 @router.post("/responses", response_model=None)
 async def create_response(body: ResponseCreateRequest, http: Request, svc: Services = Depends(services)) -> Response:
-    plan = _Plan(body, http, svc.responses)
+    plan = _Plan(body, http, svc.responses, svc.gateway.agents)
     if body.stream:
         # Started before the response is, so a bad model or an over-long prompt is an HTTP error.
         generation = await _start(svc, plan)
@@ -216,7 +234,14 @@ async def create_response(body: ResponseCreateRequest, http: Request, svc: Servi
     generation, answer = await _complete(svc, plan)
     output = render.output_items(answer)
     status = render.status_of(answer.finish_reason)
-    response = render.response_object(plan.base(generation), status=status, output=output, stats=answer.stats)
+    ember = (
+        agent_wire.answer_trace(agent_wire.run_label(plan.request, svc.agents), answer)
+        if agent_wire.is_agent_run(answer.run_id, answer.steps, answer.pending)
+        else None
+    )
+    response = render.response_object(
+        plan.base(generation), status=status, output=output, stats=answer.stats, ember=ember
+    )
     plan.save(svc.responses, response)
     return JSONResponse(response, headers=plan.headers(generation))
 
@@ -234,7 +259,16 @@ async def _stream(svc: Services, plan: _Plan, generation: Generation) -> AsyncIt
                 final = piece
         if final is None:
             raise EmberError("the answer ended without its final event")
-        closing, response = renderer.finish(final)
+        ember = None
+        if agent_wire.is_agent_run(final.run_id, renderer.steps, final.pending):
+            ember = agent_wire.trace(
+                agent_wire.run_label(plan.request, svc.agents),
+                run_id=final.run_id,
+                finish_reason=final.finish_reason,
+                steps=renderer.steps,
+                pending=final.pending,
+            )
+        closing, response = renderer.finish(final, ember)
         plan.save(svc.responses, response)  # before response.completed: a follow-up may come at once
         for event in closing:
             yield event
