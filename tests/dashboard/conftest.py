@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.conftest import DEFAULT_MODEL, ServerHandle, free_port, start_server
+from tests.gateway.conftest import start_upstream
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -32,6 +33,7 @@ CHROMIUM_ARGS = [
 ]
 # Where the shell keeps the key (sessionStorage), as app.js names it.
 KEY_STORAGE = "ember.key"
+AGENT = "agent/scribe"  # writes files with fs_write, each call asking a person first
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Dashboard:
     server: ServerHandle
     admin_key: str
     user_key: str  # chat, embed, models: no admin scope
+    upstream: str  # the scripted upstream's root URL (POST /_script, GET /_history)
 
     def url(self, path: str = "/ui") -> str:
         return self.server.url(path)
@@ -54,31 +57,37 @@ class Dashboard:
 def dashboard(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     from ember.guard.keys import KeyStore
 
-    home = tmp_path_factory.mktemp("dash") / "home"
+    root = tmp_path_factory.mktemp("dash")
+    home, files, logs = root / "home", root / "files", root / "logs"
     shutil.copytree(model_home, home, ignore=shutil.ignore_patterns("state"))
+    files.mkdir()
+    logs.mkdir()
     store = KeyStore(home / "state" / "keys.db")
     try:
-        admin, _ = store.create("dash-admin", frozenset({"chat", "embed", "models", "admin"}))
+        admin, _ = store.create("dash-admin", frozenset({"chat", "embed", "models", "admin", "tools"}))
         user, _ = store.create("dash-user", frozenset({"chat", "embed", "models"}))
     finally:
         store.close()
+    upstream = start_upstream(logs)  # the scripted model the agent runs on (its tool calls ask approval)
     # A route whose first target is a closed loopback port: the Routes page has a breaker to show.
     config = home / "ember.toml"
     config.write_text(
         f'[[providers]]\nname = "down"\nkind = "openai"\nbase_url = "http://127.0.0.1:{free_port()}/v1"\n\n'
+        f'[[providers]]\nname = "up"\nkind = "openai"\nbase_url = "{upstream.v1}"\n\n'
         f'[[routes]]\nmodel = "chat"\ntargets = ["down/gpt-test", "local/{DEFAULT_MODEL}"]\n'
-        'strategy = "fallback"\nbreaker = { failures = 1, cooldown = 600 }\n'
-    )
-    # Two slots: the stop test checks that the stopped request's slot is free again.
-    handle = start_server(
-        home,
-        tmp_path_factory.mktemp("dash-logs"),
-        EMBER_AUTH="required",
-        EMBER_NUM_PARALLEL="2",
-        EMBER_CONFIG=str(config),
+        'strategy = "fallback"\nbreaker = { failures = 1, cooldown = 600 }\n\n'
+        f'[tools.fs]\nroot = "{files}"\nwritable = true\n\n'
+        f'[[agents]]\nname = "{AGENT.removeprefix("agent/")}"\nmodel = "up/gpt-test"\n'
+        'instructions = "You write notes."\ntools = ["fs_write"]\nrequire_approval = ["fs_write"]\n'
     )
     try:
-        dash = Dashboard(handle, admin, user)
+        # Two slots: the stop test checks that the stopped request's slot is free again.
+        handle = start_server(home, logs, EMBER_AUTH="required", EMBER_NUM_PARALLEL="2", EMBER_CONFIG=str(config))
+    except BaseException:
+        upstream.stop()
+        raise
+    try:
+        dash = Dashboard(handle, admin, user, upstream.url)
         with dash.client() as client:  # usage, audit and route health for the pages to show
             answer = client.post(
                 "/v1/chat/completions",
@@ -88,6 +97,7 @@ def dashboard(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield dash
     finally:
         handle.stop()
+        upstream.stop()
 
 
 @pytest.fixture(scope="session")

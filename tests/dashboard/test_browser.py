@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import expect
-from tests.dashboard.conftest import Dashboard, UiPage
+from tests.dashboard.conftest import AGENT, Dashboard, UiPage
 
 PAGES = ["overview", "models", "chat", "routes", "usage", "keys", "audit", "batches", "approvals"]
 
@@ -173,14 +173,46 @@ def test_batches_list_and_download(ui: UiPage, dashboard: Dashboard) -> None:
     ui.shot("batches")
 
 
-def test_approvals_page_lists_pending(ui: UiPage, dashboard: Dashboard) -> None:
+def _pending_approval(dashboard: Dashboard, path: str) -> str:
+    """Ask the agent for a note: the scripted model calls fs_write, which waits for a person."""
+    call = {"name": "fs_write", "arguments": {"path": path, "content": "hello"}}
+    httpx.post(dashboard.upstream + "/_script", json={"queue": [{"tool_calls": [call]}]}).raise_for_status()
+    with dashboard.client() as client:
+        answer = client.post(
+            "/v1/chat/completions", json={"model": AGENT, "messages": [{"role": "user", "content": "write a note"}]}
+        )
+    assert answer.status_code == 200, answer.text
+    pending = answer.json()["ember"]["pending_approvals"]
+    assert len(pending) == 1, answer.text
+    return pending[0]["id"]
+
+
+def test_approvals_approve_and_deny(ui: UiPage, dashboard: Dashboard) -> None:
+    first = _pending_approval(dashboard, "a.txt")
+    second = _pending_approval(dashboard, "b.txt")
     ui.open("#/approvals")
     _loaded(ui, "approvals")
-    table = ui.page.get_by_test_id("approvals-table")
-    expect(table.or_(ui.page.get_by_test_id("approvals-unavailable"))).to_be_visible()
-    ui.page.get_by_test_id("approvals-status").select_option("all")
-    ui.page.wait_for_load_state("networkidle")
-    expect(ui.page.get_by_test_id("error-banner")).to_be_hidden()
+    page = ui.page
+    row = page.locator(f'tr[data-approval="{first}"]')
+    expect(row).to_contain_text("fs_write")
+    expect(row).to_contain_text('"path": "a.txt"')
+    expect(page.locator(f'tr[data-approval="{second}"]')).to_be_visible()
+    ui.shot("approvals-pending")
+    page.get_by_test_id(f"approval-reason-{first}").fill("looks fine")
+    page.get_by_test_id(f"approval-approve-{first}").click()
+    expect(page.get_by_test_id(f"approval-status-{first}")).to_have_text("approved")
+    page.get_by_test_id(f"approval-reason-{second}").fill("not that file")
+    page.get_by_test_id(f"approval-deny-{second}").click()
+    expect(page.get_by_test_id(f"approval-status-{second}")).to_have_text("denied")
+    with dashboard.client() as client:
+        decided = {a["id"]: a for a in client.get("/admin/approvals", params={"status": "all"}).json()["data"]}
+    assert decided[first]["status"] == "approved" and decided[first]["reason"] == "looks fine"
+    assert decided[second]["status"] == "denied" and decided[second]["reason"] == "not that file"
+    assert decided[first]["decided_by"] == "dash-admin"
+    # Gone from the pending list at the next refresh; the "all" filter still shows both.
+    expect(page.locator(f'tr[data-approval="{first}"]')).to_have_count(0, timeout=10_000)
+    page.get_by_test_id("approvals-status").select_option("all")
+    expect(page.get_by_test_id(f"approval-status-{second}")).to_have_text("denied")
 
 
 def test_key_prompt_when_no_key(ui_factory, dashboard: Dashboard) -> None:

@@ -59,7 +59,7 @@ export default {
       return h("tr", { dataset: { approval: a.id } },
         h("td", { style: { whiteSpace: "nowrap" } }, fmt.time(a.created_at)),
         h("td", {}, a.agent, h("div", { class: "muted mono", title: "run" }, a.run_id)),
-        h("td", {}, h("b", { class: "mono" }, a.tool), h("pre", {}, pretty(a.arguments))),
+        h("td", {}, h("b", { class: "mono" }, a.tool), h("pre", { style: { minWidth: "16em", margin: "4px 0 0" } }, pretty(a.arguments))),
         h("td", {}, a.key || h("span", { class: "muted" }, "–")),
         h("td", {}, h("span", { class: `badge ${STATUS_CLASS[a.status] || ""}`, dataset: { testid: `approval-status-${a.id}` } }, a.status)),
         h("td", {}, decision));
