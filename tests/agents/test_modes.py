@@ -318,6 +318,19 @@ def test_planning_invalid_twice_is_an_error(client: openai.OpenAI, scripted: Ups
     assert len(bodies(scripted)) == 2
 
 
+def test_planning_invalid_twice_in_a_stream_ends_it_with_the_error(
+    client: openai.OpenAI, scripted: UpstreamHandle
+) -> None:
+    queue(scripted, "no plan", "still no plan")
+    stream = client.chat.completions.create(
+        model="agent/planner", messages=[{"role": "user", "content": "Do it."}], max_tokens=64, stream=True
+    )
+    with pytest.raises(openai.APIError) as caught:
+        for _ in stream:
+            pass
+    assert "failed validation twice" in str(caught.value)
+
+
 # -- swarm ----------------------------------------------------------------------------------------
 
 
@@ -369,6 +382,35 @@ def test_swarm_a_handoff_over_the_cap_is_a_tool_error(client: openai.OpenAI, scr
     assert len(sent) == 3
     assert tool_names(sent[1]) == ["fs_list"]  # the cap is reached: no transfer is offered any more
     assert "handoff limit reached" in sent_text(sent[2])
+
+
+# -- a plain model in a mode ------------------------------------------------------------------------
+
+
+def test_a_plain_model_in_reflection_mode_takes_the_defaults(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    # threshold 0.8 and rounds 2 (README): 0.79 asks for a revision, 0.8 does not.
+    queue(scripted, "a", critique(0.79, "almost"), "b", critique(0.8, "enough"))
+    text, ember = ask(client, "up/gpt-test", "Say a letter.", extra_body={"mode": "reflection"})
+    assert text == "b" and ember["mode"] == "reflection"
+    follows_readme(ember, "reflection", rounds=2)
+    assert len(bodies(scripted)) == 4
+
+
+def test_a_plain_model_in_swarm_mode_hands_to_its_members(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(scripted, transfer("billing", "money"), transfer("mode_swarm", "back again"), "Back with you.")
+    text, ember = ask(
+        client, "up/gpt-test", "Hi.", extra_body={"mode": "swarm", "mode_members": ["billing"]}
+    )
+    assert text == "Back with you."
+    follows_readme(ember, "swarm")
+    assert [(h["detail"]["from"], h["detail"]["to"]) for h in steps_of(ember, "handoff")] == [
+        ("mode:swarm", "billing"),
+        ("billing", "mode:swarm"),
+    ]
+    first, second, third = bodies(scripted)
+    assert tool_names(first) == ["transfer_to_billing"]
+    assert tool_names(second) == ["fs_list", "transfer_to_mode_swarm"]
+    assert first["messages"][0]["role"] == "user" and third["messages"][0]["role"] == "user"  # no instructions
 
 
 # -- a pause for an approval in the middle of a run ------------------------------------------------
