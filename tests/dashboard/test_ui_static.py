@@ -96,6 +96,8 @@ def test_no_file_reaches_beyond_the_server() -> None:
         "/ui/static/.hidden.js",
         "/ui/static/nope.js",
         "/ui/static/vendor/uplot/../../../router.py",
+        "/ui/static/a%00b.js",  # a NUL byte: no 500
+        pytest.param("/ui/static/" + "a" * 5000 + ".js", id="name-too-long"),  # no 500 either
     ],
 )
 def test_nothing_outside_static(server: ServerHandle, path: str) -> None:

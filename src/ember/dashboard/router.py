@@ -72,9 +72,12 @@ def _resolve(name: str) -> Path:
     """The file `name` names under STATIC, or NotFound."""
     parts = Path(name).parts
     if not parts or any(p.startswith(".") for p in parts):
-        raise NotFound(f"no dashboard file {name!r}")
-    root = STATIC.resolve()
-    path = (STATIC / name).resolve()
-    if not path.is_relative_to(root) or not path.is_file() or path.suffix not in _TYPES:
-        raise NotFound(f"no dashboard file {name!r}")
+        raise NotFound(f"no dashboard file {name[:200]!r}")
+    try:
+        path = (STATIC / name).resolve()
+        found = path.is_relative_to(STATIC.resolve()) and path.suffix in _TYPES and path.is_file()
+    except (OSError, ValueError):  # a NUL byte, a name too long for the file system
+        found = False
+    if not found:
+        raise NotFound(f"no dashboard file {name[:200]!r}")
     return path
