@@ -286,7 +286,8 @@ def sandbox_sleepers() -> list[str]:
 async def test_a_cancelled_call_kills_the_command_and_removes_its_directory() -> None:
     # The runner cancels a call at the agent's deadline: nothing may be left behind.
     tool = shell(bubblewrap="never", timeout=30)
-    code = "import os, time; print(os.getpid(), os.getcwd(), flush=True); time.sleep(60)"
+    marker = f"cancelled-{os.getpid()}-{time.monotonic_ns()}"  # to find this run's process only
+    code = f"import os, time; print(os.getpid(), os.getcwd(), flush=True); time.sleep(60)  # {marker}"
     task = asyncio.create_task(tool.call({"argv": list(py(code))}))
     await asyncio.sleep(0.5)
     before = set(leftover_dirs())
@@ -295,7 +296,7 @@ async def test_a_cancelled_call_kills_the_command_and_removes_its_directory() ->
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not (before & set(leftover_dirs()))
-    assert sandbox_sleepers() == [] and alive_python_sleeper() == []
+    assert sandbox_sleepers() == [] and alive_with(marker) == []
 
 
 def leftover_dirs() -> list[str]:
@@ -305,13 +306,13 @@ def leftover_dirs() -> list[str]:
     return [name for name in os.listdir(tmp) if name.startswith("ember-shell-")]
 
 
-def alive_python_sleeper() -> list[str]:
+def alive_with(marker: str) -> list[str]:
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if b"time.sleep(60)" in f.read() and alive(int(entry)):
+                    if marker.encode() in f.read() and alive(int(entry)):
                         found.append(entry)
             except OSError:
                 pass
