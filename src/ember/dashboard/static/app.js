@@ -26,8 +26,11 @@
 //   ctx.chart(el, config)  a uPlot chart in `el` (see makeChart below for `config`); returns
 //       {setData(x, ...ys), push(x, ...ys), destroy()}; `el` gets data-testid="chart-<name>" and
 //       data-points="<number of points>" after every update.
-//   ctx.hasAdmin()  true when the current key (or no key, where none is needed) may call /admin.
-//   ctx.every(ms, fn)  calls fn now and every ms; a slow async fn is never run twice at once.
+//   ctx.hasAdmin()  true when the current key (or no key, where none is needed) may call /admin,
+//       as last found out (the shell asks before it mounts a needsAdmin page; false until then).
+//   ctx.every(ms, fn)  calls fn now and every ms; a slow async fn is never run twice at once. An
+//       error is shown in the banner; a 401 or 403 also stops the timer (asking again every
+//       second would only repeat the key prompt or the refusal).
 //   ctx.signal  an AbortSignal aborted when the page is left.
 //   ctx.h, ctx.fmt  the DOM helper and formatters below (also importable from "../app.js").
 //
@@ -348,7 +351,14 @@ function makeChart(el, config, registry) {
   el.dataset.points = "0";
   const colors = (config.series || []).map((s, i) => s.color || `series-${(i % 5) + 1}`);
   const color = (name) => () => themeColor(name);
-  const bars = kind === "bars" ? uPlot.paths.bars({ size: [0.6, 60] }) : null;
+  // Bars of two series stand side by side (one left of its x, one right); one series is
+  // centred; more overlap, each narrower than the one before, so every series stays visible.
+  const nBars = (config.series || []).length;
+  const bars = (i) => {
+    if (kind !== "bars") return undefined;
+    if (nBars === 2) return uPlot.paths.bars({ size: [0.35, 40], align: i === 0 ? -1 : 1 });
+    return uPlot.paths.bars({ size: [0.7 * (1 - i / Math.max(nBars, 1)), 60] });
+  };
   const axis = {
     stroke: color("muted"),
     grid: { stroke: color("grid"), width: 1 },
@@ -364,7 +374,8 @@ function makeChart(el, config, registry) {
       // seconds apart and it scrolls evenly instead of zooming into the first few points.
       x: config.window && !category
         ? { time: true, range: (u, min, max) => [(Number.isFinite(max) ? max : Date.now() / 1000) - config.window, Number.isFinite(max) ? max : Date.now() / 1000] }
-        : { time: !category },
+        // Categories sit half a step in from each edge, so the end bars are drawn whole.
+        : category ? { time: false, range: (u, min, max) => [-0.5, Math.max(labels.length, (max ?? 0) + 1) - 0.5] } : { time: true },
       // From zero (or yMin) up to a little over the largest value; an all-zero chart spans 0..1.
       y: { range: (u, min, max) => [Math.min(config.yMin ?? 0, Number.isFinite(min) ? min : 0), Number.isFinite(max) && max > 0 ? max * 1.1 : 1] },
     },
@@ -384,7 +395,7 @@ function makeChart(el, config, registry) {
         stroke: color(colors[i]),
         fill: kind === "bars" ? () => themeColor(colors[i]) + "bb" : undefined,
         width: kind === "bars" ? 0 : 2,
-        paths: bars || undefined,
+        paths: bars(i),
         points: { show: kind !== "bars" && false },
         spanGaps: false,
       })),
@@ -473,13 +484,22 @@ function makeContext(signal, timers, charts) {
     hasAdmin: () => adminKnown,
     every(ms, fn) {
       let running = false;
+      let timer = null;
       const tick = async () => {
         if (running || signal.aborted) return;
         running = true;
-        try { await fn(); } catch (err) { showError(err); } finally { running = false; }
+        try {
+          await fn();
+        } catch (err) {
+          showError(err);
+          if ((err.status === 401 || err.status === 403) && timer !== null) clearInterval(timer);
+        } finally {
+          running = false;
+        }
       };
+      timer = setInterval(tick, ms);
+      timers.push(timer);
       tick();
-      timers.push(setInterval(tick, ms));
     },
     signal,
     h,
