@@ -270,8 +270,21 @@ def test_bad_values_are_400s_in_each_format(upstream: UpstreamHandle, server: Se
         server.url("/v1/responses"), json={"model": "agent/helper", "input": [{**item, "approve": True}]}, timeout=30
     )
     assert response.status_code == 400 and response.json()["error"]["param"] == "input"
+    response = httpx.post(
+        server.url("/v1/responses"),
+        json={"model": "agent/helper", "input": "x", "approvals": [{"id": "apr_x", "approve": True}]},
+        timeout=30,
+    )
+    assert response.status_code == 400 and "mcp_approval_response" in response.json()["error"]["message"]
     response = httpx.post(server.url("/v1/completions"), json={"model": "agent/helper", "prompt": "x"}, timeout=30)
     assert response.status_code == 400 and response.json()["error"]["param"] == "model"
+    response = httpx.post(server.url("/api/generate"), json={"model": "agent/helper", "prompt": "x"}, timeout=30)
+    assert response.status_code == 400 and "/api/chat" in response.json()["error"]
+    # An empty chat preloads a model: an agent has nothing to load, an unknown one is a 404.
+    loaded = httpx.post(server.url("/api/chat"), json={"model": "agent/helper", "messages": []}, timeout=30)
+    assert loaded.status_code == 200 and loaded.json()["done_reason"] == "load"
+    missing = httpx.post(server.url("/api/chat"), json={"model": "agent/nobody", "messages": []}, timeout=30)
+    assert missing.status_code == 404 and "nobody" in missing.json()["error"]
     assert history(upstream) == []  # all refused before any model call
 
 

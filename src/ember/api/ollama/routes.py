@@ -29,7 +29,7 @@ from ember.api.ollama.protocol import (
 from ember.api.protocols import OLLAMA
 from ember.api.streaming import stream_response
 from ember.engine.types import GenerationStats, LoadOptions, SamplingParams
-from ember.errors import BadRequest, ContextLengthExceeded, UnsupportedParameter
+from ember.errors import BadRequest, ContextLengthExceeded, ModelNotFound, UnsupportedParameter
 from ember.runtime.chat_template import template_for
 from ember.runtime.scheduler import Runner
 from ember.runtime.store import ModelRecord
@@ -116,6 +116,15 @@ def _final_fields(generation: Generation, finish: FinishReason | None, stats: Ge
         "eval_count": stats.completion_tokens,
         "eval_duration": _ns(stats.eval_seconds),
     }
+
+
+def _agent_loaded(svc: Services, model: str) -> dict[str, Any]:
+    """An empty chat with an agent (how clients preload a model): nothing to load, its model is
+    loaded by its first step."""
+    if model not in (svc.agents.names() if svc.agents is not None else []):
+        raise ModelNotFound(model, f"no agent named '{model.removeprefix(agent_wire.AGENT_PREFIX)}'")
+    message = {"role": "assistant", "content": ""}
+    return {"model": model, "created_at": _now(), "message": message, "done": True, "done_reason": "load"}
 
 
 async def _load_or_unload(
@@ -236,7 +245,9 @@ async def _start_response(svc: Services, request: TextRequest, stream: bool, *, 
 @router.post("/chat", response_model=None)
 async def chat(body: ChatRequest, http: Request, svc: Services = Depends(services)) -> Response:
     _refuse_unsupported(body)
-    if not body.messages:
+    if not body.messages and not body.approvals:  # a follow-up with only approvals is a 400 below
+        if body.model.startswith(agent_wire.AGENT_PREFIX):
+            return JSONResponse(_agent_loaded(svc, body.model))
         return JSONResponse(
             await _load_or_unload(
                 svc, svc.gateway.local_model(body.model), body, {"message": {"role": "assistant", "content": ""}}

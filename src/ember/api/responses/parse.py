@@ -38,7 +38,8 @@ def refuse_unsupported(body: ResponseCreateRequest) -> None:
     never a quiet answer to another question; an unknown field is one too (as at OpenAI)."""
     unknown = next(iter(body.model_extra or {}), None)
     if unknown is not None:
-        raise BadRequest(f"unknown parameter '{unknown}'", param=unknown, code="unknown_parameter")
+        hint = " (on /v1/responses approvals are mcp_approval_response input items)" if unknown == "approvals" else ""
+        raise BadRequest(f"unknown parameter '{unknown}'{hint}", param=unknown, code="unknown_parameter")
     if body.background:
         raise UnsupportedParameter(
             "'background' responses are not supported: send the request without it (or stream it)", param="background"
