@@ -161,6 +161,10 @@ async def test_fs_refusals_and_caps(fs: Fs) -> None:
     assert outcome.is_error and "is a directory" in outcome.content
     (fs.root / "long.txt").write_text("y" * 100)
     assert (await fs.read.call({"path": "long.txt"})).content == "[cut at 64 of 100 bytes]\n" + "y" * 64
+    (fs.root / "blob.bin").write_bytes(b"\x7fELF\x00\x01")
+    outcome = await fs.read.call({"path": "blob.bin"})
+    assert outcome.is_error and outcome.content == "'blob.bin' is a binary file (6 bytes): fs_read reads text"
+    assert (await fs.read.call({"path": "a\x00b"})).content == "the path may not contain NUL characters"
     for bad in ({}, {"path": ""}, {"path": "a", "extra": 1}, {"path": 3}):
         outcome = await fs.read.call(bad)
         assert outcome.is_error and outcome.content.startswith("bad arguments:")
@@ -237,6 +241,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(int(query.get("status", "302")), headers={"Location": query["to"]})
         elif parts.path == "/loop":
             self._answer(302, headers={"Location": "/loop"})
+        elif parts.path == "/png":
+            self._answer(200, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", {"Content-Type": "image/png"})
         elif parts.path == "/missing":
             self._answer(404, b"not here")
         else:
@@ -365,6 +371,13 @@ async def test_credentials_do_not_follow_a_redirect_to_another_host(sites: tuple
     assert isinstance(body, dict) and json.loads(body["body"])["auth"] == "Bearer s"  # same host: kept
 
 
+async def test_binary_content_is_not_shown(sites: tuple[Site, Site]) -> None:
+    one, _ = sites
+    body, is_error = await fetch(fetcher("127.0.0.1"), one.url("/png"))
+    assert not is_error and isinstance(body, dict)
+    assert body["body"] == "" and body["body_note"] == "binary content (16 bytes), not shown"
+
+
 async def test_body_size_cap_and_timeout(sites: tuple[Site, Site]) -> None:
     one, _ = sites
     body, is_error = await fetch(fetcher("127.0.0.1", max_bytes=1000), one.url("/big"))
@@ -386,6 +399,11 @@ async def test_body_size_cap_and_timeout(sites: tuple[Site, Site]) -> None:
         ({"url": "http://127.0.0.1/", "method": "POST"}, "method POST is not allowed"),
         ({"url": "http://127.0.0.1/", "body": "x"}, "a GET has no body"),
         ({"url": "http://127.0.0.1/", "headers": {"Host": "evil"}}, "set by the tool"),
+        ({"url": "http://127.0.0.1/", "headers": {"X": "a\r\nInjected: 1"}}, "bad header 'X'"),
+        ({"url": "http://127.0.0.1/", "headers": {"X": "é"}}, "bad header 'X'"),
+        ({"url": "http://127.0.0.1/", "headers": {"X Y": "1"}}, "bad header 'X Y'"),
+        ({"url": "http://127.0.0.1:99999/"}, "Port out of range"),
+        ({"url": "http://[::1"}, "bad URL"),
         ({"url": "http://127.0.0.1/", "method": "DELETE"}, "bad arguments"),
         ({"uri": "http://127.0.0.1/"}, "bad arguments"),
     ],

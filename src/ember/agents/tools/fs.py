@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import stat
 import tempfile
@@ -29,6 +30,8 @@ from ember.agents.tools.builtin_config import FsConfig
 from ember.agents.types import ToolOutcome, ToolSpec
 
 _FS_TIMEOUT = 10.0
+
+log = logging.getLogger(__name__)
 
 
 class FsError(Exception):
@@ -124,6 +127,9 @@ class _FsTool:
             return ToolOutcome(str(exc), is_error=True)
         except OSError as exc:
             return ToolOutcome(f"{self._spec.name} failed: {exc.strerror or exc}", is_error=True)
+        except Exception as exc:  # a bug here is the tool's failure, not the run's (types.py)
+            log.exception("%s failed unexpectedly", self._spec.name)
+            return ToolOutcome(f"{self._spec.name} failed: {type(exc).__name__}: {exc}", is_error=True)
         return ToolOutcome(text)
 
     def run(self, arguments: dict[str, Any]) -> str:
@@ -183,6 +189,8 @@ class FsReadTool(_FsTool):
             data = _read_upto(fd, cap + 1)
         finally:
             os.close(fd)
+        if b"\x00" in data[:cap]:
+            raise FsError(f"{path!r} is a binary file ({info.st_size} bytes): fs_read reads text")
         text = data[:cap].decode("utf-8", errors="replace")
         if len(data) > cap:
             return f"[cut at {cap} of {info.st_size} bytes]\n{text}"

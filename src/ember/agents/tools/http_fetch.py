@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import ssl
 from functools import lru_cache
 from typing import Any, Literal
@@ -35,6 +37,10 @@ _REDIRECTS = {301, 302, 303, 307, 308}
 _RESERVED_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer"}
 _CROSS_HOST_DROP = {"authorization", "cookie", "proxy-authorization"}
 MAX_REQUEST_BODY = 1 << 20
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e\t]{0,8192}")
+
+log = logging.getLogger(__name__)
 
 
 class _Args(BaseModel):
@@ -123,6 +129,9 @@ class HttpFetchTool:
         reserved = sorted(h for h in args.headers if h.lower() in _RESERVED_HEADERS)
         if reserved:
             return ToolOutcome(f"header(s) {', '.join(reserved)} are set by the tool, not by the caller", True)
+        for name, value in args.headers.items():
+            if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
+                return ToolOutcome(f"bad header {name!r}: names are tokens, values printable ASCII", True)
         try:
             async with asyncio.timeout(self.config.timeout):
                 return await self._fetch(args.url, args.method, dict(args.headers), body)
@@ -134,6 +143,9 @@ class HttpFetchTool:
             return ToolOutcome(f"the fetch failed: {type(exc).__name__}: {exc}", is_error=True)
         except (OSError, ssl.SSLError) as exc:
             return ToolOutcome(f"the fetch failed: {exc}", is_error=True)
+        except Exception as exc:  # a bug here is the tool's failure, not the run's (types.py)
+            log.exception("http_fetch failed unexpectedly")
+            return ToolOutcome(f"the fetch failed: {type(exc).__name__}: {exc}", is_error=True)
 
     async def _fetch(self, url: str, method: str, headers: dict[str, str], body: bytes | None) -> ToolOutcome:
         config = self.config
@@ -202,17 +214,21 @@ class HttpFetchTool:
             if len(data) > cap:
                 cut = True
                 break
-        encoding = response.charset_encoding or "utf-8"
-        try:
-            text = bytes(data[:cap]).decode(encoding, errors="replace")
-        except LookupError:
-            text = bytes(data[:cap]).decode("utf-8", errors="replace")
+        kept = bytes(data[:cap])
         answer: dict[str, Any] = {
             "status": response.status_code,
             "url": url,
             "content_type": response.headers.get("content-type", ""),
-            "body": text,
+            "body": "",
         }
+        if b"\x00" in kept:
+            # Text has no NUL bytes: this is an image, an archive...; its bytes would be noise.
+            answer["body_note"] = f"binary content ({'at least ' if cut else ''}{len(data)} bytes), not shown"
+            return ToolOutcome(json.dumps(answer, ensure_ascii=False))
+        try:
+            answer["body"] = kept.decode(response.charset_encoding or "utf-8", errors="replace")
+        except LookupError:  # a charset Python does not know
+            answer["body"] = kept.decode("utf-8", errors="replace")
         if cut:
             answer["body_note"] = f"cut at {cap} bytes"
         return ToolOutcome(json.dumps(answer, ensure_ascii=False))

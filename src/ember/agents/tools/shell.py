@@ -11,6 +11,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from typing import Any
 
@@ -23,6 +24,8 @@ from ember.agents.types import ToolOutcome, ToolSpec
 
 _MB = 1 << 20
 MAX_STDIN_BYTES = 1 << 20
+
+log = logging.getLogger(__name__)
 
 
 class ShellArgs(BaseModel):
@@ -104,6 +107,9 @@ class ShellTool:
             return ToolOutcome(str(exc), is_error=True)
         except OSError as exc:
             return ToolOutcome(f"command {name!r} could not start: {exc}", is_error=True)
+        except Exception as exc:  # a bug here is the tool's failure, not the run's (types.py)
+            log.exception("shell failed unexpectedly")
+            return ToolOutcome(f"shell failed: {type(exc).__name__}: {exc}", is_error=True)
         return render(result, self.config.max_output_bytes)
 
 
