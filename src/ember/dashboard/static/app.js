@@ -410,7 +410,19 @@ function makeChart(el, config, registry) {
     if (width > 0 && Math.abs(width - plot.width) > 2) plot.setSize({ width, height });
   });
   resize.observe(el);
-  const onTheme = () => plot.redraw(false, true);
+  // Strokes and fills are functions of the theme, read at each draw; the legend's markers are
+  // styled once by uPlot, so they are given the new colours here.
+  const onTheme = () => {
+    const rows = [...plot.root.querySelectorAll(".u-legend .u-series")];
+    const offset = rows.length > nSeries ? 1 : 0; // the x series' row, where it is shown
+    colors.forEach((name, i) => {
+      const marker = rows[i + offset] && rows[i + offset].querySelector(".u-marker");
+      if (!marker) return;
+      marker.style.borderColor = themeColor(name);
+      if (kind === "bars") marker.style.background = `${themeColor(name)}bb`;
+    });
+    plot.redraw(false, true);
+  };
   window.addEventListener("ember-theme", onTheme);
 
   const handle = {

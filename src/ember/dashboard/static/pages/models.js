@@ -161,7 +161,7 @@ export default {
         }, pulling.signal);
         if (last === "success") {
           progress.set(100, true);
-          status.textContent = `pulled ${model}`;
+          status.textContent = body.destination ? `pulled ${model} as ${body.destination}` : `pulled ${model}`;
         } else {
           status.textContent = `the pull ended without success (last: ${last || "nothing"})`;
         }
