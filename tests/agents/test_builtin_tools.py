@@ -468,3 +468,16 @@ def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return cert_path, key_path
+
+
+async def test_fs_write_failing_midway_leaves_no_partial_file(fs: Fs, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The disk fills up after the bytes were written, before the rename: nothing half-written.
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    for path in ("docs/a.txt", "docs/new.txt"):
+        outcome = await fs.write.call({"path": path, "content": "partial"})
+        assert outcome.is_error and outcome.content == "fs_write failed: No space left on device"
+    monkeypatch.undo()
+    assert names_in(fs.root / "docs") == ["a.txt"] and (fs.root / "docs" / "a.txt").read_text() == "hello"
