@@ -329,18 +329,22 @@ def test_approval_on_ollama_chat(gated: UpstreamHandle, server: ServerHandle) ->
 
 def test_approval_on_anthropic_messages(gated: UpstreamHandle, server: ServerHandle) -> None:
     client = _anthropic(server)
-    paused = client.messages.create(model="agent/careful", max_tokens=20, messages=ASK)  # type: ignore[arg-type]
+    closing: dict[str, Any] = {}
+    with client.messages.stream(model="agent/careful", max_tokens=20, messages=ASK) as stream:  # type: ignore[arg-type]
+        for event in stream:
+            if event.type == "message_delta":
+                closing = _extra(event)["ember"]
+        paused = stream.get_final_message()
     assert paused.stop_reason == "pause_turn"
-    pending = _pending(_extra(paused)["ember"])
-    with client.messages.stream(
+    pending = _pending(closing)
+    done = client.messages.create(
         model="agent/careful",
         max_tokens=20,
         messages=ASK,  # type: ignore[arg-type]
         extra_body={"approvals": [{"id": pending["id"], "approve": True}]},
-    ) as stream:
-        final = stream.get_final_message()
-    assert final.content[0].type == "text" and final.content[0].text == "One file."
-    assert final.stop_reason == "end_turn"
+    )
+    assert done.content[0].type == "text" and done.content[0].text == "One file."
+    assert done.stop_reason == "end_turn" and _extra(done)["ember"]["run_id"] == closing["run_id"]
 
 
 def test_approval_on_responses(gated: UpstreamHandle, server: ServerHandle) -> None:
@@ -351,13 +355,15 @@ def test_approval_on_responses(gated: UpstreamHandle, server: ServerHandle) -> N
     request = paused.output[-1]
     assert request.type == "mcp_approval_request" and request.name == "fs_list" and request.server_label == "ember"
     assert request.id == _pending(_extra(paused)["ember"])["id"]
-    done = client.responses.create(
+    with client.responses.stream(
         model="agent/careful",
         previous_response_id=paused.id,
         input=[{"type": "mcp_approval_response", "approval_request_id": request.id, "approve": True}],
         max_output_tokens=20,
-    )
-    assert done.output_text == "One file."
+    ) as stream:
+        added = [event.item.type for event in stream if event.type == "response.output_item.added"]
+        done = stream.get_final_response()
+    assert added == ["mcp_call", "message"] and done.output_text == "One file."
     assert [item.type for item in done.output] == ["mcp_call", "message"]
     assert _extra(done)["ember"]["run_id"] == _extra(paused)["ember"]["run_id"]
     items = client.responses.input_items.list(done.id).data
