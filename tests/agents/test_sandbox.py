@@ -333,3 +333,21 @@ def test_runs_the_same_on_the_servers_event_loop() -> None:
     assert hang_error and hang["error"] == "killed after 1 s (the timeout)"
     time.sleep(0.2)
     assert not alive(int(hang["stdout"]))
+
+
+async def test_without_bubblewrap_auto_falls_back_once_and_always_refuses(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ember.agents.tools import sandbox
+
+    monkeypatch.setattr(sandbox, "BWRAP", "/nonexistent/bwrap")
+    monkeypatch.setattr(sandbox, "_BUBBLEWRAP", sandbox._Bubblewrap())  # a fresh, unprobed cache
+    with caplog.at_level("WARNING", logger="ember.agents.tools.sandbox"):
+        for _ in range(2):
+            body, is_error = await run(shell(), "echo", "still runs")
+            assert not is_error and body["stdout"] == "still runs\n"
+            assert body["sandbox"] == "rlimits only (no bubblewrap)"
+    warnings = [r.getMessage() for r in caplog.records if "bubblewrap unusable" in r.getMessage()]
+    assert warnings == ["shell tool: bubblewrap unusable (/nonexistent/bwrap is not installed); runs get rlimits only"]
+    outcome = await shell(bubblewrap="always").call({"argv": ["echo", "x"]})
+    assert outcome.is_error and outcome.content.startswith('bubblewrap is required (bubblewrap = "always")')
