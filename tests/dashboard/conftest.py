@@ -3,7 +3,8 @@ Debian chromium for the session; a page per test whose console errors fail the t
 
 Chromium logs every 4xx a page's fetch receives as a console error ("Failed to load resource");
 a test that expects one (the key prompt's 401, a non-admin key's 403) says so with
-`console.allow("401")`, and every other console error or uncaught exception fails the test.
+`console.allow("401")`, and every other console error or uncaught exception fails the test, as
+does a request whose URL carries a key (keys travel in the Authorization header only).
 Screenshots go to $EMBER_SCREENSHOTS, else to the session's temporary directory.
 """
 
@@ -129,6 +130,7 @@ class ConsoleErrors:
     errors: list[str] = field(default_factory=list)
     allowed_statuses: set[str] = field(default_factory=set)
     failed: list[str] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
 
     def allow(self, *statuses: str) -> None:
         self.allowed_statuses.update(statuses)
@@ -145,6 +147,13 @@ class ConsoleErrors:
 
     def on_page_error(self, error: object) -> None:
         self.errors.append(f"uncaught: {error}")
+
+    def on_request(self, request: object) -> None:
+        self.urls.append(getattr(request, "url", ""))
+
+    def keys_in_urls(self, *keys: str) -> list[str]:
+        """Request URLs that carry a key: there must be none (keys go in a header)."""
+        return [url for url in self.urls if any(key in url for key in keys)]
 
     def on_response(self, response: object) -> None:
         """Keep each failed answer's request, so a console line about it can be traced."""
@@ -187,6 +196,7 @@ def _new_page(browser: object, dashboard: Dashboard, screenshots: Path, key: str
     page.on("console", console.on_console)
     page.on("pageerror", console.on_page_error)
     page.on("response", console.on_response)
+    page.on("request", console.on_request)
     return context, UiPage(page, console, dashboard, screenshots)
 
 
@@ -197,6 +207,7 @@ def ui(browser: object, dashboard: Dashboard, screenshot_dir: Path) -> Iterator[
     try:
         yield page
         assert not page.console.errors, page.console.report()
+        assert not page.console.keys_in_urls(dashboard.admin_key, dashboard.user_key)
     finally:
         context.close()
 
@@ -214,6 +225,7 @@ def ui_factory(browser: object, dashboard: Dashboard, screenshot_dir: Path) -> I
     try:
         yield make
         assert not any(page.console.errors for _, page in made), "\n".join(page.console.report() for _, page in made)
+        assert not any(page.console.keys_in_urls(dashboard.admin_key, dashboard.user_key) for _, page in made)
     finally:
         for context, _ in made:
             context.close()  # type: ignore[attr-defined]

@@ -53,6 +53,10 @@ def test_keys_create_shows_secret_once_then_revoke(ui: UiPage, dashboard: Dashbo
     expect(secret).to_have_text(re.compile(r"^ember-\S{40}$"))
     value = secret.inner_text()
     ui.shot("keys-created")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=dashboard.url(""))
+    page.get_by_test_id("key-copy").click()
+    expect(page.get_by_text("copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == value
     row = page.locator('tr[data-key="browser-made"]')
     expect(row).to_contain_text("chat, models")
     expect(row).to_contain_text("30 rpm")
@@ -229,6 +233,7 @@ def test_key_prompt_when_no_key(ui_factory, dashboard: Dashboard) -> None:
     assert ui.page.evaluate("sessionStorage.getItem('ember.key')") == dashboard.admin_key
     assert ui.page.evaluate("localStorage.length") <= 1  # the theme at most: never the key
     assert dashboard.admin_key not in ui.page.url
+    assert dashboard.admin_key not in dashboard.server.log()  # nor in the server's log
 
 
 def test_admin_page_with_a_non_admin_key(ui_factory, dashboard: Dashboard) -> None:
