@@ -48,6 +48,8 @@ async def started(config: McpServerConfig, environ: dict[str, str] | None = None
         yield source
     finally:
         await source.aclose()
+        # Nothing of the source lives on (its owner task ended, not just abandoned).
+        assert not [task for task in asyncio.all_tasks() if task.get_name().startswith(f"mcp:{source.name}")]
 
 
 async def call(source: McpSource, tool: str, **arguments: Any) -> tuple[str, bool]:
@@ -75,7 +77,7 @@ def stdio_children() -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat[1]) == os.getpid() and (b"stdio_server" in cmdline or stat[0] == "Z"):
+        if int(stat[1]) == os.getpid() and (b"stdio_server" in cmdline or b"time.sleep" in cmdline or stat[0] == "Z"):
             found.append(int(entry.name))
     return found
 
@@ -148,6 +150,7 @@ def test_a_missing_environment_variable_is_a_config_error_naming_it() -> None:
         McpSource(config, environ={})
     with pytest.raises(ConfigError, match="NOPE_VAR"):
         McpSource(stdio_config(env={"X": "${NOPE_VAR}"}), environ={})
+    assert McpSource(stdio_config()).state == "idle"  # built with the app, before any event loop runs
 
 
 # -- stdio ------------------------------------------------------------------------------------
@@ -223,11 +226,13 @@ async def test_stdio_server_that_dies_is_a_tool_error_then_restarted(caplog: pyt
 
 
 async def test_aclose_while_connecting_leaves_no_child() -> None:
-    source = McpSource(stdio_config())
+    source = McpSource(stdio_config(timeout=0.2))
     starting = asyncio.create_task(source.start())
     await until(lambda: stdio_children() != [], 5)  # spawned, still importing
+    assert await call(source, "add", a=1, b=2) == ("MCP server 'st' is still starting (0.2 s waited)", True)
     await source.aclose()
     await starting
+    assert not [task for task in asyncio.all_tasks() if task.get_name().startswith("mcp:")]
     await until(lambda: stdio_children() == [], 5)
 
 
@@ -254,12 +259,22 @@ async def test_a_command_that_cannot_start_is_retried_and_calls_are_tool_errors(
         text, is_error = await call(source, "anything")
         assert is_error and text.startswith("MCP server 'nope' is not connected (") and "nonexistent" in text
         assert "MCP server 'nope' could not start" in caplog.text
-    # A child that exits at once (it is no MCP server) fails within the startup timeout.
+    # A child that exits at once (it is no MCP server).
     config = McpServerConfig(name="quits", command=[sys.executable, "-c", "pass"], startup_timeout=3)
     t0 = time.monotonic()
     async with started(config) as source:
         assert source.state == "down" and time.monotonic() - t0 < 4
-        assert (await call(source, "x"))[1]
+        text, is_error = await call(source, "x")
+        assert is_error and "exited or closed its output before initializing" in text, text
+    # One that never answers initialize is given up at startup_timeout, and stopped on aclose.
+    mute = [sys.executable, "-c", "import time; time.sleep(60)"]
+    config = McpServerConfig(name="mute", command=mute, startup_timeout=1)
+    t0 = time.monotonic()
+    async with started(config) as source:
+        assert source.state == "down" and time.monotonic() - t0 < 2.5
+        text, is_error = await call(source, "x")
+        assert is_error and "no answer in time" in text, text
+    await until(lambda: stdio_children() == [], 5)
 
 
 # -- streamable HTTP --------------------------------------------------------------------------

@@ -122,7 +122,9 @@ class McpSource:
         self._dead = asyncio.Event()  # set when the current connection is known to be gone
         self._wake = asyncio.Event()  # the owner has something to do: the connection ended, or relist
         self._relist = False  # the server said its tool list changed
+        self._was_up = False  # the current connection came up (listed its tools)
         self._owner: asyncio.Task[None] | None = None
+        self._scope: anyio.CancelScope | None = None  # the owner task's (made in start: it needs a loop)
         self._probes: set[asyncio.Task[None]] = set()
         self._starts: deque[float] = deque()
 
@@ -130,6 +132,7 @@ class McpSource:
 
     async def start(self) -> None:
         if self._owner is None:
+            self._scope = anyio.CancelScope()
             self._owner = asyncio.create_task(self._own(), name=f"mcp:{self.name}")
         deadline = time.monotonic() + self.config.startup_timeout + 1.0
         while self._state in ("idle", "connecting") and time.monotonic() < deadline:
@@ -161,8 +164,14 @@ class McpSource:
         for probe in list(self._probes):
             probe.cancel()
         if owner is not None:
-            owner.cancel()
-            await asyncio.wait({owner}, timeout=CLOSE_TIMEOUT)
+            # An anyio cancel, not owner.cancel(): a native cancel landing in the SDK's shielded
+            # shutdown (the part that stops the child) is swallowed there, and the task lives on.
+            if self._scope is not None:
+                self._scope.cancel()
+            done, _ = await asyncio.wait({owner}, timeout=CLOSE_TIMEOUT)
+            if not done:
+                log.warning("MCP server '%s' did not close within %g s", self.name, CLOSE_TIMEOUT)
+                owner.cancel()
         self._set_state("closed")
 
     # -- calls --------------------------------------------------------------------------------
@@ -177,6 +186,8 @@ class McpSource:
             await self._wait_change(deadline - time.monotonic())
         session = self._session
         if session is None or self._state != "up" or self._dead.is_set():
+            if self._reconnecting():
+                return _error(f"MCP server '{self.name}' is still starting ({timeout:g} s waited)")
             return _error(f"MCP server '{self.name}' is not connected ({self._last_error}); ember retries it")
         if tool not in self._listed:
             return _error(f"MCP server '{self.name}' has no tool '{tool}'")
@@ -245,6 +256,11 @@ class McpSource:
     # -- the owner task -----------------------------------------------------------------------
 
     async def _own(self) -> None:
+        assert self._scope is not None
+        with self._scope:
+            await self._connect_forever()
+
+    async def _connect_forever(self) -> None:
         failures = 0  # attempts in a row that did not come up
         while True:
             backoff = 0.0 if failures == 0 else min(MAX_BACKOFF, 2.0 ** (failures - 1))
@@ -259,18 +275,15 @@ class McpSource:
             self._wake = asyncio.Event()
             self._relist = False
             self._http_status = None
+            self._was_up = False
             self._set_state("connecting")
             try:
                 await self._connect_and_wait()
                 reason = self._died_why()
             except Exception as exc:
-                reason = _describe(exc)
-                if self._http_status and self._http_status not in reason:
-                    reason = f"{reason} ({self._http_status})"
-            was_up = self._state == "up"
-            self._session = None
+                reason = self._reason(exc)
             self._last_error = reason
-            if was_up:
+            if self._was_up:
                 failures = 0
                 log.warning("MCP server '%s' died (%s): restarting it", self.name, reason)
             else:
@@ -278,36 +291,56 @@ class McpSource:
                 log.warning("MCP server '%s' could not start (%s): retrying", self.name, reason)
             self._set_state("connecting" if failures == 0 else "down")
 
+    def _reason(self, exc: BaseException) -> str:
+        reason = _describe(exc)
+        if self._http_status and self._http_status not in reason:
+            reason = f"{reason} ({self._http_status})"
+        if not self._was_up and reason == "Connection closed" and self.config.command is not None:
+            reason = "it exited or closed its output before initializing (its stderr is in ember's log)"
+        return reason
+
     async def _connect_and_wait(self) -> None:
         """One connection, from connecting until it ends (the state is "up" once listed)."""
         async with AsyncExitStack() as stack:
-            # Entering these only spawns the child (stdio) or builds the client (HTTP); the talk
-            # comes after, under the startup timeout. (A cancel scope around the entering would
-            # close before the contexts' own scopes, which anyio refuses.)
-            read, write = await stack.enter_async_context(self._transport())
-            # The pump stands between the transport and the session so that the end of the
-            # transport's stream (a stdio child that exited) is seen here, not only by a call.
-            to_session, session_read = anyio.create_memory_object_stream[Message](0)
-            session = await stack.enter_async_context(
-                ClientSession(session_read, write, message_handler=self._on_message)
-            )
-            pumps = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(pumps.cancel_scope.cancel)  # runs before the task group's exit
-            pumps.start_soon(self._pump, read, to_session)
-            with anyio.fail_after(self.config.startup_timeout):
-                await session.initialize()
-                listed = await self._list(session)
-            self._listed = listed
-            self._session = session
-            self._last_error = "up"
-            self._set_state("up")
-            log.info("MCP server '%s' is up with %d tool(s)", self.name, len(listed))
-            while not self._dead.is_set():
-                await self._wake.wait()
-                self._wake.clear()
-                if self._relist and not self._dead.is_set():
-                    self._relist = False
-                    await self._list_again(session)
+            try:
+                await self._connected(stack)
+            except Exception as exc:
+                self._last_error = self._reason(exc)
+                raise
+            finally:
+                # Before the teardown (the SDK's stdio shutdown may take seconds): calls stop using
+                # this session now; they fail at once after a failed start, and wait for the
+                # reconnect that follows a session that was up.
+                self._session = None
+                self._set_state("connecting" if self._was_up else "down")
+
+    async def _connected(self, stack: AsyncExitStack) -> None:
+        # Entering these only spawns the child (stdio) or builds the client (HTTP); the talk
+        # comes after, under the startup timeout. (A cancel scope around the entering would
+        # close before the contexts' own scopes, which anyio refuses.)
+        read, write = await stack.enter_async_context(self._transport())
+        # The pump stands between the transport and the session so that the end of the
+        # transport's stream (a stdio child that exited) is seen here, not only by a call.
+        to_session, session_read = anyio.create_memory_object_stream[Message](0)
+        session = await stack.enter_async_context(ClientSession(session_read, write, message_handler=self._on_message))
+        pumps = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(pumps.cancel_scope.cancel)  # runs before the task group's exit
+        pumps.start_soon(self._pump, read, to_session)
+        with anyio.fail_after(self.config.startup_timeout):
+            await session.initialize()
+            listed = await self._list(session)
+        self._listed = listed
+        self._session = session
+        self._last_error = "up"
+        self._was_up = True
+        self._set_state("up")
+        log.info("MCP server '%s' is up with %d tool(s)", self.name, len(listed))
+        while not self._dead.is_set():
+            await self._wake.wait()
+            self._wake.clear()
+            if self._relist and not self._dead.is_set():
+                self._relist = False
+                await self._list_again(session)
 
     async def _list_again(self, session: ClientSession) -> None:
         try:
