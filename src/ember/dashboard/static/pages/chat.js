@@ -14,6 +14,7 @@
 import { h, fmt } from "../app.js";
 
 const STORE = "ember.chats";
+const LAST_SETTINGS = "ember.chat.settings"; // what a new conversation starts with
 const MAX_CONVERSATIONS = 50;
 
 let active = null; // {controller} of the answer being streamed
@@ -37,13 +38,22 @@ function save(conversations) {
   return kept;
 }
 
+function lastSettings() {
+  try {
+    const data = JSON.parse(localStorage.getItem(LAST_SETTINGS) || "{}");
+    return data && typeof data === "object" && !Array.isArray(data) ? data : {};
+  } catch {
+    return {};
+  }
+}
+
 function newConversation(settings) {
   return {
     id: `c${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`,
     title: "New chat",
     updated: Date.now(),
     messages: [],
-    settings: { ...defaults(), ...(settings || {}) },
+    settings: { ...defaults(), ...(settings || lastSettings()) },
   };
 }
 
@@ -177,10 +187,13 @@ export default {
     const toolChoice = field("tool_choice", h("select", { dataset: { testid: "chat-tool-choice" } }));
     modelSelect.addEventListener("change", () => { current.settings.model = modelSelect.value; persist(); });
 
+    // A conversation is listed (and kept) from its first message; its settings are also kept
+    // as the starting point of the next new one.
     const persist = () => {
       current.updated = Date.now();
-      if (!conversations.includes(current)) conversations.unshift(current);
+      if (!conversations.includes(current) && current.messages.length) conversations.unshift(current);
       try {
+        localStorage.setItem(LAST_SETTINGS, JSON.stringify(current.settings));
         conversations = save(conversations);
       } catch (err) {
         ctx.showError(err);
@@ -242,7 +255,7 @@ export default {
             onclick: () => {
               if (active && c === current) return;
               conversations = conversations.filter((x) => x !== c);
-              save(conversations);
+              try { save(conversations); } catch (err) { ctx.showError(err); }
               if (c === current) current = conversations[0] || newConversation(current.settings);
               drawAll();
             } }, "×"))),
