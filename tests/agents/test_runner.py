@@ -8,8 +8,10 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from tests.agents.conftest import MODEL, agent_toml, history, script, start_agen
 from tests.conftest import DEFAULT_MODEL, ServerHandle
 from tests.gateway.conftest import UpstreamHandle
 
-AGENTS = f"""
+AGENTS = """
 [tools.shell]
 allow = ["echo", "sleep"]
 timeout = 5
@@ -28,11 +30,15 @@ timeout = 5
 [tools.fs]
 root = "files"
 
+[tools.http_fetch]
+allow_hosts = ["127.0.0.1"]
+timeout = 6
+
 [[agents]]
 name = "helper"
 model = "{MODEL}"
 instructions = "You help."
-tools = ["shell", "fs_read", "fs_list"]
+tools = ["shell", "fs_read", "fs_list", "http_fetch"]
 
 [[agents]]
 name = "short"
@@ -49,13 +55,42 @@ max_tool_calls = 1
 [[agents]]
 name = "hurried"
 model = "{MODEL}"
-tools = ["shell"]
+tools = ["http_fetch"]
 deadline = "1s"
 
 [[agents]]
 name = "plain"
 model = "{MODEL}"
 """
+
+
+class _Slow(BaseHTTPRequestHandler):
+    """GET /sleep/SECONDS answers "slept" after that long: a tool call that takes time."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        time.sleep(float(self.path.rsplit("/", 1)[-1]))
+        body = b"slept"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def slow_url() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def _create_key(home: Path, name: str, scopes: str) -> str:
@@ -71,12 +106,15 @@ def _create_key(home: Path, name: str, scopes: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def keys_and_server(upstream: UpstreamHandle, agent_logs: Path) -> Iterator[tuple[dict[str, str], ServerHandle]]:
+def keys_and_server(
+    upstream: UpstreamHandle, agent_logs: Path, slow_url: str
+) -> Iterator[tuple[dict[str, str], ServerHandle]]:
     home = agent_logs / "home"
     (home / "files").mkdir(parents=True)
     (home / "files" / "note.txt").write_text("the note says 42\n", encoding="utf-8")
     keys = {"full": _create_key(home, "full", "chat,tools"), "chat": _create_key(home, "chat-only", "chat")}
-    handle = start_agent_server(agent_logs, agent_toml(upstream, AGENTS), home=home, EMBER_AUTH="required")
+    toml = agent_toml(upstream, AGENTS.replace("{MODEL}", MODEL))
+    handle = start_agent_server(agent_logs, toml, home=home, EMBER_AUTH="required")
     try:
         yield keys, handle
     finally:
@@ -121,7 +159,7 @@ def test_two_step_loop(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
     assert len(sent) == 2
     first, second = sent[0]["body"], sent[1]["body"]
     assert first["messages"][0] == {"role": "system", "content": "You help."}
-    assert sorted(t["function"]["name"] for t in first["tools"]) == ["fs_list", "fs_read", "shell"]
+    assert sorted(t["function"]["name"] for t in first["tools"]) == ["fs_list", "fs_read", "http_fetch", "shell"]
     assert first["max_tokens"] == 20  # the client's settings are carried to each step
     assert "mode" not in first
     call = second["messages"][-2]["tool_calls"][0]
@@ -134,8 +172,11 @@ def test_two_step_loop(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
     assert response.usage is not None and response.usage.prompt_tokens == steps_in
 
 
-def test_parallel_calls_run_concurrently(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
-    sleeps = [tool_call("shell", argv=["sleep", "0.5"]), tool_call("shell", argv=["sleep", "0.5"])]
+def test_parallel_calls_run_concurrently(scripted: UpstreamHandle, client: openai.OpenAI, slow_url: str) -> None:
+    sleeps = [
+        tool_call("http_fetch", url=f"{slow_url}/sleep/0.5"),
+        tool_call("http_fetch", url=f"{slow_url}/sleep/0.5"),
+    ]
     script(scripted, {"tool_calls": sleeps}, {"text": "slept"})
     started = time.perf_counter()
     response = _ask(client, "agent/helper")
@@ -145,6 +186,13 @@ def test_parallel_calls_run_concurrently(scripted: UpstreamHandle, client: opena
     assert all(s["seconds"] >= 0.45 for s in tools)
     assert took < 0.9, f"two 0.5 s sleeps in one turn took {took:.2f} s"
     assert response.choices[0].message.content == "slept"
+
+
+def test_shell_runs_in_the_server(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
+    """The shell built-in under the server's event loop (uvicorn runs uvloop)."""
+    script(scripted, {"tool_calls": [tool_call("shell", argv=["echo", "hello"])]}, {"text": "ok"})
+    step = [s for s in _ember(_ask(client, "agent/helper"))["steps"] if s["kind"] == "tool"][0]
+    assert not step["is_error"] and "hello" in step["result"], step["result"]
 
 
 def test_bad_arguments_are_fed_back(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
@@ -179,8 +227,8 @@ def test_tool_call_limit(scripted: UpstreamHandle, client: openai.OpenAI) -> Non
     assert "limit of 1 tool calls" in (response.choices[0].message.content or "")
 
 
-def test_deadline(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
-    script(scripted, {"tool_calls": [tool_call("shell", argv=["sleep", "4"])]}, {"text": "late"})
+def test_deadline(scripted: UpstreamHandle, client: openai.OpenAI, slow_url: str) -> None:
+    script(scripted, {"tool_calls": [tool_call("http_fetch", url=f"{slow_url}/sleep/4")]}, {"text": "late"})
     started = time.perf_counter()
     response = _ask(client, "agent/hurried")
     assert time.perf_counter() - started < 3
@@ -311,11 +359,17 @@ tool_choice = "none"
     server = agent_server_factory(toml, home)
     client = openai.OpenAI(base_url=server.url("/v1"), api_key="unused", max_retries=0)
     response = client.chat.completions.create(
-        model="agent/lister", messages=[{"role": "user", "content": "What files are there?"}], max_tokens=24
+        model="agent/lister",
+        messages=[{"role": "user", "content": 'Call fs_list with {"path": "."} and tell me the files.'}],
+        max_tokens=40,
     )
     steps = _ember(response)["steps"]
-    assert [s["kind"] for s in steps] == ["model", "tool", "model"]
-    assert steps[1]["name"] == "fs_list" and not steps[1]["is_error"], steps[1]
-    assert "a.txt" in steps[1]["result"]
-    assert steps[0]["tokens_in"] > 0 and steps[2]["tokens_in"] > steps[0]["tokens_in"]
-    assert response.choices[0].message.content == steps[2]["result"]
+    kinds = [s["kind"] for s in steps]
+    # The grammar forces at least one call on the first step (the model may make several).
+    assert kinds[0] == "model" and kinds[-1] == "model" and set(kinds[1:-1]) == {"tool"}, json.dumps(steps)
+    tools = steps[1:-1]
+    assert all(s["name"] == "fs_list" for s in tools)
+    assert any("a.txt" in s["result"] and not s["is_error"] for s in tools), json.dumps(tools)
+    assert steps[0]["tokens_in"] > 0 and steps[-1]["tokens_in"] > 0
+    assert "tool_calls" not in steps[-1]["detail"]  # tool_choice none on the later step
+    assert response.choices[0].message.content == steps[-1]["result"]
