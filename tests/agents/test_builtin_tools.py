@@ -8,6 +8,7 @@ name (SNI, Host) and that its certificate is verified against that name.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -101,8 +102,11 @@ async def test_fs_read_write_list_under_the_root(fs: Fs) -> None:
     outcome = await fs.write.call({"path": "notes/new.txt", "content": "written ✓"})
     assert not outcome.is_error and outcome.content == "wrote 11 bytes to notes/new.txt"
     assert (fs.root / "notes" / "new.txt").read_text() == "written ✓"
+    assert (fs.root / "notes" / "new.txt").stat().st_mode & 0o777 == 0o644
+    (fs.root / "notes" / "new.txt").chmod(0o600)
     assert (await fs.write.call({"path": "notes/new.txt", "content": "again"})).content.startswith("wrote 5")
     assert (fs.root / "notes" / "new.txt").read_text() == "again"
+    assert (fs.root / "notes" / "new.txt").stat().st_mode & 0o777 == 0o600  # kept
     listing = (await fs.list.call({})).content.splitlines()
     assert listing[0] == ".: 5 entries" and listing[1:4] == ["docs/", "inner@", "leak@"]
     assert listing[4] == "[cut at 3 of 5 entries]"
@@ -236,7 +240,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(200, b"z" * 100_000)
         elif parts.path == "/slow":
             time.sleep(2)
-            self._answer(200, b"late")
+            with contextlib.suppress(OSError):  # the client gave up long ago
+                self._answer(200, b"late")
         elif parts.path == "/redirect":
             self._answer(int(query.get("status", "302")), headers={"Location": query["to"]})
         elif parts.path == "/loop":

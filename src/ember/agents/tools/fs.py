@@ -224,9 +224,14 @@ class FsWriteTool(_FsTool):
         # The parent, now that it exists, resolved again: a symlink may have been put there.
         if not _inside(os.path.realpath(parent), root):
             raise FsError(f"{args.path!r} is outside the root")
+        try:
+            mode = stat.S_IMODE(os.stat(real).st_mode)  # a replaced file keeps its mode
+        except FileNotFoundError:
+            mode = 0o644  # mkstemp's own 0600 would hide a new file from its other readers
         fd, tmp = tempfile.mkstemp(prefix=".ember-write-", dir=parent)
         try:
             self.fs.check_opened(fd, args.path, root)
+            os.fchmod(fd, mode)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
