@@ -6,13 +6,16 @@ Every run is `asyncio.create_subprocess_exec` of an absolute path (never a shell
 - an environment of PATH, LANG=C.UTF-8 and HOME (the working directory), nothing else;
 - a fresh temporary working directory, removed after the run;
 - its own session (`start_new_session`); at the end of the run, whether it exited, timed out or
-  was cut, everything it started is killed: its process group, and where it had a uid of its own
-  every process of that uid; under bubblewrap the pid namespace dies with it.
+  the call was cancelled, everything it started is killed: under bubblewrap its pid namespace
+  dies with it; without, its process group, and where it had a uid of its own (ember as root)
+  every process of that uid. (Not root and no bubblewrap: a process that left the group with
+  setsid survives the run, within its rlimits.)
 
 Where bubblewrap works (checked once per process, then cached) and the config does not say
 "never", the command also runs in `bwrap --unshare-all`: no network (an empty net namespace), a
 read-only /usr (with /bin, /lib, /lib64 as links into it, this machine's layout), a private /proc,
-/dev and /tmp, and the working directory bound read-write at /sandbox. Where it does not work, a
+/dev and /tmp, the root itself read-only, and the working directory bound read-write at
+/sandbox. bwrap reports a signalled command as 128 + the signal. Where it does not work, a
 run gets the rlimits alone ("always" refuses instead), and one warning is logged.
 
 RLIMIT_NPROC counts the processes of the *user*, and root is exempt from it. What we found on
