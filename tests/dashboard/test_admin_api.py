@@ -62,6 +62,11 @@ def test_create_list_use_and_revoke(dashboard: Dashboard) -> None:
         ({"name": "x1", "budget_period": "week"}, "'budget_period'"),
         ({"name": "x1", "expires": "soon"}, "invalid --expires 'soon'"),
         ({"name": "x1", "expires": "2001-01-01"}, "is in the past"),
+        ({"name": "x1", "expires": "99999999d"}, "after the year 9999"),
+        ({"name": "x1", "expires": "9" * 400 + "d"}, "after the year 9999"),
+        ({"name": "x1", "rpm": 2**70}, "'rpm'"),  # past SQLite's INTEGER
+        ({"name": "x1", "budget_tokens": 2**63}, "'budget_tokens'"),
+        ({"name": "x1" * 40}, "'name'"),
         ([1, 2], "must be a JSON object"),
     ],
 )
@@ -107,7 +112,7 @@ def test_audit_rows_and_verify(dashboard: Dashboard) -> None:
         older = admin.get("/admin/audit", params={"limit": 2, "before": seqs[0]}).json()["data"]
         assert [r["seq"] for r in older] == list(range(seqs[0] - 1, 0, -1))[:2]
 
-        for bad in ({"limit": 0}, {"limit": 5000}, {"limit": "many"}, {"before": 0}):
+        for bad in ({"limit": 0}, {"limit": 5000}, {"limit": "many"}, {"before": 0}, {"before": 2**70}):
             answer = admin.get("/admin/audit", params=bad)
             assert answer.status_code == 400, answer.text
             assert next(iter(bad)) in answer.json()["error"]

@@ -60,7 +60,7 @@ def _verify(svc: Services) -> dict[str, Any]:
 @router.get("")
 async def newest(
     limit: int = Query(50, ge=1, le=1000, description="How many rows, newest first."),
-    before: int | None = Query(None, ge=1, description="Only rows with a seq below this (the next page)."),
+    before: int | None = Query(None, ge=1, le=2**62, description="Only rows with a seq below this (the next page)."),
     svc: Services = Depends(services),
 ) -> dict[str, Any]:
     return await run_in_threadpool(_newest, svc, limit, before)

@@ -10,6 +10,7 @@ that did it. Unknown fields are refused (400), so a misspelt limit never makes a
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -17,9 +18,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ember.api.deps import Services, request_context, services
+from ember.errors import BadRequest
 from ember.guard.keys import SCOPES, KeyRecord, parse_expires, parse_scopes
 
 router = APIRouter(prefix="/admin/keys", tags=["admin"])
+
+
+MAX_INT = 2**62
+LAST_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC).timestamp()
 
 
 def _default_scopes() -> list[str]:
@@ -34,11 +40,12 @@ class CreateKey(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     # Checked by parse_scopes against guard/keys.py SCOPES: one list of scopes, one message.
     scopes: list[str] = Field(default_factory=_default_scopes, min_length=1)
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    max_concurrent: int | None = Field(None, ge=1)
-    budget_usd: float | None = Field(None, ge=0)
-    budget_tokens: int | None = Field(None, ge=0)
+    # Bounded so every value fits SQLite's 64-bit INTEGER (a larger one would fail the insert).
+    rpm: int | None = Field(None, ge=1, le=MAX_INT)
+    tpm: int | None = Field(None, ge=1, le=MAX_INT)
+    max_concurrent: int | None = Field(None, ge=1, le=MAX_INT)
+    budget_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    budget_tokens: int | None = Field(None, ge=0, le=MAX_INT)
     budget_period: Literal["day", "month", "total"] = "month"
     expires: str | None = Field(None, description="'30d', '12h', '2w' or a date such as 2026-12-31 (UTC).")
 
@@ -83,7 +90,14 @@ async def list_keys(svc: Services = Depends(services)) -> dict[str, Any]:
 async def create_key(body: CreateKey, http: Request, svc: Services = Depends(services)) -> JSONResponse:
     # parse_scopes and parse_expires are the CLI's: one set of rules and messages for both.
     scopes = parse_scopes(",".join(body.scopes))
-    expires = parse_expires(body.expires) if body.expires else None
+    expires = None
+    if body.expires:
+        try:
+            expires = parse_expires(body.expires)
+        except OverflowError:  # '99…9d' with hundreds of digits: no float holds it
+            expires = LAST_EXPIRY + 1
+        if expires > LAST_EXPIRY:  # past year 9999 no date can be written (`ember keys list` among others)
+            raise BadRequest(f"--expires {body.expires[:40]!r} is after the year 9999", param="expires")
     secret, record = svc.guard.keys.create(
         body.name,
         scopes,
