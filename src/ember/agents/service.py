@@ -249,7 +249,8 @@ class AgentService:
         gate = self.deps.gate
         if gate is None:
             raise BadRequest("this server keeps no approvals: nothing to resume", param="approvals")
-        saved = await gate.resume(request.approvals, request.context.key_name)
+        # The model is checked before the run leaves the parking: a wrong follow-up loses nothing.
+        saved = await gate.resume(request.approvals, request.context.key_name, model=request.model)
         if saved.model != request.model or saved.agent != spec.name:
             raise BadRequest(
                 f"these approvals answer a run of {saved.model}, not of {request.model}", param="approvals"
