@@ -140,6 +140,7 @@ function promptForKey(reason) {
       if (dialog.returnValue === "save" && input.value.trim()) {
         setKey(input.value.trim());
         resolve(true);
+        showVersion();
         route(); // draw the page again with the key
       } else {
         if (dialog.returnValue === "forget") { setKey(""); route(); }
@@ -148,6 +149,7 @@ function promptForKey(reason) {
       input.value = ""; // the key stays in sessionStorage only, not in the DOM
     }, { once: true });
   });
+  dialog.returnValue = ""; // else Escape would read as the last button pressed
   dialog.showModal();
   input.focus();
   return keyDialogOpen;
@@ -601,10 +603,14 @@ async function boot() {
   });
   window.addEventListener("hashchange", route);
   window.addEventListener("unhandledrejection", (e) => { showError(e.reason); e.preventDefault(); });
+  showVersion();
+  await route();
+}
+
+function showVersion() {
   api("/api/version").then((v) => {
     document.querySelector('[data-testid="server-version"]').textContent = v && v.version ? `v${v.version}` : "";
   }).catch(() => { /* a 401 opens the key prompt; the page shows its own errors */ });
-  await route();
 }
 
 boot();
