@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -47,7 +48,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,66 @@ class _Capped:
 
     def text(self) -> str:
         return self.kept.decode("utf-8", errors="replace")
+
+
+class _Streams:
+    """The command's stdin, stdout and stderr, owned here rather than by asyncio's subprocess
+    transport: stdin is an unlinked temporary file (no writer to block or to leak), stdout and
+    stderr our own pipes, whose read ends are closed when the run ends even if an escaped
+    process still holds the write ends (asyncio's would stay open, and its `wait()` may wait
+    for them)."""
+
+    def __init__(self, cap: int, stdin: bytes | None) -> None:
+        self.out, self.err = _Capped(cap), _Capped(cap)
+        self._stdin = stdin
+        self._fds: list[int] = []
+        self._transports: list[asyncio.ReadTransport] = []
+        self._readers: asyncio.Future[Any] | None = None
+        self.stdin_fd = self.stdout_fd = self.stderr_fd = -1
+
+    async def __aenter__(self) -> _Streams:
+        if self._stdin is not None:
+            with tempfile.TemporaryFile() as f:
+                f.write(self._stdin)
+                f.seek(0)
+                self.stdin_fd = os.dup(f.fileno())
+        else:
+            self.stdin_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._fds.append(self.stdin_fd)
+        loop = asyncio.get_running_loop()
+        drains = []
+        for capped in (self.out, self.err):
+            read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+            self._fds.append(write_fd)
+            reader = asyncio.StreamReader()
+            transport, _ = await loop.connect_read_pipe(
+                functools.partial(asyncio.StreamReaderProtocol, reader), os.fdopen(read_fd, "rb", buffering=0)
+            )
+            self._transports.append(transport)
+            drains.append(capped.drain(reader))
+        self.stdout_fd, self.stderr_fd = self._fds[1], self._fds[2]
+        self._readers = asyncio.gather(*drains)
+        return self
+
+    def started(self) -> None:
+        """The child has its copies: ours go, so the pipes end when the command's side does."""
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+
+    async def drained(self, seconds: float) -> None:
+        assert self._readers is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._readers), seconds)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.started()  # (when the command never started)
+        if self._readers is not None:
+            self._readers.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._readers
+        for transport in self._transports:
+            transport.close()
 
 
 class _Bubblewrap:
@@ -192,6 +253,14 @@ def _user_processes(uid: int) -> int:
     return count
 
 
+def _has_processes(uid: int) -> bool:
+    for entry in os.scandir("/proc"):
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
+                return True
+    return False
+
+
 def _take_uid() -> int:
     while True:
         uid = _UID_BASE + random.randrange(_UID_SPAN)
@@ -232,7 +301,7 @@ async def _kill_all(proc: asyncio.subprocess.Process, uid: int | None) -> None:
     """End the command and everything it started, however it ended."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    if uid is not None:
+    if uid is not None and _has_processes(uid):  # (a scan costs ~1 ms, the killer ~15)
         # As its own uid, `kill -1` reaches every process of that uid (those that left the group).
         with contextlib.suppress(OSError):
             killer = await asyncio.create_subprocess_exec(
@@ -339,39 +408,36 @@ class Sandbox:
                     nproc = _user_processes(os.geteuid()) + limits.max_processes
                 home = workdir
             env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": home}
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=workdir,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_limiter(limits, nproc, uid),
-            )
-            # Under bwrap the pid namespace dies with it, taking every process of the run along:
-            # killing by uid is only needed (and only paid for: one more process) without it.
-            killable_uid = None if isolated else uid
-            out, err = _Capped(limits.max_output_bytes), _Capped(limits.max_output_bytes)
-            readers = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr), self._feed(proc, stdin))
-            limit = None
-            try:
+            async with _Streams(limits.max_output_bytes, stdin) as streams:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=streams.stdin_fd,
+                    stdout=streams.stdout_fd,
+                    stderr=streams.stderr_fd,
+                    cwd=workdir,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_limiter(limits, nproc, uid),
+                )
+                streams.started()
+                # Under bwrap the pid namespace dies with it, taking every process of the run
+                # along: killing by uid is only needed (and only paid for: a process) without it.
+                killable_uid = None if isolated else uid
+                limit = None
                 try:
-                    await asyncio.wait_for(_exited(proc), limits.timeout)
-                except TimeoutError:
-                    limit = f"killed after {limits.timeout:g} s (the timeout)"
-                await _kill_all(proc, killable_uid)
-                await proc.wait()
-                with contextlib.suppress(TimeoutError):
+                    try:
+                        await asyncio.wait_for(_exited(proc), limits.timeout)
+                    except TimeoutError:
+                        limit = f"killed after {limits.timeout:g} s (the timeout)"
+                    await _kill_all(proc, killable_uid)
+                    await proc.wait()
                     # A pipe still held by something we could not kill: keep what was read.
-                    await asyncio.wait_for(asyncio.shield(readers), _DRAIN_AFTER_EXIT)
-            finally:
-                # Also on cancellation: nothing the command started outlives the call.
-                if proc.returncode is None:
-                    await asyncio.shield(_kill_and_wait(proc, killable_uid))
-                readers.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await readers
+                    await streams.drained(_DRAIN_AFTER_EXIT)
+                finally:
+                    # Also on cancellation: nothing the command started outlives the call.
+                    if proc.returncode is None:
+                        await asyncio.shield(_kill_and_wait(proc, killable_uid))
+            out, err = streams.out, streams.err
             code = proc.returncode
             sig = _signal_of(code, isolated)
             if limit is None and sig in ("SIGXCPU", "SIGKILL") and self._cpu_used(started):
@@ -398,12 +464,3 @@ class Sandbox:
         # A SIGKILL counts as the CPU limit's hard stop only if the run lasted about that long
         # (something else, like the OOM killer, may have sent it earlier).
         return time.monotonic() - started >= self.limits.cpu_seconds * 0.9
-
-    @staticmethod
-    async def _feed(proc: asyncio.subprocess.Process, stdin: bytes | None) -> None:
-        if proc.stdin is None or stdin is None:
-            return
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            proc.stdin.write(stdin)
-            await proc.stdin.drain()
-        proc.stdin.close()
