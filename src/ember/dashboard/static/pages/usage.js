@@ -51,14 +51,13 @@ export default {
     };
     const boxes = [chartBox("Requests (errors)", "usage-requests"), chartBox("Tokens in / out", "usage-tokens"), chartBox("Cost (USD)", "usage-cost")];
     const table = h("div", { class: "table-wrap" });
-    root.append(
-      h("h1", {}, "Usage"),
+    root.append(h("h1", {}, "Usage"), h("div", { class: "stack" },
       form,
       cards,
       h("div", { class: "grid-2" }, boxes[0].panel, boxes[1].panel),
       boxes[2].panel,
       h("div", { class: "panel" }, table),
-    );
+    ));
     const charts = {
       requests: ctx.chart(boxes[0].el, { name: "usage-requests", kind: "bars", x: "category",
         series: [{ label: "requests", color: "series-1" }, { label: "errors", color: "bad" }] }),
@@ -97,15 +96,18 @@ export default {
         series = days ? days.map((d) => ({ name: d, r: byDay.get(d) || {} }))
           : series.slice().sort((a, b) => (a.name < b.name ? -1 : 1));
       }
-      // At most ~10 labels under a chart: the rest blank, so they never run into each other.
-      const step = Math.max(1, Math.ceil(series.length / 10));
-      const labels = series.map((s, i) => (i % step ? ""
-        : group === "day" ? s.name.slice(5) : s.name.length > 14 ? `${s.name.slice(0, 13)}…` : s.name));
+      // One label per ~80 px of chart, the rest blank, so they never run into each other.
+      const labelsFor = (el) => {
+        const fit = Math.max(2, Math.floor((el.clientWidth || 400) / 80));
+        const step = Math.max(1, Math.ceil(series.length / fit));
+        return series.map((s, i) => (i % step ? ""
+          : group === "day" ? s.name.slice(5) : s.name.length > 12 ? `${s.name.slice(0, 11)}…` : s.name));
+      };
       const x = series.map((_, i) => i);
       const col = (f) => series.map((s) => s.r[f] ?? 0);
-      charts.requests.setLabels(labels); charts.requests.setData(x, col("requests"), col("errors"));
-      charts.tokens.setLabels(labels); charts.tokens.setData(x, col("tokens_in"), col("tokens_out"));
-      charts.cost.setLabels(labels); charts.cost.setData(x, col("cost"));
+      charts.requests.setLabels(labelsFor(boxes[0].el)); charts.requests.setData(x, col("requests"), col("errors"));
+      charts.tokens.setLabels(labelsFor(boxes[1].el)); charts.tokens.setData(x, col("tokens_in"), col("tokens_out"));
+      charts.cost.setLabels(labelsFor(boxes[2].el)); charts.cost.setData(x, col("cost"));
 
       const head = h("tr", {}, h("th", {}, group), ...["Requests", "Errors", "Tokens in", "Tokens out", "Cost", "Avg latency", "Avg TTFT"]
         .map((t) => h("th", { class: "num" }, t)));
