@@ -56,9 +56,10 @@ class ShellTool:
         self._spec = ToolSpec(
             name="shell",
             description=(
-                f"Run one command (no shell: no pipes, globs or redirections) in a sandbox with no network "
-                f"and a fresh empty working directory. Allowed commands: {allowed}. Answers the exit code, "
-                "stdout and stderr."
+                # (Not "no network": without bubblewrap there is some; the model is told what holds.)
+                f"Run one command (no shell: no pipes, globs or redirections) in a sandbox, in a fresh "
+                f"empty working directory, with limits on time and memory. Allowed commands: {allowed}. "
+                "Answers the exit code, stdout and stderr."
             ),
             parameters={
                 "type": "object",
