@@ -19,13 +19,26 @@ const MAX_CONVERSATIONS = 50;
 
 let active = null; // {controller} of the answer being streamed
 
+// What another version of this page (or a hand edit) left in localStorage is taken only in the
+// shape this one writes: a conversation without its messages list is dropped, settings are
+// completed from the defaults.
 function load() {
+  let data;
   try {
-    const data = JSON.parse(localStorage.getItem(STORE) || "[]");
-    return Array.isArray(data) ? data : [];
+    data = JSON.parse(localStorage.getItem(STORE) || "[]");
   } catch {
     return [];
   }
+  if (!Array.isArray(data)) return [];
+  return data
+    .filter((c) => c && typeof c === "object" && typeof c.id === "string" && Array.isArray(c.messages))
+    .map((c) => ({
+      ...c,
+      title: typeof c.title === "string" ? c.title : "Chat",
+      updated: Number(c.updated) || 0,
+      messages: c.messages.filter((m) => m && typeof m === "object" && typeof m.role === "string"),
+      settings: { ...defaults(), ...(c.settings && typeof c.settings === "object" ? c.settings : {}) },
+    }));
 }
 
 function save(conversations) {
@@ -201,6 +214,20 @@ export default {
       drawList();
     };
 
+    // The fields as they are now (a change event comes only when a field loses focus).
+    const readSettings = () => {
+      Object.assign(current.settings, {
+        model: modelSelect.value || current.settings.model,
+        system: system.value,
+        temperature: temperature.value,
+        max_tokens: maxTokens.value,
+        format: format.value,
+        schema: schema.value,
+        tools: tools.value,
+        tool_choice: toolChoice.value || "auto",
+      });
+    };
+
     const refreshToolChoice = () => {
       let names = [];
       try { names = (parseTools(tools.value) || []).map((t) => t.function.name); } catch { /* shown on send */ }
@@ -346,6 +373,7 @@ export default {
     const ask = async (extra) => {
       if (active) return;
       ctx.clearError();
+      readSettings();
       let body;
       try {
         body = requestBody(current, extra);
