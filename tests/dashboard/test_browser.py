@@ -148,10 +148,10 @@ def test_batches_list_and_download(ui: UiPage, dashboard: Dashboard) -> None:
         "url": "/v1/chat/completions",
         "body": {"model": "smollm2:135m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
     }
+    missing = {**line, "custom_id": "two", "body": {**line["body"], "model": "no-such-model"}}
+    lines = json.dumps(line) + "\n" + json.dumps(missing) + "\n"
     with dashboard.client() as client:
-        uploaded = client.post(
-            "/v1/files", files={"file": ("in.jsonl", json.dumps(line) + "\n")}, data={"purpose": "batch"}
-        )
+        uploaded = client.post("/v1/files", files={"file": ("in.jsonl", lines)}, data={"purpose": "batch"})
         assert uploaded.status_code == 200, uploaded.text
         made = client.post(
             "/v1/batches",
@@ -168,12 +168,17 @@ def test_batches_list_and_download(ui: UiPage, dashboard: Dashboard) -> None:
     row = ui.page.locator(f'tr[data-batch="{batch_id}"]')
     expect(row).to_contain_text("completed", timeout=30_000)  # refreshed every 3 s while running
     expect(row).to_contain_text("1 done")
+    expect(row).to_contain_text("1 failed")
     with ui.page.expect_download() as info:
         row.get_by_test_id(f"batch-output-{batch_id}").click()
     download = info.value
     assert download.suggested_filename == f"{batch_id}-output.jsonl"
     assert json.loads(Path(download.path()).read_text().splitlines()[0])["custom_id"] == "one"
     assert "ember-" not in download.url  # fetched with the header, handed over as a blob: URL
+    with ui.page.expect_download() as info:
+        row.get_by_test_id(f"batch-errors-{batch_id}").click()
+    failed = json.loads(Path(info.value.path()).read_text().splitlines()[0])
+    assert failed["custom_id"] == "two" and failed["response"]["status_code"] == 404
     ui.shot("batches")
 
 
