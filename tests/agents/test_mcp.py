@@ -195,6 +195,8 @@ async def test_slow_tool_times_out_and_the_next_call_works() -> None:
         assert is_error and text == "MCP tool 'st__slow' timed out after 0.5 s"
         assert time.monotonic() - t0 < 2.5
         assert await call(source, "echo", text="still here") == ("still here", False)
+        with pytest.raises(TimeoutError):  # the caller's own cancellation propagates
+            await asyncio.wait_for(call(source, "slow", seconds=1.5), 0.2)
         await asyncio.sleep(0.3)  # the ping after the timeout is answered: no reconnect
         assert source.state == "up"
 
@@ -318,6 +320,28 @@ async def test_http_server_that_stops_is_a_tool_error_then_reconnected() -> None
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.slow
+async def test_http_server_that_hangs_is_given_up_and_reconnected(
+    http_server: tuple[str, subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ember.agents.tools.mcp as mcp_module
+
+    monkeypatch.setattr(mcp_module, "PING_TIMEOUT", 0.5)
+    monkeypatch.setattr(mcp_module, "TEARDOWN_TIMEOUT", 0.5)
+    url, proc = http_server
+    config = http_config(url, name="hangs", startup_timeout=1, timeout=1)
+    async with started(config, environ={"MCP_TEST_TOKEN": TOKEN}) as source:
+        assert await call(source, "echo", text="a") == ("a", False)
+        proc.send_signal(signal.SIGSTOP)  # the process lives, its socket stays open, nothing answers
+        try:
+            assert await call(source, "echo", text="b") == ("MCP tool 'hangs__echo' timed out after 1 s", True)
+            await until(lambda: source.state != "up", 15)  # the ping after the timeout got no answer
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        await until(lambda: source.state == "up", 15)
+        assert await call(source, "echo", text="c") == ("c", False)
 
 
 def _listening(port: int) -> bool:

@@ -58,7 +58,8 @@ log = logging.getLogger("ember.agents.mcp")
 MAX_STARTS_PER_MINUTE = 5
 MAX_BACKOFF = 30.0  # seconds between failed attempts, at most
 PING_TIMEOUT = 5.0  # seconds a server has to answer the ping after a timed-out call
-CLOSE_TIMEOUT = 10.0  # seconds aclose waits for the owner task (the SDK's own shutdown is ~6 s at most)
+TEARDOWN_TIMEOUT = 10.0  # seconds a connection's teardown may take (the SDK's stdio stop is ~6 s at most)
+CLOSE_TIMEOUT = 15.0  # seconds aclose waits for the owner task (the SDK's own shutdown is ~6 s at most)
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _REQUEST_TIMEOUT = -32001  # mcp_types.REQUEST_TIMEOUT
 _CONNECTION_CLOSED = -32000  # mcp_types.CONNECTION_CLOSED
@@ -279,10 +280,9 @@ class McpSource:
             self._set_state("connecting")
             try:
                 await self._connect_and_wait()
-                reason = self._died_why()
-            except Exception as exc:
-                reason = self._reason(exc)
-            self._last_error = reason
+            except Exception as exc:  # raised by the teardown (an HTTP transport's failed request)
+                self._last_error = self._reason(exc)
+            reason = self._last_error
             if self._was_up:
                 failures = 0
                 log.warning("MCP server '%s' died (%s): restarting it", self.name, reason)
@@ -301,18 +301,30 @@ class McpSource:
 
     async def _connect_and_wait(self) -> None:
         """One connection, from connecting until it ends (the state is "up" once listed)."""
-        async with AsyncExitStack() as stack:
-            try:
-                await self._connected(stack)
-            except Exception as exc:
-                self._last_error = self._reason(exc)
-                raise
-            finally:
-                # Before the teardown (the SDK's stdio shutdown may take seconds): calls stop using
-                # this session now; they fail at once after a failed start, and wait for the
-                # reconnect that follows a session that was up.
-                self._session = None
-                self._set_state("connecting" if self._was_up else "down")
+        self._last_error = "connection closed"
+        failed = False  # the body raised, so the reason is known before the teardown
+        with anyio.CancelScope() as bound:
+            async with AsyncExitStack() as stack:
+                try:
+                    await self._connected(stack)
+                    self._last_error = self._died_why()
+                except Exception as exc:
+                    self._last_error = self._reason(exc)
+                    failed = True
+                    raise
+                finally:
+                    # Before the teardown (the SDK's stdio shutdown may take seconds): calls stop
+                    # using this session now; after a failed start whose reason is known they fail
+                    # at once, after a session that was up they wait for the reconnect. (An HTTP
+                    # transport's own failure is raised by the teardown: callers wait for that.)
+                    # The teardown is bounded: an HTTP session's DELETE to a server that hangs
+                    # would wait out httpx's read timeout; the SDK shields and bounds a child's stop.
+                    self._session = None
+                    if self._was_up:
+                        self._set_state("connecting")
+                    elif failed:
+                        self._set_state("down")
+                    bound.deadline = anyio.current_time() + TEARDOWN_TIMEOUT
 
     async def _connected(self, stack: AsyncExitStack) -> None:
         # Entering these only spawns the child (stdio) or builds the client (HTTP); the talk
