@@ -34,6 +34,14 @@ from ember.agents.types import AgentTool
 # -- the factory and the config -------------------------------------------------------------------
 
 
+def test_durations_take_numbers_or_units() -> None:
+    config = BuiltinToolsConfig.model_validate(
+        {"shell": {"allow": ["echo"], "timeout": "2m"}, "http_fetch": {"allow_hosts": ["a.b"], "timeout": "500ms"}}
+    )
+    assert config.shell is not None and config.shell.timeout == 120
+    assert config.http_fetch is not None and config.http_fetch.timeout == 0.5
+
+
 def test_factory_builds_only_what_the_config_enables(tmp_path: Path) -> None:
     assert builtin_tools(BuiltinToolsConfig(), tmp_path) == {}
     config = BuiltinToolsConfig.model_validate(
@@ -60,6 +68,8 @@ def test_factory_builds_only_what_the_config_enables(tmp_path: Path) -> None:
         ({"http_fetch": {"allow_hosts": ["127.0.0.1"], "methods": ["DELETE"]}}, "methods"),
         ({"http_fetch": {"allow_hosts": []}}, "allow_hosts"),
         ({"nope": {}}, "Extra inputs"),
+        ({"shell": {"allow": ["echo"], "timeout": "soon"}}, "invalid duration"),
+        ({"http_fetch": {"allow_hosts": ["a.b"], "timeout": 0}}, "greater than 0"),
     ],
 )
 def test_bad_tables_are_config_errors(table: dict[str, Any], why: str) -> None:

@@ -2,17 +2,20 @@
 tables.
 
 A tool whose table is missing is not built (agents/config.py says "tool X needs [tools.Y]").
-Durations are seconds, sizes bytes unless the name says MB. Nothing here runs anything: the tools
-(shell.py, fs.py, http_fetch.py) take these frozen models as their settings.
+Durations are seconds (a number, or "30s", "2m"), sizes bytes unless the name says MB. Nothing
+here runs anything: the tools (shell.py, fs.py, http_fetch.py) take these frozen models as
+their settings.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from ember.config import parse_duration
 
 # The tool names the built-ins answer to, and the table each one needs.
 BUILTIN_TOOL_NAMES = ("http_fetch", "shell", "fs_read", "fs_write", "fs_list")
@@ -25,6 +28,14 @@ TOOL_TABLE = {
 }
 
 _HOST = re.compile(r"^(\*|(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*)$")
+
+
+def _seconds(value: Any) -> Any:
+    """ "30s", "2m", "500ms" or a number of seconds, as the agents' `deadline` takes."""
+    return parse_duration(value) if isinstance(value, str) else value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 
 class _Strict(BaseModel):
@@ -40,7 +51,7 @@ class ShellConfig(_Strict):
     max_files: int = Field(64, ge=8)  # RLIMIT_NOFILE
     max_processes: int = Field(32, ge=1)  # processes in the run (see sandbox.py for how)
     max_file_mb: int = Field(16, ge=1)  # RLIMIT_FSIZE
-    timeout: float = Field(30.0, gt=0)  # wall clock; the whole process group is killed after
+    timeout: Seconds = Field(30.0, gt=0)  # wall clock; the whole process group is killed after
     max_output_bytes: int = Field(65536, ge=256)  # each of stdout and stderr
     bubblewrap: Literal["auto", "always", "never"] = "auto"
     require_approval: bool = False
@@ -71,7 +82,7 @@ class HttpFetchConfig(_Strict):
     # hosts whose every address is public; a private or loopback address must be named exactly.
     allow_hosts: tuple[str, ...] = Field(min_length=1)
     max_bytes: int = Field(1 << 20, ge=1)  # of the body; the rest is cut
-    timeout: float = Field(15.0, gt=0)  # the whole fetch, redirects included
+    timeout: Seconds = Field(15.0, gt=0)  # the whole fetch, redirects included
     max_redirects: int = Field(5, ge=0)
     methods: tuple[Literal["GET", "POST"], ...] = Field(("GET",), min_length=1)
     require_approval: bool = False
