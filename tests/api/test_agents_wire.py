@@ -237,6 +237,8 @@ def test_agents_are_listed(server: ServerHandle) -> None:
     details = tags["agent/helper"].details
     assert details is not None and details.parent_model == MODEL and details.family == "tools"
     assert details.format == "agent"
+    shown = ollama.Client(host=server.base_url).show("agent/helper")
+    assert shown.details is not None and shown.details.parent_model == MODEL
 
 
 # -- bad extension values: 400s in each protocol's error format -------------------------------

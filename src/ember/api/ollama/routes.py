@@ -118,11 +118,33 @@ def _final_fields(generation: Generation, finish: FinishReason | None, stats: Ge
     }
 
 
+def _agent_spec(svc: Services, model: str) -> AgentSpec:
+    name = model.removeprefix(agent_wire.AGENT_PREFIX)
+    spec = next((s for s in svc.agents.specs() if s.name == name), None) if svc.agents is not None else None
+    if spec is None:
+        raise ModelNotFound(model, f"no agent named '{name}'")
+    return spec
+
+
+def _agent_show(svc: Services, model: str) -> dict[str, Any]:
+    """What /api/show can say of an agent: no file, template or parameters of its own."""
+    spec = _agent_spec(svc, model)
+    return {
+        "license": "",
+        "modelfile": "",
+        "parameters": "",
+        "template": "",
+        "details": _agent_tag(spec)["details"],
+        "model_info": {},
+        "capabilities": ["completion"],
+        "modified_at": _timestamp(datetime.fromtimestamp(0, UTC)),
+    }
+
+
 def _agent_loaded(svc: Services, model: str) -> dict[str, Any]:
     """An empty chat with an agent (how clients preload a model): nothing to load, its model is
     loaded by its first step."""
-    if model not in (svc.agents.names() if svc.agents is not None else []):
-        raise ModelNotFound(model, f"no agent named '{model.removeprefix(agent_wire.AGENT_PREFIX)}'")
+    _agent_spec(svc, model)
     message = {"role": "assistant", "content": ""}
     return {"model": model, "created_at": _now(), "message": message, "done": True, "done_reason": "load"}
 
@@ -427,6 +449,8 @@ async def ps(svc: Services = Depends(services)) -> dict[str, Any]:
 
 @router.post("/show")
 async def show(body: ShowRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+    if body.model.startswith(agent_wire.AGENT_PREFIX):
+        return _agent_show(svc, body.model)
     record = svc.models.get(body.model)
     meta = record.metadata
     parameters = "\n".join(f"{k} {v}" for k, v in (("num_ctx", meta.context_length),) if v)
