@@ -131,9 +131,14 @@ class ConsoleErrors:
     allowed_statuses: set[str] = field(default_factory=set)
     failed: list[str] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
+    allowed_texts: set[str] = field(default_factory=set)
 
     def allow(self, *statuses: str) -> None:
         self.allowed_statuses.update(statuses)
+
+    def allow_text(self, *fragments: str) -> None:
+        """Console errors holding one of these pass (a network failure a test provokes)."""
+        self.allowed_texts.update(fragments)
 
     def on_console(self, message: object) -> None:
         if getattr(message, "type", "") != "error":
@@ -141,6 +146,8 @@ class ConsoleErrors:
         text: str = getattr(message, "text", "")
         status = re.search(r"Failed to load resource: the server responded with a status of (\d+)", text)
         if status and status.group(1) in self.allowed_statuses:
+            return
+        if any(fragment in text for fragment in self.allowed_texts):
             return
         location = getattr(message, "location", {}) or {}
         self.errors.append(f"console: {text} ({location.get('url', '')}:{location.get('lineNumber', '')})")

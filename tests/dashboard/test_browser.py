@@ -278,3 +278,12 @@ def test_phone_width_and_dark_theme(ui_factory, dashboard: Dashboard) -> None:
     ui.page.get_by_test_id("theme-toggle").click()
     assert ui.page.evaluate("document.documentElement.dataset.theme") == "light"
     assert ui.page.evaluate("localStorage.getItem('ember.theme')") == "light"
+
+
+def test_a_network_failure_is_shown_in_the_page(ui: UiPage) -> None:
+    ui.console.allow_text("net::ERR_FAILED")
+    ui.page.route("**/admin/routes", lambda route: route.abort())
+    ui.open("#/routes")
+    expect(ui.page.get_by_test_id("error-banner")).to_contain_text("cannot reach the server")
+    ui.page.unroute("**/admin/routes")
+    expect(ui.page.get_by_test_id("route-chat")).to_be_visible(timeout=10_000)  # the next refresh draws it
