@@ -227,6 +227,13 @@ async def test_stdio_server_that_dies_is_a_tool_error_then_restarted(caplog: pyt
     assert stdio_children() == []
 
 
+async def test_a_source_not_started_or_closed_answers_with_a_tool_error() -> None:
+    source = McpSource(stdio_config())
+    assert await call(source, "add", a=1, b=2) == ("MCP server 'st' is not running (idle)", True)
+    await source.aclose()
+    assert await call(source, "add", a=1, b=2) == ("MCP server 'st' is not running (closed)", True)
+
+
 async def test_aclose_while_connecting_leaves_no_child() -> None:
     source = McpSource(stdio_config(timeout=0.2))
     starting = asyncio.create_task(source.start())
@@ -297,7 +304,7 @@ async def test_http_server_refusing_the_header_makes_calls_tool_errors(http_serv
     async with started(http_config(url, startup_timeout=3), environ={"MCP_TEST_TOKEN": "wrong"}) as source:
         assert source.state == "down"
         text, is_error = await call(source, "add", a=1, b=2)
-        assert is_error and "HTTP 401" in text, text
+        assert is_error and "HTTP 401" in text and url not in text, text  # no URL: its query could hold a secret
 
 
 @pytest.mark.slow

@@ -136,7 +136,7 @@ class McpSource:
             self._scope = anyio.CancelScope()
             self._owner = asyncio.create_task(self._own(), name=f"mcp:{self.name}")
         deadline = time.monotonic() + self.config.startup_timeout + 1.0
-        while self._state in ("idle", "connecting") and time.monotonic() < deadline:
+        while self._state in ("idle", "connecting") and time.monotonic() < deadline:  # idle: the task not yet run
             await self._wait_change(deadline - time.monotonic())
 
     async def tools(self) -> list[AgentTool]:
@@ -187,6 +187,8 @@ class McpSource:
             await self._wait_change(deadline - time.monotonic())
         session = self._session
         if session is None or self._state != "up" or self._dead.is_set():
+            if self._state in ("idle", "closed"):
+                return _error(f"MCP server '{self.name}' is not running ({self._state})")
             if self._reconnecting():
                 return _error(f"MCP server '{self.name}' is still starting ({timeout:g} s waited)")
             return _error(f"MCP server '{self.name}' is not connected ({self._last_error}); ember retries it")
@@ -220,7 +222,7 @@ class McpSource:
         return ToolOutcome(content=text)
 
     def _reconnecting(self) -> bool:
-        return self._state in ("idle", "connecting") or (self._state == "up" and self._dead.is_set())
+        return self._state == "connecting" or (self._state == "up" and self._dead.is_set())
 
     def _probe(self, session: ClientSession) -> None:
         """After a timed-out call: a server that does not answer a ping either is treated as dead."""
@@ -384,8 +386,10 @@ class McpSource:
         assert self.config.url is not None
 
         async def note_status(response: httpx2.Response) -> None:
-            if response.status_code >= 400:
-                self._http_status = f"HTTP {response.status_code} from {self.config.url}"
+            # Messages only (POSTs carry the requests; a GET stream a server does not offer is a
+            # harmless 405). No URL in them: its query may hold a secret, and the model reads them.
+            if response.status_code >= 400 and response.request.method == "POST":
+                self._http_status = f"HTTP {response.status_code}"
 
         client = httpx2.AsyncClient(
             headers=self._headers,
