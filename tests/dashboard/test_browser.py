@@ -287,3 +287,4 @@ def test_a_network_failure_is_shown_in_the_page(ui: UiPage) -> None:
     expect(ui.page.get_by_test_id("error-banner")).to_contain_text("cannot reach the server")
     ui.page.unroute("**/admin/routes")
     expect(ui.page.get_by_test_id("route-chat")).to_be_visible(timeout=10_000)  # the next refresh draws it
+    expect(ui.page.get_by_test_id("error-banner")).to_be_hidden()  # and takes the stale error away

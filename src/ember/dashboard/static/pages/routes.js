@@ -54,8 +54,16 @@ export default {
         "A target whose breaker is open is skipped until it recovers."),
       body,
     );
+    let failing = false; // the last refresh failed: its banner goes once one succeeds again
     ctx.every(2000, async () => {
-      const data = await ctx.api("/admin/routes");
+      let data;
+      try {
+        data = await ctx.api("/admin/routes");
+      } catch (err) {
+        failing = true;
+        throw err;
+      }
+      if (failing) { ctx.clearError(); failing = false; }
       const routes = data.routes || [];
       body.replaceChildren(...(routes.length ? routes.map((r) => routeTable(h, fmt, r))
         : [h("div", { class: "notice", dataset: { testid: "routes-empty" } },
