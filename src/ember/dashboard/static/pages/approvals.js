@@ -75,12 +75,15 @@ export default {
       rows.set(a.id, { tr, status: a.status, decided });
     };
 
+    let failing = false; // the last refresh failed: its banner goes once one succeeds again
     const refresh = async () => {
       if (unavailable) return;
       let data;
       try {
         data = await ctx.api(`/admin/approvals?status=${filter.value}&limit=200`);
+        if (failing) { ctx.clearError(); failing = false; }
       } catch (err) {
+        failing = err.status !== 404;
         if (err.status === 404) {
           unavailable = true;
           holder.replaceChildren(h("div", { class: "notice", dataset: { testid: "approvals-unavailable" } },
