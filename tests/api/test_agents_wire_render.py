@@ -20,7 +20,9 @@ from ember.api.anthropic import render as anthropic_render
 from ember.api.ollama import render as ollama_render
 from ember.api.openai import render as openai_render
 from ember.api.openai.protocol import ChatCompletionRequest
+from ember.api.responses import parse as responses_parse
 from ember.api.responses import render as responses_render
+from ember.api.responses.protocol import ResponseCreateRequest
 from ember.engine.types import GenerationStats
 from ember.errors import BadRequest
 from ember.services.types import AgentStep, Answer, GenerationEvent, PendingApproval, TextRequest
@@ -221,3 +223,40 @@ def test_extension_fields_parse() -> None:
     with pytest.raises(BadRequest, match="approvals"):
         agent_wire.check_routed(TextRequest(model="up/gpt-test", messages=[], approvals=parsed.approvals))
     agent_wire.check_routed(TextRequest(model="up/gpt-test", messages=[]))  # no fields: nothing to refuse
+
+
+@pytest.mark.parametrize(
+    ("items", "param"),
+    [
+        ([{"type": "mcp_approval_response", "approve": True}], "input[0].approval_request_id"),
+        ([{"type": "mcp_approval_response", "approval_request_id": "a", "approve": 1}], "input[0].approve"),
+        (
+            [
+                {"type": "mcp_approval_response", "approval_request_id": "a", "approve": True},
+                {"type": "mcp_approval_response", "approval_request_id": "a", "approve": False},
+            ],
+            "input[1].approval_request_id",
+        ),
+    ],
+)
+def test_responses_approval_items_are_checked(items: list[dict[str, Any]], param: str) -> None:
+    body = ResponseCreateRequest.model_validate({"model": "agent/helper", "input": items})
+    with pytest.raises(BadRequest) as caught:
+        responses_parse.approval_decisions(body)
+    assert caught.value.param == param
+
+
+def test_responses_echoed_agent_items_add_nothing_to_the_prompt() -> None:
+    items = [
+        {"role": "user", "content": "list"},
+        {"type": "mcp_approval_request", "id": "apr_1", "server_label": "ember", "name": "fs_list", "arguments": "{}"},
+        {"type": "mcp_approval_response", "approval_request_id": "apr_1", "approve": True, "reason": "ok"},
+    ]
+    body = ResponseCreateRequest.model_validate({"model": "agent/helper", "input": items})
+    messages, origins = responses_parse.input_messages(body, {})
+    assert [m.role for m in messages] == ["user"] and origins == ["input[0]"]
+    (decision,) = responses_parse.approval_decisions(body)
+    assert decision.approval_id == "apr_1" and decision.approve and decision.reason == "ok"
+    listed = responses_render.input_items(body)
+    assert [i["type"] for i in listed] == ["message", "mcp_approval_request", "mcp_approval_response"]
+    assert listed[1]["id"] == "apr_1" and listed[2]["approval_request_id"] == "apr_1"
