@@ -156,7 +156,8 @@ def test_a_missing_environment_variable_is_a_config_error_naming_it() -> None:
 # -- stdio ------------------------------------------------------------------------------------
 
 
-async def test_stdio_tools_listed_with_prefix_and_called() -> None:
+async def test_stdio_tools_listed_with_prefix_and_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCP_TEST_SECRET", "not for the child")
     config = stdio_config(
         env={"GREETING": "hello ${WHO}"},
         tools=["add", "echo", "fail", "picture", "getenv", "pid", "absent"],
@@ -176,6 +177,8 @@ async def test_stdio_tools_listed_with_prefix_and_called() -> None:
 
         assert await call(source, "add", a=2, b=40) == ("42", False)
         assert await call(source, "getenv", var="GREETING") == ("hello world", False)  # env, ${VAR} expanded
+        assert await call(source, "getenv", var="MCP_TEST_SECRET") == ("", False)  # ember's environment stays out
+        assert (await call(source, "getenv", var="PATH"))[0] == os.environ["PATH"]
         text, is_error = await call(source, "fail")
         assert is_error and "fail was asked to fail" in text
         assert await call(source, "picture") == ("[image: image/png, 66 bytes]", False)
