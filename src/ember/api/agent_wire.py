@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from ember.agents.config import AGENT_PREFIX
 from ember.agents.modes import MODES
 from ember.errors import BadRequest
 from ember.services.types import (
@@ -41,7 +42,6 @@ if TYPE_CHECKING:  # the render modules import this one; the gateway and agents 
     from ember.agents.service import AgentService
     from ember.gateway.gateway import AgentHost
 
-AGENT_PREFIX = "agent/"
 _Name = Annotated[str, Field(min_length=1, max_length=128)]
 
 
@@ -78,13 +78,13 @@ class AgentRequest:
     approvals: tuple[ApprovalDecision, ...] = ()
 
 
-def decisions(approvals: Sequence[ApprovalIn] | None, field: str = "approvals") -> tuple[ApprovalDecision, ...]:
+def decisions(approvals: Sequence[ApprovalIn]) -> tuple[ApprovalDecision, ...]:
     """The decisions, each id once (two answers to one approval cannot both be meant)."""
     seen: set[str] = set()
     out = []
-    for i, approval in enumerate(approvals or ()):
+    for i, approval in enumerate(approvals):
         if approval.id in seen:
-            raise BadRequest(f"{field}[{i}].id '{approval.id}' is answered twice", param=f"{field}[{i}].id")
+            raise BadRequest(f"approvals[{i}].id '{approval.id}' is answered twice", param=f"approvals[{i}].id")
         seen.add(approval.id)
         out.append(ApprovalDecision(approval_id=approval.id, approve=approval.approve, reason=approval.reason))
     return tuple(out)
