@@ -341,8 +341,12 @@ class McpSource:
         stack.callback(pumps.cancel_scope.cancel)  # runs before the task group's exit
         pumps.start_soon(self._pump, read, to_session)
         with anyio.fail_after(self.config.startup_timeout):
-            await session.initialize()
-            listed = await self._list(session)
+            initialized = await session.initialize()
+            if initialized.capabilities.tools is None:  # tools/list would be "method not found"
+                log.warning("MCP server '%s' offers no tools", self.name)
+                listed: dict[str, _Listed] = {}
+            else:
+                listed = await self._list(session)
         self._listed = listed
         self._session = session
         self._last_error = "up"
@@ -357,6 +361,8 @@ class McpSource:
                 await self._list_again(session)
 
     async def _list_again(self, session: ClientSession) -> None:
+        if session.server_capabilities is not None and session.server_capabilities.tools is None:
+            return
         try:
             with anyio.fail_after(self.config.startup_timeout):
                 listed = await self._list(session)
