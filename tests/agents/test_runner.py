@@ -61,13 +61,24 @@ deadline = "1s"
 [[agents]]
 name = "plain"
 model = "{MODEL}"
+
+[[mcp_servers]]
+name = "calc"
+command = ["{PYTHON}", "-m", "tests.agents.mcp_servers.stdio_server"]
+env = {{ PYTHONPATH = "{ROOT}" }}
+
+[[agents]]
+name = "mcp"
+model = "{MODEL}"
+tools = ["calc__*"]
 """
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Slow(BaseHTTPRequestHandler):
     """GET /sleep/SECONDS answers "slept" after that long: a tool call that takes time."""
 
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+    def do_GET(self) -> None:
         time.sleep(float(self.path.rsplit("/", 1)[-1]))
         body = b"slept"
         self.send_response(200)
@@ -113,7 +124,7 @@ def keys_and_server(
     (home / "files").mkdir(parents=True)
     (home / "files" / "note.txt").write_text("the note says 42\n", encoding="utf-8")
     keys = {"full": _create_key(home, "full", "chat,tools"), "chat": _create_key(home, "chat-only", "chat")}
-    toml = agent_toml(upstream, AGENTS.replace("{MODEL}", MODEL))
+    toml = agent_toml(upstream, AGENTS.format(MODEL=MODEL, PYTHON=sys.executable, ROOT=ROOT))
     handle = start_agent_server(agent_logs, toml, home=home, EMBER_AUTH="required")
     try:
         yield keys, handle
@@ -191,8 +202,29 @@ def test_parallel_calls_run_concurrently(scripted: UpstreamHandle, client: opena
 def test_shell_runs_in_the_server(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
     """The shell built-in under the server's event loop (uvicorn runs uvloop)."""
     script(scripted, {"tool_calls": [tool_call("shell", argv=["echo", "hello"])]}, {"text": "ok"})
-    step = [s for s in _ember(_ask(client, "agent/helper"))["steps"] if s["kind"] == "tool"][0]
+    step = next(s for s in _ember(_ask(client, "agent/helper"))["steps"] if s["kind"] == "tool")
     assert not step["is_error"] and "hello" in step["result"], step["result"]
+
+
+def test_mcp_tools_through_an_agent(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
+    """A real stdio MCP server's tools, named "<server>__*" in the agent's config."""
+    script(
+        scripted,
+        {"tool_calls": [tool_call("calc__add", a=2, b=3), tool_call("calc__fail"), tool_call("calc__add", a="x")]},
+        {"text": "five"},
+    )
+    response = _ask(client, "agent/mcp")
+    assert response.choices[0].message.content == "five"
+    offered = {t["function"]["name"] for t in history(scripted)[0]["body"]["tools"]}
+    assert {"calc__add", "calc__echo", "calc__fail"} <= offered
+    # Steps are in the order they finished: the refused call (no round trip) comes first.
+    by_call = {(s["name"], s["arguments"]): s for s in _ember(response)["steps"] if s["kind"] == "tool"}
+    add = by_call[("calc__add", '{"a":2,"b":3}')]
+    fail = by_call[("calc__fail", "{}")]
+    bad = by_call[("calc__add", '{"a":"x"}')]
+    assert add["result"] == "5" and not add["is_error"]
+    assert fail["is_error"] and "fail was asked to fail" in fail["result"]
+    assert bad["is_error"] and "do not fit the schema of tool 'calc__add'" in bad["result"]
 
 
 def test_bad_arguments_are_fed_back(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
@@ -310,19 +342,45 @@ def test_key_without_tools_scope(
     assert _ask(chat_only, "agent/plain").choices[0].message.content == "hi"
 
 
-def test_usage_and_audit_rows(scripted: UpstreamHandle, client: openai.OpenAI, server: ServerHandle) -> None:
-    script(scripted, {"tool_calls": [tool_call("fs_read", path="note.txt")]}, {"text": "done"})
-    run_id = _ember(_ask(client, "agent/helper"))["run_id"]
+def _audit_rows(server: ServerHandle, run_id: str, kind: str, timeout: float = 10) -> list[dict[str, Any]]:
+    """The run's audit rows once one of `kind` is there (the audit log writes on its own thread)."""
     audit = server.home / "state" / "audit.db"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + timeout
     rows: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         with sqlite3.connect(f"file:{audit}?mode=ro", uri=True) as db:
             rows = [json.loads(d) for (d,) in db.execute("SELECT data FROM audit ORDER BY seq")]
-        mine = [r for r in rows if r.get("run_id") == run_id]
-        if any(r["kind"] == "agent_run" for r in mine):
+        if any(r.get("run_id") == run_id and r["kind"] == kind for r in rows):
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
+    return rows
+
+
+def test_a_client_that_goes_away_stops_the_run(
+    scripted: UpstreamHandle, server: ServerHandle, key: str, slow_url: str
+) -> None:
+    script(scripted, {"tool_calls": [tool_call("http_fetch", url=f"{slow_url}/sleep/3")]}, {"text": "never read"})
+    body = {"model": "agent/helper", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    started = time.monotonic()
+    with httpx.stream(
+        "POST", server.url("/v1/chat/completions"), json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    ) as response:
+        assert response.status_code == 200
+        run_id = response.headers["x-ember-agent-run"]
+        for line in response.iter_lines():
+            if '"step"' in line:  # the first model step: the tool is running now
+                break
+    rows = _audit_rows(server, run_id, "agent_run", timeout=2.5)
+    run_row = next(r for r in rows if r.get("run_id") == run_id and r["kind"] == "agent_run")
+    assert time.monotonic() - started < 2.5  # cancelled, not waited out
+    assert run_row["status"] == 499 and run_row["finish_reason"] == "cancelled"
+    assert len(history(scripted)) == 1  # no second model call
+
+
+def test_usage_and_audit_rows(scripted: UpstreamHandle, client: openai.OpenAI, server: ServerHandle) -> None:
+    script(scripted, {"tool_calls": [tool_call("fs_read", path="note.txt")]}, {"text": "done"})
+    run_id = _ember(_ask(client, "agent/helper"))["run_id"]
+    rows = _audit_rows(server, run_id, "agent_run")
     mine = [r for r in rows if r.get("run_id") == run_id]
     tool_rows = [r for r in mine if r["kind"] == "agent_tool"]
     assert len(tool_rows) == 1 and tool_rows[0]["tool"] == "fs_read" and tool_rows[0]["outcome"] == "ok"

@@ -74,13 +74,17 @@ class AgentService:
         run = Run(self.deps, request, spec, mode, queue.put_nowait, saved=saved)
         await self.deps.toolbox.refresh()
         messages = list(request.messages or []) if saved is None else []
+        events = self._events(run, queue, messages, saved, started)
+        resources = AsyncExitStack()
+        # Closing the generation (a client gone) closes the run's stream, which cancels the run.
+        resources.push_async_callback(events.aclose)
         generation = Generation(
             model=request.model,
             prompt_tokens=0,
             load_seconds=0.0,
             started=started,
-            _events=self._events(run, queue, messages, saved, started),
-            _resources=AsyncExitStack(),
+            _events=events,
+            _resources=resources,
             provider="agent",
         )
         generation.notes["X-Ember-Agent-Run"] = run.run_id
