@@ -3,6 +3,8 @@ requests, and that it needs the admin scope. Against the real server and the rea
 
 from __future__ import annotations
 
+import time
+
 import httpx
 from tests.conftest import DEFAULT_MODEL, ServerHandle
 from tests.dashboard.conftest import Dashboard
@@ -60,6 +62,32 @@ def test_counters_move_after_a_request(server: ServerHandle) -> None:
     assert after["memory"]["resident_bytes"] >= model["memory_bytes"]
     if model["in_flight"] == 0 and model["keep_alive_s"] >= 0:
         assert 0 <= model["keep_alive_left_s"] <= model["keep_alive_s"]
+
+
+def test_a_running_request_holds_a_slot(server: ServerHandle) -> None:
+    """While an answer streams its model shows a busy slot and no keep-alive count (it starts
+    when the request ends); once the client goes the slot is free again."""
+    body = {  # greedy counting: a long answer, so it is still running when looked at
+        "model": DEFAULT_MODEL,
+        "messages": [{"role": "user", "content": "Count from 1 to 100, one number per line."}],
+        "max_tokens": 100,
+        "temperature": 0,
+        "stream": True,
+    }
+    with httpx.stream("POST", server.url("/v1/chat/completions"), json=body, timeout=60) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        next(lines)  # the first chunk: the request holds its slot
+        next(lines)
+        during = next(m for m in _stats(server)["models"] if m["name"] == DEFAULT_MODEL)
+    assert during["slots_busy"] >= 1 and during["in_flight"] >= 1
+    assert during["keep_alive_left_s"] is None
+    for _ in range(50):  # the server sees the disconnect and cancels within moments
+        after = next(m for m in _stats(server)["models"] if m["name"] == DEFAULT_MODEL)
+        if after["in_flight"] == 0:
+            break
+        time.sleep(0.1)
+    assert after["in_flight"] == 0 and after["slots_busy"] == 0
 
 
 def test_an_error_counts_as_an_error_not_a_server_error(server: ServerHandle) -> None:
