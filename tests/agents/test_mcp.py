@@ -77,7 +77,8 @@ def stdio_children() -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat[1]) == os.getpid() and (b"stdio_server" in cmdline or b"time.sleep" in cmdline or stat[0] == "Z"):
+        ours = b"stdio_server" in cmdline or b"sys.stdin.read" in cmdline or stat[0] == "Z"
+        if int(stat[1]) == os.getpid() and ours:
             found.append(int(entry.name))
     return found
 
@@ -279,7 +280,7 @@ async def test_a_command_that_cannot_start_is_retried_and_calls_are_tool_errors(
         text, is_error = await call(source, "x")
         assert is_error and "exited or closed its output before initializing" in text, text
     # One that never answers initialize is given up at startup_timeout, and stopped on aclose.
-    mute = [sys.executable, "-c", "import time; time.sleep(60)"]
+    mute = [sys.executable, "-c", "import sys; sys.stdin.read()"]  # reads, never answers
     config = McpServerConfig(name="mute", command=mute, startup_timeout=1)
     t0 = time.monotonic()
     async with started(config) as source:
