@@ -80,6 +80,7 @@ def test_the_stated_defaults_are_the_code_defaults() -> None:
     assert option_defaults("planning") == {"max_plan_steps": str(planning.DEFAULT_MAX_PLAN_STEPS)}
     assert option_defaults("swarm") == {"max_handoffs": str(AgentsDefaults().max_handoffs)}
     assert option_defaults("tools") == {"first_tool_choice": "auto", "tool_choice": "auto"}
+    assert f"goals of at most {planning.MAX_GOAL_CHARS} characters" in definitions()["planning"][1]
 
 
 def test_the_patterns_read_as_the_definitions_say() -> None:

@@ -31,7 +31,12 @@ from ember.services.message_codec import decode_message, encode_message
 from ember.services.types import AgentStep, ChatMessage, ResponseFormat, Tool
 
 DEFAULT_MAX_PLAN_STEPS = 5
-MAX_GOAL_CHARS = 120  # a goal is a sentence; the bound also keeps a small model's plan short
+MAX_GOAL_CHARS = 100  # a goal is a sentence; the bound also keeps a small model's plan short
+
+# Not `strict`: OpenAI's strict mode refuses a schema with string lengths, which keep a small
+# local model's plan short. A local model's grammar enforces the whole schema either way, and
+# the plan is validated here whoever made it.
+STRICT = False
 
 PLANNER_INSTRUCTIONS = (
     "Before answering, make a short plan: the steps that answer the request, in order, each a "
@@ -64,7 +69,7 @@ def validate_plan(text: str, schema: dict[str, Any]) -> list[str]:
     """The plan's goals; a ValueError saying what is wrong when the text is not a valid plan."""
     try:
         data = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise ValueError(f"the plan is not JSON ({e})") from None
     try:
         jsonschema.validate(data, schema)
@@ -169,7 +174,7 @@ class PlanningMode:
 
     async def _plan(self, ctx: ModeContext, messages: list[ChatMessage]) -> list[str]:
         schema = plan_schema(_max_plan_steps(ctx.agent.options))
-        fmt = ResponseFormat(type="json_schema", schema=schema, name="plan", strict=True)
+        fmt = ResponseFormat(type="json_schema", schema=schema, name="plan", strict=STRICT)
         tools = ", ".join(t.name for t in ctx.tools_for(ctx.agent)) or "none"
         prompt = [
             *messages,

@@ -32,7 +32,8 @@ CRITIQUE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "score": {"type": "number", "minimum": 0, "maximum": 1},
-        # Bounded so a local model's critique ends well inside a call's token budget.
+        # Bounded so a local model's critique ends well inside a call's token budget. The format
+        # is not `strict` for that reason (see planning.STRICT); the critique is parsed here.
         "critique": {"type": "string", "maxLength": 400},
     },
     "required": ["score", "critique"],
@@ -58,7 +59,7 @@ def parse_critique(text: str) -> Critique:
     """The critic's verdict; anything that is not the schema's shape scores 0 (see invariants)."""
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return Critique(0.0, text)
     if not isinstance(data, dict):
         return Critique(0.0, text)
@@ -123,7 +124,7 @@ class ReflectionMode:
         prompt = [
             ChatMessage(role="user", content=f"{CRITIC_INSTRUCTIONS}\n\nRequest:\n{request}\n\nAnswer:\n{answer}")
         ]
-        fmt = ResponseFormat(type="json_schema", schema=CRITIQUE_SCHEMA, name="critique", strict=True)
+        fmt = ResponseFormat(type="json_schema", schema=CRITIQUE_SCHEMA, name="critique", strict=False)
         reply = await ctx.call_model(prompt, response_format=fmt, kind="critique")
         verdict = parse_critique(reply.text)
         ctx.record(

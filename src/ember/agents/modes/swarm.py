@@ -67,7 +67,11 @@ class SwarmMode:
             history = [decode_message(m) for m in state["history"]]
             last = history[-1]
             given = {m.tool_call_id: m for m in messages if m.role == "tool" and m.tool_call_id}
-            results = {c.id: given[c.id] for c in last.tool_calls if c.id in given and not self._is_transfer(state, c)}
+            others = [c for c in last.tool_calls if not self._is_transfer(state, c)]
+            results = {c.id: given[c.id] for c in others if c.id in given}
+            missing = [c for c in others if c.id not in results]
+            if missing:  # the runner answers every call of the turn; this is only in case
+                results.update({m.tool_call_id or "": m for m in await ctx.run_tools(missing)})
             history.extend(self._finish_turn(ctx, state, last.tool_calls, results))
         else:
             root = ctx.agent
