@@ -66,6 +66,7 @@ model = "{MODEL}"
 name = "calc"
 command = ["{PYTHON}", "-m", "tests.agents.mcp_servers.stdio_server"]
 env = {{ PYTHONPATH = "{ROOT}" }}
+require_approval = ["echo"]
 
 [[agents]]
 name = "mcp"
@@ -225,6 +226,23 @@ def test_mcp_tools_through_an_agent(scripted: UpstreamHandle, client: openai.Ope
     assert add["result"] == "5" and not add["is_error"]
     assert fail["is_error"] and "fail was asked to fail" in fail["result"]
     assert bad["is_error"] and "do not fit the schema of tool 'calc__add'" in bad["result"]
+
+
+def test_a_mode_run_resumes_with_the_tools_it_was_parked_with(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
+    script(scripted, {"tool_calls": [tool_call("calc__echo", text="hi")]}, {"text": "it echoed"})
+    paused = _ask(client, MODEL, extra_body={"mode": "tools", "mode_tools": ["calc__echo"]})
+    trace = _ember(paused)
+    assert trace["finish_reason"] == "approval", trace
+    (pending,) = trace["pending_approvals"]
+    assert pending["tool"] == "calc__echo" and json.loads(pending["arguments"]) == {"text": "hi"}
+    # The follow-up names the mode but not the tools again: the run keeps those it had.
+    resumed = _ask(client, MODEL, extra_body={"mode": "tools", "approvals": [{"id": pending["id"], "approve": True}]})
+    assert resumed.choices[0].message.content == "it echoed"
+    trace = _ember(resumed)
+    assert trace["run_id"] == _ember(paused)["run_id"]
+    echo = next(s for s in trace["steps"] if s["kind"] == "tool")
+    assert echo["result"] == "hi" and not echo["is_error"]
+    assert history(scripted)[-1]["body"]["messages"][-1]["content"] == "hi"
 
 
 def test_bad_arguments_are_fed_back(scripted: UpstreamHandle, client: openai.OpenAI) -> None:

@@ -65,6 +65,9 @@ from ember.services.types import (
 log = logging.getLogger("ember.agents")
 
 _MODEL_KINDS = ("model", "critique", "plan")
+# Kept beside the mode's state in a parked run: the tools and members of a plain model's mode
+# run ("mode:<mode>"), which no config holds, so the follow-up need not name them again.
+SPEC_KEY = "ember.spec"
 
 
 @dataclass
@@ -155,7 +158,7 @@ class Run:
         self._semaphore = asyncio.Semaphore(spec.limits.tool_concurrency)
         if saved is not None:
             self.run_id = saved.run_id
-            self._state = dict(saved.mode_state)
+            self._state = {k: v for k, v in saved.mode_state.items() if k != SPEC_KEY}
             self.steps = list(saved.steps)
             self.tool_calls_used = saved.tool_calls_used
             self._elapsed_before = saved.elapsed
@@ -411,7 +414,10 @@ class Run:
                 mode=self.mode.name,
                 model=self.request.model,
                 messages=list(self._conversation),
-                mode_state=self._state,
+                mode_state={
+                    **self._state,
+                    SPEC_KEY: {"tools": list(self.root.tools), "members": list(self.root.members)},
+                },
                 steps=list(self.steps),
                 tool_calls_used=self.tool_calls_used,
                 key_name=self.request.context.key_name,
@@ -487,10 +493,16 @@ class Run:
             stats.prompt_tokens * provider.config.price_in + stats.completion_tokens * provider.config.price_out
         ) / 1e6
 
-    async def drive(self, messages: list[ChatMessage]) -> RunEnd:
-        """Run the mode under the deadline; a limit or a pause is the run's end, not an error."""
+    async def drive(self, messages: list[ChatMessage], saved: RunState | None = None) -> RunEnd:
+        """Run the mode under the deadline (a parked run: its decided calls first); a limit or a
+        pause is the run's end, not an error."""
         try:
             async with asyncio.timeout(max(self.remaining(), 0.0)):
+                if saved is not None:
+                    assert self.deps.gate is not None, "a parked run comes from the gate"
+                    messages, ended = await self.resume(self.deps.gate, saved)
+                    if ended is not None:
+                        return ended
                 outcome: ModeOutcome = await self.mode.run(self, messages)
         except RunLimit as limit:
             return RunEnd(limit.reason, limit.message)

@@ -23,10 +23,11 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import AsyncExitStack, suppress
+from dataclasses import replace
 
 from ember.agents.config import AGENT_PREFIX, AgentsConfig, tool_problem
 from ember.agents.modes import MODES
-from ember.agents.runner import Run, RunDeps, RunEnd
+from ember.agents.runner import SPEC_KEY, Run, RunDeps, RunEnd
 from ember.agents.types import AgentSpec, Mode, RunState
 from ember.errors import BadRequest, EmberError, Forbidden, ModelNotFound, UnsupportedParameter
 from ember.gateway.usage import UsageRecord
@@ -69,6 +70,8 @@ class AgentService:
         saved: RunState | None = None
         if request.approvals:
             saved = await self._parked(request, spec)
+            spec = _as_parked(spec, saved)
+            self._check_scope(request, spec)
         mode = self._modes[saved.mode if saved is not None else spec.mode]
         queue: asyncio.Queue[_Item] = asyncio.Queue()
         run = Run(self.deps, request, spec, mode, queue.put_nowait, saved=saved)
@@ -105,13 +108,7 @@ class AgentService:
         async def work() -> None:
             nonlocal end
             try:
-                result: RunEnd | None = None
-                conversation = messages
-                if saved is not None:
-                    assert self.deps.gate is not None  # _parked checked it
-                    conversation, result = await run.resume(self.deps.gate, saved)
-                if result is None:
-                    result = await run.drive(conversation)
+                result = await run.drive(messages, saved)
                 end = result
                 run.finish(result)
                 queue.put_nowait(None)
@@ -262,3 +259,18 @@ class AgentService:
         if saved.mode not in self._modes:
             raise BadRequest(f"the paused run's mode '{saved.mode}' is not served here", param="approvals")
         return saved
+
+
+def _as_parked(spec: AgentSpec, saved: RunState) -> AgentSpec:
+    """A plain model's mode run resumes with the tools and members it was parked with."""
+    kept = saved.mode_state.get(SPEC_KEY)
+    if not spec.name.startswith("mode:") or not isinstance(kept, dict):
+        return spec
+    tools, members = tuple(kept.get("tools", ())), tuple(kept.get("members", ()))
+    for field, asked, had in (("mode_tools", spec.tools, tools), ("mode_members", spec.members, members)):
+        if asked and asked != had:  # a follow-up cannot change what the paused run may reach
+            raise BadRequest(
+                f"{field} differs from the paused run's ({', '.join(had) or 'none'}); leave it out to resume",
+                param=field,
+            )
+    return replace(spec, tools=tools, members=members)
