@@ -28,9 +28,9 @@
 //       data-points="<number of points>" after every update.
 //   ctx.hasAdmin()  true when the current key (or no key, where none is needed) may call /admin,
 //       as last found out (the shell asks before it mounts a needsAdmin page; false until then).
-//   ctx.every(ms, fn)  calls fn now and every ms; a slow async fn is never run twice at once. An
-//       error is shown in the banner; a 401 or 403 also stops the timer (asking again every
-//       second would only repeat the key prompt or the refusal).
+//   ctx.every(ms, fn)  calls fn now and every ms (not while the tab is hidden); a slow async fn
+//       is never run twice at once. An error is shown in the banner; a 401 or 403 also stops
+//       the timer (asking again every second would only repeat the key prompt or the refusal).
 //   ctx.signal  an AbortSignal aborted when the page is left.
 //   ctx.h, ctx.fmt  the DOM helper and formatters below (also importable from "../app.js").
 //
@@ -500,7 +500,8 @@ function makeContext(signal, timers, charts) {
       let running = false;
       let timer = null;
       const tick = async () => {
-        if (running || signal.aborted) return;
+        // A tab in the background polls nothing (the next tick after it is shown catches up).
+        if (running || signal.aborted || document.hidden) return;
         running = true;
         try {
           await fn();
