@@ -302,11 +302,16 @@ let adminState = null; // null: not asked yet for this key; else a promise of tr
 function probeAdmin() {
   if (adminState === null) {
     adminState = fetch("/admin/stats", requestInit("GET", null, undefined))
+      // Only a 403 means "not this key"; any other failure is the page's to show when it asks
+      // (and is asked again at the next navigation, as is a 401 once a key is given).
       .then((r) => {
-        if (r.status === 401) return "needs-key";
-        return r.ok;
+        if (!r.ok && r.status !== 403) adminState = null;
+        return r.status === 401 ? "needs-key" : r.status !== 403;
       })
-      .catch(() => false);
+      .catch(() => {
+        adminState = null;
+        return true;
+      });
   }
   return adminState;
 }
