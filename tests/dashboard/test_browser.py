@@ -254,6 +254,7 @@ def test_admin_page_with_a_non_admin_key(ui_factory, dashboard: Dashboard) -> No
 
 
 def test_phone_width_and_dark_theme(ui_factory, dashboard: Dashboard) -> None:
+    """Every page, reached through the collapsed nav, at a phone's width in the dark theme."""
     ui = ui_factory(
         key=dashboard.admin_key,
         viewport={"width": 390, "height": 844},
@@ -261,23 +262,26 @@ def test_phone_width_and_dark_theme(ui_factory, dashboard: Dashboard) -> None:
         is_mobile=True,
         has_touch=True,
     )
-    ui.open("#/usage")
-    _loaded(ui, "usage")
-    assert ui.page.evaluate("document.documentElement.dataset.theme") == "dark"
-    nav = ui.page.locator("#nav")
-    toggle = ui.page.get_by_test_id("nav-toggle")
-    expect(toggle).to_be_visible()
-    width = ui.page.evaluate("document.documentElement.scrollWidth")
-    assert width <= 390 + 1, f"the page is {width}px wide at a phone's 390px"
-    ui.shot("phone-dark-usage")
-    toggle.click()
-    expect(nav.get_by_test_id("nav-keys")).to_be_visible()
-    nav.get_by_test_id("nav-keys").click()
-    _loaded(ui, "keys")
-    ui.shot("phone-dark-keys")
-    ui.page.get_by_test_id("theme-toggle").click()
-    assert ui.page.evaluate("document.documentElement.dataset.theme") == "light"
-    assert ui.page.evaluate("localStorage.getItem('ember.theme')") == "light"
+    ui.open("#/overview")
+    page = ui.page
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    nav = page.locator("#nav")
+    toggle = page.get_by_test_id("nav-toggle")
+    for page_id in PAGES:
+        expect(toggle).to_be_visible()
+        toggle.click()
+        nav.get_by_test_id(f"nav-{page_id}").click()
+        _loaded(ui, page_id)
+        expect(nav.get_by_test_id(f"nav-{page_id}")).to_be_hidden()  # the nav closes again
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390 + 1, f"the {page_id} page is {width}px wide at a phone's 390px"
+        ui.shot(f"phone-dark-{page_id}")
+    page.get_by_test_id("theme-toggle").click()
+    assert page.evaluate("document.documentElement.dataset.theme") == "light"
+    assert page.evaluate("localStorage.getItem('ember.theme')") == "light"
+    page.reload()
+    _loaded(ui, PAGES[-1])
+    assert page.evaluate("document.documentElement.dataset.theme") == "light"  # the toggle is kept
 
 
 def test_a_network_failure_is_shown_in_the_page(ui: UiPage) -> None:

@@ -56,7 +56,7 @@ export default {
           h("td", { style: { whiteSpace: "nowrap" } }, fmt.time(r.ts)),
           h("td", {}, r.key || h("span", { class: "muted" }, "–")),
           h("td", { class: r.status >= 400 ? "bad" : "" }, r.status ?? ""),
-          h("td", {}, what(h, r)),
+          h("td", { style: { minWidth: "18em" } }, what(h, r)),
           h("td", { class: "num" }, r.latency_ms === undefined ? "" : fmt.ms(r.latency_ms)),
           h("td", { class: "mono muted", title: r.hash }, String(r.hash).slice(0, 10))))
           : h("tr", {}, h("td", { class: "empty", colspan: 7 }, "The audit log is empty.")))));

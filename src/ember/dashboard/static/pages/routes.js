@@ -21,7 +21,7 @@ function targetRow(h, fmt, t) {
       t.consecutive_failures ? h("span", { class: "muted", title: "failures in a row" }, ` (${t.consecutive_failures} in a row)`) : null),
     h("td", { class: "num" }, t.ttft_ms === null || t.ttft_ms === undefined ? "–" : fmt.ms(t.ttft_ms)),
     h("td", { class: "num" }, t.tokens_per_s === null || t.tokens_per_s === undefined ? "–" : fmt.number(t.tokens_per_s, 1)),
-    h("td", { class: t.last_error ? "bad" : "muted" }, t.last_error || "–"),
+    h("td", { class: t.last_error ? "bad" : "muted", style: { minWidth: "14em" } }, t.last_error || "–"),
   );
 }
 
