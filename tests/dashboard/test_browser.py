@@ -231,6 +231,10 @@ def test_key_prompt_when_no_key(ui_factory, dashboard: Dashboard) -> None:
     prompt = ui.page.get_by_test_id("key-prompt")
     expect(prompt).to_be_visible()
     ui.shot("key-prompt")
+    ui.page.get_by_test_id("key-input").fill("ember-not-a-real-key")
+    ui.page.get_by_test_id("key-save").click()
+    expect(prompt).to_be_visible()  # asked again, saying why
+    expect(prompt).to_contain_text("The key was refused: invalid or missing API key")
     ui.page.get_by_test_id("key-input").fill(dashboard.admin_key)
     ui.page.get_by_test_id("key-save").click()
     expect(prompt).to_be_hidden()
