@@ -143,6 +143,9 @@ def test_config_refuses_bad_tables() -> None:
         with pytest.raises(ValidationError):
             McpServerConfig.model_validate(bad)
     assert McpServerConfig(name="x", command=["a"], require_approval="*").needs_approval("anything")
+    for flag in (True, False):  # as the built-in tools' tables take it
+        table = {"name": "x", "command": ["a"], "require_approval": flag}
+        assert McpServerConfig.model_validate(table).needs_approval("t") is flag
 
 
 def test_a_missing_environment_variable_is_a_config_error_naming_it() -> None:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ember.errors import ConfigError
 
@@ -33,8 +33,20 @@ class McpServerConfig(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)  # HTTP: sent with every request
     timeout: float = Field(30.0, gt=0)  # seconds per tool call
     startup_timeout: float = Field(20.0, gt=0)  # seconds to connect, initialize and list tools
-    require_approval: list[str] | Literal["*"] = Field(default_factory=list)  # tool names, or all
+    require_approval: list[str] | Literal["*"] = Field(default_factory=list)  # tool names, or all ("*", true)
     tools: list[str] | None = None  # the server's tool names agents may see (None: all of them)
+
+    @field_validator("require_approval", mode="before")
+    @classmethod
+    def _all_or_none(cls, value: object) -> object:
+        # `true` / `false` as the built-in tools' tables take it: every tool, or none.
+        if value is True:
+            return "*"
+        if value is False:
+            return []
+        if value != "*" and not isinstance(value, list):
+            raise ValueError(f'require_approval is a list of tool names, "*" or true, not {value!r}')
+        return value
 
     @model_validator(mode="after")
     def _one_transport(self) -> McpServerConfig:
