@@ -10,14 +10,18 @@ second to start, a call on an open session a few milliseconds.
 Invariants:
 - a tool call never raises for the server's failure (not connected, dead, timed out, an MCP
   error result): it is a `ToolOutcome(is_error=True)` naming the server; only cancellation
-  propagates. Every wait is bounded (startup_timeout to connect, timeout per call).
+  propagates. Every wait is bounded (startup_timeout to connect, timeout per call,
+  TEARDOWN_TIMEOUT to take a connection down). Messages name no URL (a query may hold a secret).
 - the owner task notices a dead connection by itself (a pump between the transport and the
   session sees the stream end; a call that timed out is followed by a ping), and reconnects:
   at once after a session that was up, then with doubling backoff, and at most
-  `MAX_STARTS_PER_MINUTE` attempts in any minute. Each connection lists the tools again.
+  `MAX_STARTS_PER_MINUTE` attempts in any minute. Each connection lists the tools again, as
+  does a tools/list_changed notification.
 - tools are "<server>__<tool>"; a server tool whose prefixed name is not a valid function name
   ([A-Za-z0-9_-], at most 64) is left out with a warning, as are tools outside `tools`.
-- `aclose()` ends the session and (the SDK's stdio client does it) the child process.
+- `aclose()` ends the session and (the SDK's stdio client does it) the child process. It cancels
+  the owner through the owner's own anyio cancel scope: a native `Task.cancel()` that lands in
+  the SDK's shielded shutdown is swallowed there.
 """
 
 from __future__ import annotations
