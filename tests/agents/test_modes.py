@@ -36,6 +36,13 @@ threshold = 0.8
 rounds = 2
 
 [[agents]]
+name = "critic-tools"
+model = "up/gpt-test"
+mode = "reflection"
+tools = ["fs_list"]
+rounds = 1
+
+[[agents]]
 name = "planner"
 model = "up/gpt-test"
 mode = "planning"
@@ -74,6 +81,14 @@ model = "up/gpt-test"
 mode = "planning"
 tools = ["fs_list"]
 require_approval = ["fs_list"]
+
+[[agents]]
+name = "careful-critic"
+model = "up/gpt-test"
+mode = "reflection"
+tools = ["fs_list"]
+require_approval = ["fs_list"]
+rounds = 1
 
 [[agents]]
 name = "careful-triage"
@@ -173,6 +188,13 @@ def follows_readme(ember: dict[str, Any], mode: str, **options: int) -> None:
         assert [s["index"] for s in ember["steps"]] == list(range(len(ember["steps"])))
 
 
+LIST = {"text": "", "tool_calls": [{"name": "fs_list", "arguments": {"path": "."}}]}
+
+
+def tool_names(body: dict[str, Any]) -> list[str]:
+    return [t["function"]["name"] for t in body.get("tools", [])]
+
+
 def critique(score: float, text: str) -> str:
     return json.dumps({"score": score, "critique": text})
 
@@ -243,6 +265,19 @@ def test_reflection_a_critique_that_is_not_json_scores_zero(client: openai.OpenA
     first, second = steps_of(ember, "critique", "verdict")
     assert first["detail"]["score"] == 0 and first["result"] == "I think it is fine"
     assert second["detail"]["score"] == 0.95
+
+
+def test_reflection_answers_with_the_agents_tools(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(
+        scripted, LIST, "Two files.", critique(0.4, "name them"), LIST, "notes.txt and todo.txt.", critique(0.9, "ok")
+    )
+    text, ember = ask(client, "agent/critic-tools", "Which files?")
+    assert text == "notes.txt and todo.txt."
+    follows_readme(ember, "reflection", rounds=1)
+    assert [t["name"] for t in steps_of(ember, "tool")] == ["fs_list", "fs_list"]
+    sent = bodies(scripted)
+    assert tool_names(sent[0]) == ["fs_list"] and "tools" not in sent[2]  # the critic gets no tools
+    assert "name them" in sent_text(sent[3]) and "notes.txt" in sent_text(sent[4])
 
 
 def test_reflection_streams_the_winner(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
@@ -342,10 +377,6 @@ def transfer(to: str, reason: str) -> dict[str, Any]:
     return {"text": "", "tool_calls": [{"name": f"transfer_to_{to}", "arguments": {"reason": reason}}]}
 
 
-def tool_names(body: dict[str, Any]) -> list[str]:
-    return [t["function"]["name"] for t in body.get("tools", [])]
-
-
 def test_swarm_triage_hands_over_to_billing_which_answers(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
     queue(scripted, transfer("billing", "a refund"), "Your refund is on its way.")
     text, ember = ask(client, "agent/triage", "I want my money back.")
@@ -420,9 +451,6 @@ def test_a_plain_model_in_swarm_mode_hands_to_its_members(client: openai.OpenAI,
 # -- a pause for an approval in the middle of a run ------------------------------------------------
 
 
-LIST = {"text": "", "tool_calls": [{"name": "fs_list", "arguments": {"path": "."}}]}
-
-
 def approve_and_resume(
     client: openai.OpenAI, model: str, text: str, ember: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
@@ -456,6 +484,23 @@ def test_planning_resumes_the_goal_it_paused_in(client: openai.OpenAI, scripted:
     goals = steps_of(ember, "plan", "goal")
     assert [g["result"] for g in goals] == ["notes.txt and todo.txt", "two"]
     follows_readme(whole_run(paused, ember), "planning", max_plan_steps=5)
+
+
+def test_reflection_resumes_the_round_it_paused_in(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(scripted, "A first try.", critique(0.2, "look at the files"), LIST)
+    _, paused = ask(client, "agent/careful-critic", "Which files?")
+    queue(scripted, "notes.txt and todo.txt.", critique(0.9, "good"))
+    text, ember = approve_and_resume(client, "agent/careful-critic", "Which files?", paused)
+    assert text == "notes.txt and todo.txt."
+    sent = bodies(scripted)
+    assert len(sent) == 5  # the revision's loop went on after the approval, then its critique
+    assert "look at the files" in sent_text(sent[3]) and "todo.txt" in sent_text(sent[3])
+    whole = whole_run(paused, ember)
+    assert [v["detail"] for v in steps_of(whole, "critique", "verdict")] == [
+        {"score": 0.2, "round": 0},
+        {"score": 0.9, "round": 1},
+    ]
+    follows_readme(whole, "reflection", rounds=1)
 
 
 def test_swarm_resumes_with_the_agent_it_paused_in(client: openai.OpenAI, scripted: UpstreamHandle) -> None:

@@ -92,6 +92,7 @@ def test_the_patterns_read_as_the_definitions_say() -> None:
     assert reflect.fullmatch("model:m critique:m critique:verdict model:m critique:m critique:verdict ")
     assert not reflect.fullmatch("model:m critique:m critique:verdict " * 3)
     assert not reflect.fullmatch("model:m critique:m critique:m ")
+    assert reflect.fullmatch("model:m tool:t model:m critique:m critique:verdict ")
     plan = trace_pattern("planning", max_plan_steps=2)
     assert plan.fullmatch("plan:m plan:m plan:plan model:m tool:t model:m plan:goal model:m ")
     assert not plan.fullmatch("plan:m plan:m plan:m plan:plan model:m plan:goal model:m ")

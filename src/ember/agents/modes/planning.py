@@ -25,10 +25,11 @@ from typing import Any
 
 import jsonschema
 
+from ember.agents.modes import loop
 from ember.agents.types import ModeContext, ModeOutcome
 from ember.errors import UpstreamError
 from ember.services.message_codec import decode_message, encode_message
-from ember.services.types import AgentStep, ChatMessage, ResponseFormat, Tool
+from ember.services.types import AgentStep, ChatMessage, ResponseFormat
 
 DEFAULT_MAX_PLAN_STEPS = 5
 MAX_GOAL_CHARS = 100  # a goal is a sentence; the bound also keeps a small model's plan short
@@ -84,18 +85,6 @@ def _max_plan_steps(options: dict[str, Any]) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else DEFAULT_MAX_PLAN_STEPS
 
 
-async def _resumed(ctx: ModeContext, saved: list[ChatMessage], messages: list[ChatMessage]) -> list[ChatMessage]:
-    """A goal's loop after a pause: the saved loop, its last assistant turn's calls answered by
-    the results the runner handed back in `messages` (the decided calls), the rest run now."""
-    last = saved[-1]
-    if last.role != "assistant" or not last.tool_calls:
-        return saved
-    given = {m.tool_call_id: m for m in messages if m.role == "tool" and m.tool_call_id}
-    missing = [c for c in last.tool_calls if c.id not in given]
-    ran = {m.tool_call_id: m for m in await ctx.run_tools(missing)} if missing else {}
-    return [*saved, *(given.get(c.id) or ran[c.id] for c in last.tool_calls)]
-
-
 def _plan_text(goals: list[str]) -> str:
     return "\n".join(f"{i + 1}. {goal}" for i, goal in enumerate(goals))
 
@@ -119,10 +108,10 @@ class PlanningMode:
         while state["next"] < len(goals):
             i = state["next"]
             if "loop" in state:
-                convo = await _resumed(ctx, [decode_message(m) for m in state["loop"]], messages)
+                convo = await loop.resume(ctx, state, "loop", messages)
             else:
                 convo = [*base, ChatMessage(role="user", content=self._goal_prompt(goals, results, i))]
-            result = await self._carry_out(ctx, state, convo, tools)
+            result = await loop.carry_out(ctx, state, "loop", convo, tools)
             del state["loop"]
             results.append(result)
             state["next"] = i + 1
@@ -149,19 +138,6 @@ class PlanningMode:
         ]
         final = await ctx.call_model(synthesis, final=True)
         return ModeOutcome(text=final.text, finish_reason="stop")
-
-    @staticmethod
-    async def _carry_out(ctx: ModeContext, state: dict[str, Any], convo: list[ChatMessage], tools: list[Tool]) -> str:
-        """One goal's tools loop, until the model answers without calls: that answer's text.
-        The loop is kept in `state` before its calls run, so a pause on one parks it there."""
-        while True:
-            state["loop"] = [encode_message(m) for m in convo]
-            answer = await ctx.call_model(convo, tools=tools)
-            if not answer.tool_calls:
-                return answer.text
-            convo.append(ChatMessage(role="assistant", content=answer.text, tool_calls=answer.tool_calls))
-            state["loop"] = [encode_message(m) for m in convo]
-            convo.extend(await ctx.run_tools(answer.tool_calls))
 
     @staticmethod
     def _goal_prompt(goals: list[str], results: list[str], i: int) -> str:

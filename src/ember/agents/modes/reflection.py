@@ -1,8 +1,9 @@
 """The `reflection` mode: answer, let a critic score the answer, revise while the score is low.
 
-One run is: an answer (a plain `model` call) -> a critique of it (a `critique` call whose
-output is JSON `{"score": 0..1, "critique": "..."}`, schema-constrained, so a local model's
-grammar enforces it) -> while the last score is under `threshold` and fewer than `rounds`
+One run is: an answer (a `model` call; for an agent with tools, a tools loop as in the `tools`
+mode, not streamed) -> a critique of it (a `critique` call whose output is JSON
+`{"score": 0..1, "critique": "..."}`, schema-constrained, so a local model's grammar enforces
+it) -> while the last score is under `threshold` and fewer than `rounds`
 revisions were made, a revised answer given that critique -> its critique -> ... The best
 scored answer wins; on a tie the later one (it was written with more feedback).
 
@@ -14,6 +15,8 @@ Invariants:
 - each critique is two `critique` steps: the critic's model call (recorded by the runner: its
   raw reply, tokens, cost), then the mode's verdict (name "verdict", detail {"score", "round"},
   round 0 being the first answer's, the critique as its result).
+- progress (the round, the best answer so far, the last critique, an answer's tools loop while
+  it runs) lives in `ctx.state`, so a run parked on an approval resumes in the same round.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ember.agents.modes import loop
 from ember.agents.types import ModeContext, ModeOutcome
+from ember.services.message_codec import decode_message, encode_message
 from ember.services.types import AgentStep, ChatMessage, ResponseFormat
 
 DEFAULT_THRESHOLD = 0.8
@@ -93,30 +98,41 @@ class ReflectionMode:
         options = ctx.agent.options
         threshold = _float_option(options, "threshold", DEFAULT_THRESHOLD)
         rounds = _int_option(options, "rounds", DEFAULT_ROUNDS)
-        request = _request_text(messages)
-
-        answer = (await ctx.call_model(messages)).text
-        best_text, best_score = answer, -1.0
-        for round_ in range(rounds + 1):
-            verdict = await self._critique(ctx, request, answer, round_)
-            if verdict.score >= best_score:  # a tie goes to the later answer
-                best_text, best_score = answer, verdict.score
-            if verdict.score >= threshold or round_ == rounds:
-                break
-            revision = [
-                *messages,
-                ChatMessage(role="assistant", content=answer),
-                ChatMessage(
-                    role="user",
-                    content=(
-                        f"A reviewer scored your answer {verdict.score:.2f} out of 1 and said:\n"
-                        f"{verdict.critique}\n\nWrite an improved answer to the original request. "
-                        "Reply with the answer only."
+        state = ctx.state
+        if "base" not in state:
+            # The conversation the run began with: a resumed run is handed the paused answer's
+            # loop as its messages instead.
+            state.update(base=[encode_message(m) for m in messages], round=0, best=None, last=None)
+        base = [decode_message(m) for m in state["base"]]
+        request = _request_text(base)
+        tools = ctx.tools_for(ctx.agent)
+        while True:
+            round_: int = state["round"]
+            if "loop" in state:
+                convo = await loop.resume(ctx, state, "loop", messages)
+            elif state["last"] is None:
+                convo = list(base)
+            else:
+                text, score, critique = state["last"]
+                convo = [
+                    *base,
+                    ChatMessage(role="assistant", content=text),
+                    ChatMessage(
+                        role="user",
+                        content=(
+                            f"A reviewer scored your answer {score:.2f} out of 1 and said:\n{critique}\n\n"
+                            "Write an improved answer to the original request. Reply with the answer only."
+                        ),
                     ),
-                ),
-            ]
-            answer = (await ctx.call_model(revision)).text
-        return ModeOutcome(text=best_text, finish_reason="stop")
+                ]
+            answer = await loop.carry_out(ctx, state, "loop", convo, tools)
+            del state["loop"]
+            verdict = await self._critique(ctx, request, answer, round_)
+            if state["best"] is None or verdict.score >= state["best"][1]:  # a tie goes to the later answer
+                state["best"] = [answer, verdict.score]
+            if verdict.score >= threshold or round_ >= rounds:
+                return ModeOutcome(text=state["best"][0], finish_reason="stop")
+            state.update(round=round_ + 1, last=[answer, verdict.score, verdict.critique])
 
     async def _critique(self, ctx: ModeContext, request: str, answer: str, round_: int) -> Critique:
         # One user message: the runner puts the agent's instructions first as the system
