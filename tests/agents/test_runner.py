@@ -4,9 +4,7 @@ upstream as the agents' model (and, once, the real default model with forced too
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -21,6 +19,8 @@ import pytest
 from tests.agents.conftest import MODEL, agent_toml, history, script, start_agent_server, tool_call
 from tests.conftest import DEFAULT_MODEL, ServerHandle
 from tests.gateway.conftest import UpstreamHandle
+
+from ember.guard.keys import KeyStore, parse_scopes
 
 AGENTS = """
 [tools.shell]
@@ -106,15 +106,13 @@ def slow_url() -> Iterator[str]:
 
 
 def _create_key(home: Path, name: str, scopes: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "ember", "keys", "create", "--name", name, "--scopes", scopes],
-        env={**os.environ, "EMBER_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return done.stdout.strip().splitlines()[-1]
+    """A key in the server's key store (what `ember keys create` writes), made before it starts."""
+    store = KeyStore(home / "state" / "keys.db")
+    try:
+        secret, _ = store.create(name, parse_scopes(scopes))
+    finally:
+        store.close()
+    return secret
 
 
 @pytest.fixture(scope="module")
