@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ from tests.agents.conftest import agent_toml, history, script, start_agent_serve
 from tests.agents.test_modes_readme import trace_pattern, trace_text
 from tests.conftest import DEFAULT_MODEL, ServerHandle
 from tests.gateway.conftest import UpstreamHandle
+
+from ember.agents.modes.swarm import transfer_tools
 
 CONFIG = """
 [tools.fs]
@@ -538,3 +541,10 @@ def test_each_mode_on_the_real_model(client: openai.OpenAI) -> None:
     assert len(steps_of(ember, "handoff")) <= 1
     if ember["finish_reason"] == "stop":
         follows_readme(ember, "swarm")
+
+
+def test_transfer_tool_names_are_valid_and_unambiguous() -> None:
+    tools = transfer_tools(["a.b", "a_b", "a:b", "x" * 80, "x" * 81])
+    assert list(tools.values()) == ["a.b", "a_b", "a:b", "x" * 80, "x" * 81]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name) for name in tools)
+    assert list(tools)[:3] == ["transfer_to_a_b", "transfer_to_a_b_2", "transfer_to_a_b_3"]

@@ -43,6 +43,19 @@ def transfer_tool_name(agent: str) -> str:
     return TRANSFER_PREFIX + re.sub(r"[^A-Za-z0-9_-]", "_", agent)[: 64 - len(TRANSFER_PREFIX)]
 
 
+def transfer_tools(group: list[str]) -> dict[str, str]:
+    """Each agent of the group's transfer tool: tool name -> agent name. Names that spell the
+    same tool ("a.b" and "a_b") get a number after the later one, so no transfer is ambiguous."""
+    tools: dict[str, str] = {}
+    for agent in group:
+        name, n = transfer_tool_name(agent), 2
+        while name in tools:
+            suffix = f"_{n}"
+            name, n = transfer_tool_name(agent)[: 64 - len(suffix)] + suffix, n + 1
+        tools[name] = agent
+    return tools
+
+
 def _reason(arguments: str) -> str:
     try:
         data = json.loads(arguments or "{}")
@@ -76,6 +89,7 @@ class SwarmMode:
         else:
             root = ctx.agent
             state["group"] = [root.name, *(m for m in root.members if m != root.name)]
+            state["transfers"] = transfer_tools(state["group"])
             state["handoffs"] = 0
             state["max_handoffs"] = root.limits.max_handoffs  # the swarm's cap, whoever is active
             history = list(messages)
@@ -106,7 +120,7 @@ class SwarmMode:
         for call in calls:
             if not self._is_transfer(state, call):
                 continue
-            target = next(name for name in state["group"] if transfer_tool_name(name) == call.name)
+            target = state["transfers"][call.name]
             if moved:
                 results[call.id] = _tool_result(call, "error: only one transfer per turn; this one was not made")
             elif state["handoffs"] >= cap:
@@ -135,14 +149,14 @@ class SwarmMode:
     def _transfers(self, ctx: ModeContext, state: dict[str, Any]) -> list[Tool]:
         """The transfer tools the active agent is offered: one per other agent of the group."""
         tools = []
-        for name in state["group"]:
+        for tool_name, name in state["transfers"].items():
             if name == ctx.agent.name:
                 continue
             target = ctx.agent_named(name)
             about = target.instructions.strip().splitlines()[0][:200] if target.instructions.strip() else ""
             tools.append(
                 Tool(
-                    name=transfer_tool_name(name),
+                    name=tool_name,
                     description=f"Hand the conversation over to the agent {name}." + (f" {about}" if about else ""),
                     parameters=TRANSFER_PARAMETERS,
                 )
@@ -152,6 +166,4 @@ class SwarmMode:
     @staticmethod
     def _is_transfer(state: dict[str, Any], call: ToolCall) -> bool:
         """A call of the group's transfer tools (the names are the swarm's, whatever the agent has)."""
-        return call.name.startswith(TRANSFER_PREFIX) and any(
-            transfer_tool_name(name) == call.name for name in state["group"]
-        )
+        return call.name in state["transfers"]
