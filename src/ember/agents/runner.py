@@ -64,10 +64,10 @@ from ember.services.types import (
 
 log = logging.getLogger("ember.agents")
 
-_MODEL_KINDS = ("model", "critique", "plan")
-# Kept beside the mode's state in a parked run: the tools and members of a plain model's mode
-# run ("mode:<mode>"), which no config holds, so the follow-up need not name them again.
-SPEC_KEY = "ember.spec"
+# Kept beside the mode's state in a parked run: the model calls made so far (a mode's own steps
+# may share their kinds), and the tools and members of a plain model's mode run ("mode:<mode>"),
+# which no config holds, so the follow-up need not name them again.
+RUNNER_KEY = "ember.run"
 
 
 @dataclass
@@ -148,6 +148,7 @@ class Run:
         self._state: dict[str, Any] = {}
         self.steps: list[AgentStep] = []
         self.tool_calls_used = 0
+        self._model_calls = 0  # counted against max_steps
         self._elapsed_before = 0.0  # a resumed run's working time before its pause
         self._started = time.perf_counter()
         self._streamed = False  # some final text has reached the client
@@ -158,7 +159,9 @@ class Run:
         self._semaphore = asyncio.Semaphore(spec.limits.tool_concurrency)
         if saved is not None:
             self.run_id = saved.run_id
-            self._state = {k: v for k, v in saved.mode_state.items() if k != SPEC_KEY}
+            self._state = {k: v for k, v in saved.mode_state.items() if k != RUNNER_KEY}
+            kept = saved.mode_state.get(RUNNER_KEY)
+            self._model_calls = int(kept.get("model_calls", 0)) if isinstance(kept, dict) else 0
             self.steps = list(saved.steps)
             self.tool_calls_used = saved.tool_calls_used
             self._elapsed_before = saved.elapsed
@@ -210,7 +213,7 @@ class Run:
         return self.root.limits.deadline - self.elapsed()
 
     def model_calls(self) -> int:
-        return sum(1 for s in self.steps if s.kind in _MODEL_KINDS)
+        return self._model_calls
 
     async def call_model(
         self,
@@ -229,6 +232,7 @@ class Run:
             raise RunLimit(
                 "max_steps", f"the agent stopped after {limits.max_steps} model steps without a final answer"
             )
+        self._model_calls += 1
         agent = self._agent
         head = [ChatMessage(role="system", content=agent.instructions)] if agent.instructions else []
         req = TextRequest(
@@ -416,7 +420,11 @@ class Run:
                 messages=list(self._conversation),
                 mode_state={
                     **self._state,
-                    SPEC_KEY: {"tools": list(self.root.tools), "members": list(self.root.members)},
+                    RUNNER_KEY: {
+                        "model_calls": self._model_calls,
+                        "tools": list(self.root.tools),
+                        "members": list(self.root.members),
+                    },
                 },
                 steps=list(self.steps),
                 tool_calls_used=self.tool_calls_used,

@@ -27,7 +27,7 @@ from dataclasses import replace
 
 from ember.agents.config import AGENT_PREFIX, AgentsConfig, tool_problem
 from ember.agents.modes import MODES
-from ember.agents.runner import SPEC_KEY, Run, RunDeps, RunEnd
+from ember.agents.runner import RUNNER_KEY, Run, RunDeps, RunEnd
 from ember.agents.types import AgentSpec, Mode, RunState
 from ember.errors import BadRequest, EmberError, Forbidden, ModelNotFound, UnsupportedParameter
 from ember.gateway.usage import UsageRecord
@@ -263,7 +263,7 @@ class AgentService:
 
 def _as_parked(spec: AgentSpec, saved: RunState) -> AgentSpec:
     """A plain model's mode run resumes with the tools and members it was parked with."""
-    kept = saved.mode_state.get(SPEC_KEY)
+    kept = saved.mode_state.get(RUNNER_KEY)
     if not spec.name.startswith("mode:") or not isinstance(kept, dict):
         return spec
     tools, members = tuple(kept.get("tools", ())), tuple(kept.get("members", ()))
