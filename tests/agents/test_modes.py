@@ -396,6 +396,32 @@ def test_swarm_triage_hands_over_to_billing_which_answers(client: openai.OpenAI,
     assert "I want my money back." in sent_text(second) and "transferred to billing" in sent_text(second)
 
 
+def streamed(client: openai.OpenAI, model: str, text: str) -> tuple[str, list[dict[str, Any]]]:
+    """A streamed question: the text the client read, and the steps its chunks carried."""
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": text}], max_tokens=64, stream=True
+    )
+    parts, steps = [], []
+    for chunk in stream:
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+        ember = (chunk.model_extra or {}).get("ember") or {}
+        if "step" in ember:  # one chunk per finished step
+            steps.append(ember["step"])
+    return "".join(parts), steps
+
+
+def test_swarm_and_planning_stream_the_answer_once(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(scripted, transfer("billing", "a refund"), "Your refund is on its way.")
+    text, steps = streamed(client, "agent/triage", "Refund, please.")
+    assert text == "Your refund is on its way."
+    assert [s["kind"] for s in steps] == ["model", "handoff", "model"]
+    queue(scripted, plan("think"), "thought", "The answer.")
+    text, steps = streamed(client, "agent/planner", "Think.")
+    assert text == "The answer."  # only the synthesis reaches the client
+    follows_readme({"steps": steps}, "planning", max_plan_steps=3)
+
+
 def test_swarm_the_new_agent_runs_its_own_tools(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
     queue(
         scripted,
