@@ -393,6 +393,33 @@ def test_a_client_that_goes_away_stops_the_run(
     assert len(history(scripted)) == 1  # no second model call
 
 
+def test_a_step_that_fails_upstream_is_an_error_status(
+    scripted: UpstreamHandle, server: ServerHandle, key: str, slow_url: str
+) -> None:
+    """The second model call fails (the upstream breaks while the tool runs): the request is an
+    upstream error in the protocol's error body, not a 500 or a half answer."""
+    script(scripted, {"tool_calls": [tool_call("http_fetch", url=f"{slow_url}/sleep/1")]}, {"text": "never"})
+    body = {"model": "agent/helper", "messages": [{"role": "user", "content": "x"}]}
+    result: dict[str, httpx.Response] = {}
+    thread = threading.Thread(
+        target=lambda: result.update(
+            response=httpx.post(
+                server.url("/v1/chat/completions"), json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30
+            )
+        )
+    )
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not history(scripted) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    scripted.control(mode="error", status=500)
+    thread.join(30)
+    response = result["response"]
+    assert 500 <= response.status_code < 600 and response.status_code != 500, response.text
+    assert response.json()["error"]["message"]
+    assert "Traceback" not in server.log()
+
+
 def test_usage_and_audit_rows(scripted: UpstreamHandle, client: openai.OpenAI, server: ServerHandle) -> None:
     script(scripted, {"tool_calls": [tool_call("fs_read", path="note.txt")]}, {"text": "done"})
     run_id = _ember(_ask(client, "agent/helper"))["run_id"]
