@@ -39,6 +39,12 @@ threshold = 0.8
 rounds = 2
 
 [[agents]]
+name = "short-planner"
+model = "up/gpt-test"
+mode = "planning"
+max_steps = 3
+
+[[agents]]
 name = "critic-tools"
 model = "up/gpt-test"
 mode = "reflection"
@@ -348,6 +354,14 @@ def test_planning_too_many_steps_is_invalid(client: openai.OpenAI, scripted: Ups
     text, _ = ask(client, "agent/planner", "Do four things.")
     assert text == "All done."
     assert "is too long" in sent_text(bodies(scripted)[1])
+
+
+def test_planning_stops_at_the_step_limit(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
+    queue(scripted, plan("one", "two"), "did one", "did two", "never asked")
+    text, ember = ask(client, "agent/short-planner", "Two things.")
+    assert ember["finish_reason"] == "max_steps" and "3 model steps" in text
+    assert [(s["kind"], s["name"]) for s in ember["steps"]][-2:] == [("model", "up/gpt-test"), ("plan", "goal")]
+    assert len(bodies(scripted)) == 3  # the plan and two goals: the synthesis would be a fourth call
 
 
 def test_planning_invalid_twice_is_an_error(client: openai.OpenAI, scripted: UpstreamHandle) -> None:
