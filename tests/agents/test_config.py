@@ -36,7 +36,7 @@ tools = ["shell", "docs__search", "docs__*"]
 mode = "swarm"
 members = ["billing"]
 max_handoffs = 2
-require_approval = ["shell"]
+require_approval = ["shell", "docs__fetch"]
 
 [[agents.auto_approve]]
 tool = "shell"
@@ -67,7 +67,7 @@ def test_a_good_config_loads(tmp_path: Path) -> None:
     assert triage.mode == "swarm" and triage.members == ("billing",)
     assert triage.tools == ("shell", "docs__search", "docs__*")
     assert triage.limits.max_steps == 5 and triage.limits.deadline == 120 and triage.limits.max_handoffs == 2
-    assert triage.options["require_approval"] == ["shell"]
+    assert triage.options["require_approval"] == ["shell", "docs__fetch"]
     assert triage.options["auto_approve"] == [{"tool": "shell", "arguments": '"echo"'}]
     assert billing.limits.deadline == 90 and billing.limits.tool_concurrency == 2
     assert billing.options["first_tool_choice"] == "required" and billing.options["tool_choice"] == "none"
@@ -96,6 +96,7 @@ def test_no_file_means_no_agents() -> None:
         ('[[agents]]\nname = "a"\nmodel = "m"\nrequire_approval = ["shell"]\n', 4, "not one of the agent's tools"),
         ('[[agents]]\nname = "a"\nmodel = "m"\n\n[[agents]]\nname = "a"\nmodel = "m"\n', 6, "defined twice"),
         ('[[agents]]\nname = "a"\nmodel = "m"\ncolour = "red"\n', 4, "colour"),
+        ('[[agents]]\nname = "mode:tools"\nmodel = "m"\n', 2, "name"),
         ('[[agents]]\nname = "a"\nmodel = "m"\n\n[[agents.auto_approve]]\ntool = "x"\narguments = "("\n', 7, "regular"),
     ],
 )

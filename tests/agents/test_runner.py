@@ -62,6 +62,10 @@ deadline = "1s"
 name = "plain"
 model = "{MODEL}"
 
+[[agents]]
+name = "broken"
+model = "no-such-model:1b"
+
 [[mcp_servers]]
 name = "calc"
 command = ["{PYTHON}", "-m", "tests.agents.mcp_servers.stdio_server"]
@@ -317,6 +321,7 @@ def test_plain_model_in_tools_mode(scripted: UpstreamHandle, client: openai.Open
     ("model", "extra", "status", "param"),
     [
         ("agent/nobody", {}, 404, None),
+        ("agent/broken", {}, 503, None),  # the agent exists; its model does not: the server's fault
         (MODEL, {"mode": "dreaming"}, 400, "mode"),
         (MODEL, {"mode": "tools", "mode_tools": ["rm_rf"]}, 400, "mode_tools"),
         (

@@ -94,7 +94,8 @@ class AgentsDefaults(_Strict):
 class AgentConfig(_Strict):
     """One `[[agents]]` table. Unset limits take `[agents_defaults]`'s."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]+$", max_length=64)
+    # No ":": "mode:<mode>" names the agent a plain model's mode run gets.
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)
     model: str = Field(min_length=1)  # a local model, a route, or "provider/model"
     instructions: str = ""
     tools: list[str] = Field(default_factory=list)
@@ -182,11 +183,11 @@ class AgentsConfig(_Strict):
                 if problem:
                     raise ValueError(f"agents[{i}].tools: {problem}")
             for tool in agent.require_approval:
-                if tool not in agent.tools:
+                if not _names(agent.tools, tool):
                     raise ValueError(f"agents[{i}].require_approval: '{tool}' is not one of the agent's tools")
             for choice in ("first_tool_choice", "tool_choice"):
                 value = getattr(agent, choice)
-                if value not in ("auto", "none", "required") and value not in agent.tools:
+                if value not in ("auto", "none", "required") and not _names(agent.tools, value):
                     raise ValueError(
                         f"agents[{i}].{choice}: {value!r} is not auto, none, required or one of the agent's tools"
                     )
@@ -201,6 +202,12 @@ class AgentsConfig(_Strict):
 
     def specs(self) -> dict[str, AgentSpec]:
         return {agent.name: agent.spec(self.agents_defaults) for agent in self.agents}
+
+
+def _names(tools: list[str], name: str) -> bool:
+    """Whether an agent's tool list reaches `name` (itself, or its server's "<server>__*")."""
+    server, sep, _ = name.partition(SEPARATOR)
+    return name in tools or (bool(sep) and f"{server}{SEPARATOR}*" in tools)
 
 
 def tool_problem(tool: str, builtins: BuiltinToolsConfig, servers: list[str]) -> str | None:

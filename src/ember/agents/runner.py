@@ -43,7 +43,7 @@ from ember.agents.types import (
     ToolOutcome,
 )
 from ember.engine.types import GenerationStats
-from ember.errors import NotFound
+from ember.errors import ModelNotFound, NotFound, ServiceUnavailable
 from ember.gateway.gateway import Gateway
 from ember.guard.audit import AuditLog
 from ember.services.generation import Generation
@@ -249,24 +249,15 @@ class Run:
             context=self.request.context,
         )
         started = time.perf_counter()
-        generation: Generation
-        if final:
-            generation = await self.deps.gateway.start(req)
-            builder = AnswerBuilder()
-            separated = False
-            async for event in generation:
-                builder.add(event)
-                if event.text:
-                    if self._streamed and not separated:  # an earlier turn's text reached the client
-                        self._send(GenerationEvent(text="\n\n"))
-                    separated = True
-                    self._send(GenerationEvent(text=event.text))
-            answer = builder.answer()
-            if separated:
-                self._streamed = True
-                self._last_final = answer.text
-        else:
-            generation, answer = await self.deps.gateway.complete(req)
+        try:
+            generation, answer = await self._generate(req, final)
+        except ModelNotFound as exc:
+            if agent.name.startswith("mode:"):
+                raise  # the client named the model: a 404 is the answer
+            # The client asked for an agent, which exists: its model missing is the server's fault.
+            raise ServiceUnavailable(
+                f"agent '{agent.name}' cannot run: its model '{agent.model}' is not available ({exc.message})"
+            ) from exc
         cost = self._cost(generation, answer.stats)
         self.totals.add(answer.stats, cost)
         detail: dict[str, Any] = {"finish_reason": answer.finish_reason}
@@ -300,6 +291,27 @@ class Run:
             )
         self._conversation = [*messages, ChatMessage(role="assistant", content=answer.text, tool_calls=calls)]
         return answer
+
+    async def _generate(self, req: TextRequest, final: bool) -> tuple[Generation, Answer]:
+        """One model call through the gateway; a `final` one streams its text to the client as
+        it comes (after a blank line when an earlier turn's text went out already)."""
+        if not final:
+            return await self.deps.gateway.complete(req)
+        generation = await self.deps.gateway.start(req)
+        builder = AnswerBuilder()
+        separated = False
+        async for event in generation:
+            builder.add(event)
+            if event.text:
+                if self._streamed and not separated:
+                    self._send(GenerationEvent(text="\n\n"))
+                separated = True
+                self._send(GenerationEvent(text=event.text))
+        answer = builder.answer()
+        if separated:
+            self._streamed = True
+            self._last_final = answer.text
+        return generation, answer
 
     async def run_tools(self, calls: Sequence[ToolCall]) -> list[ChatMessage]:
         limits = self.root.limits
