@@ -562,6 +562,33 @@ def test_swarm_resumes_with_the_agent_it_paused_in(client: openai.OpenAI, script
     follows_readme(whole, "swarm")
 
 
+def test_swarm_a_transfer_beside_a_call_that_waits_is_made_on_resume(
+    client: openai.OpenAI, scripted: UpstreamHandle
+) -> None:
+    both = {
+        "text": "",
+        "tool_calls": [
+            {"name": "fs_list", "arguments": {"path": "."}},
+            {"name": "transfer_to_careful-triage", "arguments": {"reason": "done here"}},
+        ],
+    }
+    queue(scripted, transfer("careful-billing", "files"), both)
+    _, paused = ask(client, "agent/careful-triage", "List and go back.")
+    queue(scripted, "Back at triage.")
+    text, ember = approve_and_resume(client, "agent/careful-triage", "List and go back.", paused)
+    assert text == "Back at triage."
+    last = bodies(scripted)[-1]
+    assert last["messages"][0] == {"role": "system", "content": "You are triage."}
+    assert "notes.txt" in sent_text(last) and "transferred to careful-triage" in sent_text(last)
+    whole = whole_run(paused, ember)
+    assert [(h["detail"]["from"], h["detail"]["to"]) for h in steps_of(whole, "handoff")] == [
+        ("careful-triage", "careful-billing"),
+        ("careful-billing", "careful-triage"),
+    ]
+    # Known wart: the runner's resume runs every call of the paused turn, the transfer too, so the
+    # trace also holds a `tool` step for transfer_to_careful-triage with an error the model never sees.
+
+
 # -- the real default model -----------------------------------------------------------------------
 
 
