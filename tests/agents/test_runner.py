@@ -437,6 +437,22 @@ def test_usage_and_audit_rows(scripted: UpstreamHandle, client: openai.OpenAI, s
     assert run_row["steps"] == 3 and run_row["finish_reason"] == "stop" and run_row["tool_calls"] == 1
     requests = [r for r in rows if r["kind"] == "request" and r["model"] == "agent/helper"]
     assert requests and requests[-1]["provider"] == "agent" and requests[-1]["tokens_in"] == 0
+    # The steps' own rows carry the tokens, under the agent's model and the same key.
+    steps = [r for r in rows if r["kind"] == "request" and r["model"] == MODEL and r["key"] == "full"]
+    assert len(steps) >= 2 and all(r["tokens_in"] > 0 for r in steps[-2:])
+
+
+def test_a_refused_agent_request_is_a_usage_row(client: openai.OpenAI, server: ServerHandle) -> None:
+    with pytest.raises(openai.NotFoundError):
+        _ask(client, "agent/nobody-at-all")
+    usage = server.home / "state" / "usage.db"
+    deadline = time.monotonic() + 10
+    found: list[tuple[Any, ...]] = []
+    while not found and time.monotonic() < deadline:
+        with sqlite3.connect(f"file:{usage}?mode=ro", uri=True) as db:
+            found = db.execute("SELECT status, provider, key FROM usage WHERE model = 'agent/nobody-at-all'").fetchall()
+        time.sleep(0.05)
+    assert found == [(404, "agent", "full")]
 
 
 @pytest.mark.slow

@@ -68,6 +68,7 @@ log = logging.getLogger("ember.agents")
 # may share their kinds), and the tools and members of a plain model's mode run ("mode:<mode>"),
 # which no config holds, so the follow-up need not name them again.
 RUNNER_KEY = "ember.run"
+MAX_RESULT_CHARS = 65536  # of one tool result fed back to the model
 
 
 @dataclass
@@ -345,6 +346,8 @@ class Run:
         agent = self._agent
         outcome = await self._outcome(call, approved)
         content = f"error: {outcome.content}" if outcome.is_error else outcome.content
+        if len(content) > MAX_RESULT_CHARS:  # a tool that does not cap its own output
+            content = f"{content[:MAX_RESULT_CHARS]}\n[cut: {len(content) - MAX_RESULT_CHARS} more characters]"
         self.record(
             AgentStep(
                 index=self.next_index(),

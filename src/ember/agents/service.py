@@ -64,14 +64,18 @@ class AgentService:
 
     async def start(self, request: TextRequest) -> Generation:
         started = time.perf_counter()
-        spec = self.resolve(request)
-        self._check_request(request, spec)
-        self._check_scope(request, spec)
-        saved: RunState | None = None
-        if request.approvals:
-            saved = await self._parked(request, spec)
-            spec = _as_parked(spec, saved)
+        try:
+            spec = self.resolve(request)
+            self._check_request(request, spec)
             self._check_scope(request, spec)
+            saved: RunState | None = None
+            if request.approvals:
+                saved = await self._parked(request, spec)
+                spec = _as_parked(spec, saved)
+                self._check_scope(request, spec)
+        except EmberError as exc:  # refused before the run: one usage row says so, as the gateway's do
+            self.deps.gateway.emit(self._record(request, time.time(), started, exc.status_code, exc.message))
+            raise
         mode = self._modes[saved.mode if saved is not None else spec.mode]
         queue: asyncio.Queue[_Item] = asyncio.Queue()
         run = Run(self.deps, request, spec, mode, queue.put_nowait, saved=saved)
@@ -137,24 +141,28 @@ class AgentService:
             self._account(run, end, ts, started)
 
     def _account(self, run: Run, end: RunEnd, ts: float, started: float) -> None:
-        ctx = run.request.context
-        record = UsageRecord(
+        record = self._record(run.request, ts, started, end.status, end.error)
+        record.upstream_model = run.root.model
+        record.ttft_ms = (run.first_event_at - started) * 1000 if run.first_event_at is not None else None
+        self.deps.gateway.emit(record)
+        run.audit_end(end)
+
+    @staticmethod
+    def _record(request: TextRequest, ts: float, started: float, status: int, error: str | None) -> UsageRecord:
+        """The run's own usage row: no tokens or cost (its model steps' rows carry them)."""
+        ctx = request.context
+        return UsageRecord(
             ts=ts,
             endpoint=ctx.endpoint,
             protocol=ctx.protocol,
-            model=run.request.model,
+            model=request.model,
             provider="agent",
-            upstream_model=run.root.model,
             key=ctx.key_name,
-            ttft_ms=(run.first_event_at - started) * 1000 if run.first_event_at is not None else None,
             latency_ms=(time.perf_counter() - started) * 1000,
-            status=end.status,
-            error=end.error,
-            attempts=max(run.model_calls(), 1),
-            request=run.request,
+            status=status,
+            error=error,
+            request=request,
         )
-        self.deps.gateway.emit(record)
-        run.audit_end(end)
 
     # -- checks before the first byte ---------------------------------------------------------
 
