@@ -247,6 +247,15 @@ def test_a_mode_run_resumes_with_the_tools_it_was_parked_with(scripted: Upstream
     assert history(scripted)[-1]["body"]["messages"][-1]["content"] == "hi"
 
 
+def test_a_call_that_cannot_run_asks_no_human(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
+    script(scripted, {"tool_calls": [tool_call("calc__echo", txt="hi")]}, {"text": "oops"})
+    response = _ask(client, MODEL, extra_body={"mode": "tools", "mode_tools": ["calc__echo"]})
+    trace = _ember(response)
+    assert trace["finish_reason"] == "stop" and trace["pending_approvals"] == []
+    assert [s["kind"] for s in trace["steps"]] == ["model", "tool", "model"]
+    assert "do not fit the schema" in trace["steps"][1]["result"]
+
+
 def test_bad_arguments_are_fed_back(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
     script(
         scripted,

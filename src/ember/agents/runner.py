@@ -278,9 +278,14 @@ class Run:
                 detail=detail,
             )
         )
-        calls = tuple(
-            c if c.id else ToolCall(id=_call_id(), name=c.name, arguments=c.arguments) for c in answer.tool_calls
-        )
+        # Every call gets an id of its own: results and approvals are matched to calls by id.
+        seen: set[str] = set()
+        calls: tuple[ToolCall, ...] = ()
+        for c in answer.tool_calls:
+            if not c.id or c.id in seen:
+                c = ToolCall(id=_call_id(), name=c.name, arguments=c.arguments)
+            seen.add(c.id)
+            calls += (c,)
         if calls != answer.tool_calls:
             answer = Answer(
                 text=answer.text,
@@ -322,10 +327,14 @@ class Run:
                 f"the agent stopped at its limit of {limits.max_tool_calls} tool calls without a final answer",
             )
         gate = self.deps.gate
-        waiting = [c for c in calls if gate is not None and self._needs_approval(c)]
-        waiting = [c for c in waiting if gate is not None and gate.auto_decision(self._agent, c) == "pending"]
-        if waiting and gate is not None:
-            await self._park(gate, waiting)
+        if gate is not None:
+            # Only a call that could run asks a human: a refused one is fed back as it is.
+            asking = [c for c in calls if self._needs_approval(c) and self._refusal(c) is None]
+            waiting = [c for c in asking if gate.auto_decision(self._agent, c) == "pending"]
+            if waiting:
+                await self._park(gate, waiting)
+        else:
+            waiting = []
         approved = {c.id for c in calls if c not in waiting}
         return await self.execute(calls, approved)
 
@@ -375,17 +384,23 @@ class Run:
         )
         return ChatMessage(role="tool", content=content, tool_call_id=call.id, name=call.name)
 
-    async def _outcome(self, call: ToolCall, approved: bool) -> ToolOutcome:
+    def _refusal(self, call: ToolCall) -> str | None:
+        """Why this call cannot run at all: not the agent's tool, not available, bad arguments."""
         allowed = self.deps.toolbox.expand(self._agent.tools)
         if call.name not in allowed:
             offered = ", ".join(allowed) or "none"
-            return ToolOutcome(f"tool '{call.name}' is not one of this agent's tools (its tools: {offered})", True)
+            return f"tool '{call.name}' is not one of this agent's tools (its tools: {offered})"
         tool = self.deps.toolbox.tool(call.name)
         if tool is None:
-            return ToolOutcome(self.deps.toolbox.unavailable(call.name), True)
-        arguments, problem = parse_arguments(tool, call.arguments)
-        if problem is not None:
-            return ToolOutcome(problem, True)
+            return self.deps.toolbox.unavailable(call.name)
+        return parse_arguments(tool, call.arguments)[1]
+
+    async def _outcome(self, call: ToolCall, approved: bool) -> ToolOutcome:
+        refusal = self._refusal(call)
+        tool = self.deps.toolbox.tool(call.name)
+        if refusal is not None or tool is None:
+            return ToolOutcome(refusal or self.deps.toolbox.unavailable(call.name), True)
+        arguments, _ = parse_arguments(tool, call.arguments)
         if not approved and self._needs_approval(call):
             return ToolOutcome(f"tool '{call.name}' needs a human's approval, and this server has no approvals", True)
         timeout = tool.spec.timeout + 1
