@@ -20,6 +20,8 @@ from tests.agents.conftest import MODEL, agent_toml, history, script, start_agen
 from tests.conftest import DEFAULT_MODEL, ServerHandle
 from tests.gateway.conftest import UpstreamHandle
 
+from ember.agents.runner import parse_arguments
+from ember.agents.types import ToolOutcome, ToolSpec
 from ember.guard.keys import KeyStore, parse_scopes
 
 AGENTS = """
@@ -504,3 +506,40 @@ tool_choice = "none"
     assert steps[0]["tokens_in"] > 0 and steps[-1]["tokens_in"] > 0
     assert "tool_calls" not in steps[-1]["detail"]  # tool_choice none on the later step
     assert response.choices[0].message.content == steps[-1]["result"]
+
+
+class _Tool:
+    """A tool with only a schema: parse_arguments reads nothing else."""
+
+    def __init__(self, parameters: dict[str, Any]) -> None:
+        self.spec = ToolSpec(name="t", description="", parameters=parameters)
+
+    async def call(self, arguments: dict[str, Any]) -> ToolOutcome:
+        return ToolOutcome("unused")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"n": 3, "tags": ["a"]}', None),
+        ("", "required property"),  # no arguments at all: an empty object, which lacks "n"
+        ("{", "not valid JSON"),
+        ("[1]", "must be a JSON object, not list"),
+        ("null", "must be a JSON object, not NoneType"),
+        ('{"n": "3"}', "at n: '3' is not of type 'integer'"),
+        ('{"n": 1, "tags": [1]}', "at tags/0: 1 is not of type 'string'"),
+        ('{"n": 1, "extra": true}', "Additional properties are not allowed"),
+    ],
+)
+def test_arguments_are_checked_against_the_schema(text: str, problem: str | None) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}},
+        "required": ["n"],
+        "additionalProperties": False,
+    }
+    _, found = parse_arguments(_Tool(schema), text)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found, found

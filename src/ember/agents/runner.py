@@ -596,7 +596,8 @@ def _call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
 
-_VALIDATORS: dict[str, tuple[int, Any]] = {}  # tool name -> (id of its schema, its validator)
+# tool name -> (its schema, its validator); the schema is held, so `is` tells a re-listed tool's new one
+_VALIDATORS: dict[str, tuple[dict[str, Any], Any]] = {}
 
 
 def parse_arguments(tool: AgentTool, text: str) -> tuple[dict[str, Any], str | None]:
@@ -611,11 +612,11 @@ def parse_arguments(tool: AgentTool, text: str) -> tuple[dict[str, Any], str | N
         return {}, f"the arguments of tool '{name}' must be a JSON object, not {type(arguments).__name__}"
     schema = tool.spec.parameters
     cached = _VALIDATORS.get(name)
-    if cached is None or cached[0] != id(schema):
+    if cached is None or cached[0] is not schema:
         try:
             cls = jsonschema.validators.validator_for(schema)
             cls.check_schema(schema)
-            cached = (id(schema), cls(schema))
+            cached = (schema, cls(schema))
         except jsonschema.SchemaError:
             return arguments, None  # the tool's own schema is broken: let the tool judge
         _VALIDATORS[name] = cached
