@@ -223,6 +223,11 @@ def test_plain_model_in_a_mode(scripted: UpstreamHandle, server: ServerHandle) -
     ember = _extra(response)["ember"]
     assert ember["agent"] == "mode:tools" and ember["mode"] == "tools" and _tool_steps(ember["steps"]) == ["fs_list"]
     assert [t["function"]["name"] for t in history(scripted)[0]["body"]["tools"]] == ["fs_list"]
+    # Without the fields nothing changes: one model call, no trace.
+    script(scripted, {"text": "Plain."})
+    plain = _openai(server).chat.completions.create(model=MODEL, messages=ASK, max_tokens=20)  # type: ignore[arg-type]
+    assert plain.choices[0].message.content == "Plain." and "ember" not in _extra(plain)
+    assert "tools" not in history(scripted)[-1]["body"]
 
 
 # -- listing ------------------------------------------------------------------------------------
@@ -254,6 +259,8 @@ def test_bad_values_are_400s_in_each_format(upstream: UpstreamHandle, server: Se
     assert response.json()["error"]["param"] == "approvals[0].approve"
     response = httpx.post(server.url("/v1/chat/completions"), json={**chat, "n": 2}, timeout=30)
     assert response.status_code == 400 and response.json()["error"]["param"] == "n"
+    response = httpx.post(server.url("/api/chat"), json={**chat, "approvals": [{"id": "a", "approve": 1}]}, timeout=30)
+    assert response.status_code == 400 and "approvals[0].approve" in response.json()["error"]
     response = httpx.post(server.url("/api/chat"), json={**chat, "mode_tools": "fs_list"}, timeout=30)
     assert response.status_code == 400 and "mode_tools" in response.json()["error"]
     response = httpx.post(server.url("/api/chat"), json={**chat, "model": MODEL, "mode_tools": ["fs_list"]}, timeout=30)
