@@ -534,8 +534,9 @@ class Run:
     async def drive(self, messages: list[ChatMessage], saved: RunState | None = None) -> RunEnd:
         """Run the mode under the deadline (a parked run: its decided calls first); a limit or a
         pause is the run's end, not an error."""
+        timer = asyncio.timeout(max(self.remaining(), 0.0))
         try:
-            async with asyncio.timeout(max(self.remaining(), 0.0)):
+            async with timer:
                 if saved is not None:
                     assert self.deps.gate is not None, "a parked run comes from the gate"
                     messages, ended = await self.resume(self.deps.gate, saved)
@@ -545,6 +546,8 @@ class Run:
         except RunLimit as limit:
             return RunEnd(limit.reason, limit.message)
         except TimeoutError:
+            if not timer.expired():
+                raise  # some other wait's, not the run's deadline
             return RunEnd("deadline", self._deadline_text())
         except ApprovalPending as paused:
             tools = ", ".join(p.tool for p in paused.pending)
