@@ -377,6 +377,11 @@ def test_approval_on_responses(gated: UpstreamHandle, server: ServerHandle) -> N
     assert _extra(done)["ember"]["run_id"] == _extra(paused)["ember"]["run_id"]
     items = client.responses.input_items.list(done.id).data
     assert [item.type for item in items] == ["mcp_approval_response"]
+    # The conversation goes on from the resumed run's answer (the paused note is no turn of it).
+    script(gated, {"text": "Bye."})
+    client.responses.create(model="agent/careful", input="thanks", previous_response_id=done.id, max_output_tokens=20)
+    sent = [(m["role"], m["content"]) for m in history(gated)[-1]["body"]["messages"]]
+    assert sent[-3:] == [("user", "list the files"), ("assistant", "One file."), ("user", "thanks")]
 
 
 def test_denied_approval_ends_the_run(gated: UpstreamHandle, server: ServerHandle, tmp_path: Path) -> None:

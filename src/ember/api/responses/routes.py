@@ -211,6 +211,10 @@ class _Plan:
     def save(self, store: ResponseStore, response: dict[str, Any]) -> None:
         if self.keep:
             conversation = (*self.inputs, _turn(response["output"]))
+            if response.get("ember", {}).get("finish_reason") == "approval":
+                # A paused run's text is ember's note that it waits, not a turn of the model's:
+                # the run that resumes from here gives the turn.
+                conversation = tuple(self.inputs)
             store.put(StoredResponse(self.id, self.key, self.created_at, response, conversation, self.input_items))
 
 
