@@ -1,5 +1,5 @@
-"""The dashboard's fixtures: one real server (keys required, the real model) and one headless
-Debian chromium for the session; a page per test whose console errors fail the test.
+"""The dashboard's fixtures: one real server (keys required, the real model) for the session, one
+headless Debian chromium per module, and a page per test whose console errors fail the test.
 
 Chromium logs every 4xx a page's fetch receives as a console error ("Failed to load resource");
 a test that expects one (the key prompt's 401, a non-admin key's 403) says so with
@@ -54,7 +54,7 @@ class Dashboard:
         return httpx.Client(base_url=self.server.base_url, headers=headers, timeout=60)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped once tests/dashboard is done, not at the session's end
 def dashboard(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     from ember.guard.keys import KeyStore
 
@@ -109,7 +109,10 @@ def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while Playwright's sync API is started it marks its own asyncio
+# loop as running in this thread between calls, so any later async test (pytest-asyncio,
+# asyncio.run) in the session would fail with "cannot be called from a running event loop".
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (scripts/debian-packages.sh)")
