@@ -65,8 +65,12 @@ def history(upstream: UpstreamHandle) -> list[dict[str, Any]]:
     return data["requests"] if isinstance(data, dict) else data
 
 
-def agent_toml(upstream: UpstreamHandle, body: str) -> str:
-    return f'[[providers]]\nname = "up"\nkind = "openai"\nbase_url = "{upstream.v1}"\n\n{body}'
+def agent_toml(upstream: UpstreamHandle, body: str, price_in: float = 0.0, price_out: float = 0.0) -> str:
+    """`price_in`/`price_out`: the provider's USD per million tokens (steps are priced by them)."""
+    return (
+        f'[[providers]]\nname = "up"\nkind = "openai"\nbase_url = "{upstream.v1}"\n'
+        f"price_in = {price_in}\nprice_out = {price_out}\n\n{body}"
+    )
 
 
 def start_agent_server(log_dir: Path, toml: str, home: Path | None = None, **env: str) -> ServerHandle:

@@ -80,6 +80,7 @@ model = "{MODEL}"
 tools = ["calc__*"]
 """
 ROOT = Path(__file__).resolve().parents[2]
+PRICE_IN, PRICE_OUT = 3.0, 7.0  # USD per million tokens, of the provider "up"
 
 
 class _Slow(BaseHTTPRequestHandler):
@@ -129,7 +130,7 @@ def keys_and_server(
     (home / "files").mkdir(parents=True)
     (home / "files" / "note.txt").write_text("the note says 42\n", encoding="utf-8")
     keys = {"full": _create_key(home, "full", "chat,tools"), "chat": _create_key(home, "chat-only", "chat")}
-    toml = agent_toml(upstream, AGENTS.format(MODEL=MODEL, PYTHON=sys.executable, ROOT=ROOT))
+    toml = agent_toml(upstream, AGENTS.format(MODEL=MODEL, PYTHON=sys.executable, ROOT=ROOT), PRICE_IN, PRICE_OUT)
     handle = start_agent_server(agent_logs, toml, home=home, EMBER_AUTH="required")
     try:
         yield keys, handle
@@ -438,7 +439,8 @@ def test_a_step_that_fails_upstream_is_an_error_status(
 
 def test_usage_and_audit_rows(scripted: UpstreamHandle, client: openai.OpenAI, server: ServerHandle) -> None:
     script(scripted, {"tool_calls": [tool_call("fs_read", path="note.txt")]}, {"text": "done"})
-    run_id = _ember(_ask(client, "agent/helper"))["run_id"]
+    trace = _ember(_ask(client, "agent/helper"))
+    run_id = trace["run_id"]
     rows = _audit_rows(server, run_id, "agent_run")
     mine = [r for r in rows if r.get("run_id") == run_id]
     tool_rows = [r for r in mine if r["kind"] == "agent_tool"]
@@ -446,6 +448,13 @@ def test_usage_and_audit_rows(scripted: UpstreamHandle, client: openai.OpenAI, s
     assert tool_rows[0]["key"] == "full" and len(tool_rows[0]["arguments_sha256"]) == 16
     run_row = next(r for r in mine if r["kind"] == "agent_run")
     assert run_row["steps"] == 3 and run_row["finish_reason"] == "stop" and run_row["tool_calls"] == 1
+    # Each model step priced as the gateway prices its usage row; the run's row sums them.
+    model_steps = [s for s in trace["steps"] if s["kind"] == "model"]
+    for s in model_steps:
+        assert s["cost"] == pytest.approx((s["tokens_in"] * PRICE_IN + s["tokens_out"] * PRICE_OUT) / 1e6)
+        assert s["cost"] > 0
+    assert run_row["cost"] == pytest.approx(sum(s["cost"] for s in model_steps))
+    assert run_row["tokens_in"] == sum(s["tokens_in"] for s in model_steps)
     requests = [r for r in rows if r["kind"] == "request" and r["model"] == "agent/helper"]
     assert requests and requests[-1]["provider"] == "agent" and requests[-1]["tokens_in"] == 0
     # The steps' own rows carry the tokens, under the agent's model and the same key.
