@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import expect
-from tests.dashboard.conftest import AGENT, Dashboard, UiPage
+from tests.dashboard.conftest import AGENT, ConsoleErrors, Dashboard, UiPage
 
 PAGES = ["overview", "models", "chat", "routes", "usage", "keys", "audit", "batches", "approvals"]
 
@@ -296,3 +296,23 @@ def test_a_network_failure_is_shown_in_the_page(ui: UiPage) -> None:
     ui.page.unroute("**/admin/routes")
     expect(ui.page.get_by_test_id("route-chat")).to_be_visible(timeout=10_000)  # the next refresh draws it
     expect(ui.page.get_by_test_id("error-banner")).to_be_hidden()  # and takes the stale error away
+
+
+def test_no_key_asked_where_none_is_needed(browser, server) -> None:
+    """On loopback with keys off (the default server), admin pages open without a key prompt."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        console = ConsoleErrors()
+        page.on("console", console.on_console)
+        page.on("pageerror", console.on_page_error)
+        for page_id in ("keys", "audit", "overview"):
+            page.goto(server.url(f"/ui#/{page_id}"))
+            expect(page.locator(f'#page [data-page="{page_id}"] h1').first).to_be_visible()
+            page.wait_for_load_state("networkidle")
+            expect(page.get_by_test_id("key-prompt")).to_be_hidden()
+            expect(page.get_by_test_id("error-banner")).to_be_hidden()
+        expect(page.get_by_test_id("chart-requests")).to_be_visible()  # the overview, last, has its charts
+        assert not console.errors, console.report()
+    finally:
+        context.close()
