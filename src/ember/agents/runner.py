@@ -13,6 +13,10 @@ Invariants:
   "approval" and the pending calls; anything else a mode raises ends the stream with that error;
 - a tool's failure never ends the run: it is fed back to the model as the tool's result,
   starting "error:" (unknown tool, arguments that do not fit the schema, a timeout, a refusal);
+  only a call that could run is put to a human;
+- a resumed run runs the parked turn's approved calls (and those that needed no approval),
+  feeds a denied one back as denied and then ends, saying so; else its mode goes on from the
+  saved conversation, under the same limits (steps, tool calls and working time so far kept);
 - exactly one done event ends the stream, after every step and text event.
 """
 
