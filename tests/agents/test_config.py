@@ -97,6 +97,11 @@ def test_no_file_means_no_agents() -> None:
         ('[[agents]]\nname = "a"\nmodel = "m"\n\n[[agents]]\nname = "a"\nmodel = "m"\n', 6, "defined twice"),
         ('[[agents]]\nname = "a"\nmodel = "m"\ncolour = "red"\n', 4, "colour"),
         ('[[agents]]\nname = "mode:tools"\nmodel = "m"\n', 2, "name"),
+        (
+            '[[mcp_servers]]\nname = "a"\nurl = "http://x/mcp"\n[[mcp_servers]]\nname = "a"\nurl = "http://y/mcp"\n',
+            5,
+            "twice",
+        ),
         ('[[agents]]\nname = "a"\nmodel = "m"\n\n[[agents.auto_approve]]\ntool = "x"\narguments = "("\n', 7, "regular"),
     ],
 )

@@ -169,9 +169,9 @@ class AgentsConfig(_Strict):
         from ember.agents.modes import MODES
 
         servers = [s.name for s in self.mcp_servers]
-        for name in servers:
-            if servers.count(name) > 1:
-                raise ValueError(f"mcp server name '{name}' is used twice")
+        for i, name in enumerate(servers):
+            if name in servers[:i]:
+                raise ValueError(f"mcp_servers[{i}].name: mcp server name '{name}' is used twice")
         names = [a.name for a in self.agents]
         for i, agent in enumerate(self.agents):
             if agent.name in names[:i]:
