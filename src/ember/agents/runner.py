@@ -154,6 +154,7 @@ class Run:
         self.steps: list[AgentStep] = []
         self.tool_calls_used = 0
         self._model_calls = 0  # counted against max_steps
+        self._cut: set[str] = set()  # the id of the call the last answer was cut writing
         self._elapsed_before = 0.0  # a resumed run's working time before its pause
         self._started = time.perf_counter()
         self._streamed = False  # some final text has reached the client
@@ -299,6 +300,8 @@ class Run:
                 stats=answer.stats,
                 stop_sequence=answer.stop_sequence,
             )
+        # The call being written when max_tokens ran out (ids may repeat across turns: this turn's).
+        self._cut = {calls[-1].id} if answer.finish_reason == "length" and calls else set()
         self._conversation = [*messages, ChatMessage(role="assistant", content=answer.text, tool_calls=calls)]
         return answer
 
@@ -397,7 +400,10 @@ class Run:
         tool = self.deps.toolbox.tool(call.name)
         if tool is None:
             return self.deps.toolbox.unavailable(call.name)
-        return parse_arguments(tool, call.arguments)[1]
+        problem = parse_arguments(tool, call.arguments)[1]
+        if problem is not None and call.id in self._cut:
+            problem += " (the answer was cut at max_tokens while writing this call)"
+        return problem
 
     async def _outcome(self, call: ToolCall, approved: bool) -> ToolOutcome:
         refusal = self._refusal(call)
