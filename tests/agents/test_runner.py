@@ -65,6 +65,12 @@ name = "plain"
 model = "{MODEL}"
 
 [[agents]]
+name = "serial"
+model = "{MODEL}"
+tools = ["http_fetch"]
+tool_concurrency = 1
+
+[[agents]]
 name = "broken"
 model = "no-such-model:1b"
 
@@ -203,6 +209,18 @@ def test_parallel_calls_run_concurrently(scripted: UpstreamHandle, client: opena
     assert all(s["seconds"] >= 0.45 for s in tools)
     assert took < 0.9, f"two 0.5 s sleeps in one turn took {took:.2f} s"
     assert response.choices[0].message.content == "slept"
+
+
+def test_tool_concurrency_caps_a_turn(scripted: UpstreamHandle, client: openai.OpenAI, slow_url: str) -> None:
+    sleeps = [
+        tool_call("http_fetch", url=f"{slow_url}/sleep/0.4"),
+        tool_call("http_fetch", url=f"{slow_url}/sleep/0.4"),
+    ]
+    script(scripted, {"tool_calls": sleeps}, {"text": "slept"})
+    started = time.perf_counter()
+    response = _ask(client, "agent/serial")
+    assert time.perf_counter() - started >= 0.8  # one at a time
+    assert [s["is_error"] for s in _ember(response)["steps"] if s["kind"] == "tool"] == [False, False]
 
 
 def test_shell_runs_in_the_server(scripted: UpstreamHandle, client: openai.OpenAI) -> None:
