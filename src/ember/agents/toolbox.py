@@ -12,6 +12,7 @@ tools are missing until it comes up, and calling one is a tool error the runner 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -28,11 +29,15 @@ class Toolbox:
         self._listed: dict[str, AgentTool] = {}  # the MCP tools, by prefixed name, as last listed
 
     async def start(self) -> None:
-        for name, source in self._sources.items():
+        """Start every source at once (each may take up to its startup timeout)."""
+
+        async def one(name: str, source: ToolSource) -> None:
             try:
                 await source.start()
             except Exception:  # a source's own failure must not stop the server
                 log.exception("tool source %s failed to start; its tools are unavailable until it does", name)
+
+        await asyncio.gather(*(one(name, source) for name, source in self._sources.items()))
         await self.refresh()
 
     async def refresh(self) -> None:
