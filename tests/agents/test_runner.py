@@ -22,6 +22,7 @@ from tests.gateway.conftest import UpstreamHandle
 
 from ember.agents.runner import parse_arguments
 from ember.agents.types import ToolOutcome, ToolSpec
+from ember.guard.audit import open_readonly, verify
 from ember.guard.keys import KeyStore, parse_scopes
 
 AGENTS = """
@@ -473,6 +474,13 @@ def test_usage_and_audit_rows(scripted: UpstreamHandle, client: openai.OpenAI, s
         assert s["cost"] > 0
     assert run_row["cost"] == pytest.approx(sum(s["cost"] for s in model_steps))
     assert run_row["tokens_in"] == sum(s["tokens_in"] for s in model_steps)
+    # The agents' rows are links of the same hash chain, which still verifies.
+    db = open_readonly(server.home / "state" / "audit.db")
+    try:
+        count, problems = verify(db)
+    finally:
+        db.close()
+    assert count >= len(rows) and problems == []
     requests = [r for r in rows if r["kind"] == "request" and r["model"] == "agent/helper"]
     assert requests and requests[-1]["provider"] == "agent" and requests[-1]["tokens_in"] == 0
     # The steps' own rows carry the tokens, under the agent's model and the same key.
