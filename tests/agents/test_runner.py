@@ -4,7 +4,9 @@ upstream as the agents' model (and, once, the real default model with forced too
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -481,6 +483,15 @@ def test_usage_and_audit_rows(scripted: UpstreamHandle, client: openai.OpenAI, s
     finally:
         db.close()
     assert count >= len(rows) and problems == []
+    tail = subprocess.run(
+        [sys.executable, "-m", "ember", "audit", "tail", "-n", "50"],
+        env={**os.environ, "EMBER_HOME": str(server.home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    line = next(x for x in tail.stdout.splitlines() if "agent_tool" in x and run_id in x)
+    assert '"tool":"fs_read"' in line and " full " in line
     requests = [r for r in rows if r["kind"] == "request" and r["model"] == "agent/helper"]
     assert requests and requests[-1]["provider"] == "agent" and requests[-1]["tokens_in"] == 0
     # The steps' own rows carry the tokens, under the agent's model and the same key.

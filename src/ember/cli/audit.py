@@ -40,6 +40,9 @@ def _line(row: audit.Row, fields: dict[str, Any], cipher: Any) -> str:
     if fields.get("kind") == "admin":
         detail = fields.get("detail")
         what = f"admin {fields.get('action')} {audit.canonical(detail) if detail else ''}".rstrip()
+    elif fields.get("kind") not in (None, "request"):  # an agent's tool call or run, and later kinds
+        rest = {k: v for k, v in fields.items() if k not in ("kind", "ts", "key", "status")}
+        what = f"{fields.get('kind')} {audit.canonical(rest)}"
     else:
         what = (
             f"{fields.get('endpoint')} model={fields.get('model')} route={fields.get('route') or '-'}"
