@@ -63,7 +63,7 @@ class AgentService:
         return request.model.startswith(AGENT_PREFIX) or request.mode is not None or bool(request.approvals)
 
     async def start(self, request: TextRequest) -> Generation:
-        started = time.perf_counter()
+        started, ts = time.perf_counter(), time.time()
         try:
             spec = self.resolve(request)
             self._check_request(request, spec)
@@ -74,14 +74,14 @@ class AgentService:
                 spec = _as_parked(spec, saved)
                 self._check_scope(request, spec)
         except EmberError as exc:  # refused before the run: one usage row says so, as the gateway's do
-            self.deps.gateway.emit(self._record(request, time.time(), started, exc.status_code, exc.message))
+            self.deps.gateway.emit(self._record(request, ts, started, exc.status_code, exc.message))
             raise
         mode = self._modes[saved.mode if saved is not None else spec.mode]
         queue: asyncio.Queue[_Item] = asyncio.Queue()
         run = Run(self.deps, request, spec, mode, queue.put_nowait, saved=saved)
         await self.deps.toolbox.refresh()
         messages = list(request.messages or []) if saved is None else []
-        events = self._events(run, queue, messages, saved, started)
+        events = self._events(run, queue, messages, saved, started, ts)
         resources = AsyncExitStack()
         # Closing the generation (a client gone) closes the run's stream, which cancels the run.
         resources.push_async_callback(events.aclose)
@@ -105,8 +105,8 @@ class AgentService:
         messages: list[ChatMessage],
         saved: RunState | None,
         started: float,
+        ts: float,
     ) -> AsyncGenerator[GenerationEvent, None]:
-        ts = time.time()
         end = RunEnd("cancelled", "", status=499, error="the client went away")
 
         async def work() -> None:
