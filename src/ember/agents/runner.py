@@ -230,6 +230,7 @@ class Run:
         response_format: ResponseFormat | None = None,
         final: bool = False,
         kind: Literal["model", "critique", "plan"] = "model",
+        min_tokens: int | None = None,
     ) -> Answer:
         limits = self.root.limits
         if self.remaining() <= 0:
@@ -244,7 +245,7 @@ class Run:
         req = TextRequest(
             model=agent.model,
             messages=[*head, *messages],
-            max_tokens=self.request.max_tokens,
+            max_tokens=_at_least(self.request.max_tokens, min_tokens),
             stop=self.request.stop,
             sampling=self.request.sampling,
             load_options=self.request.load_options,
@@ -638,3 +639,10 @@ def parse_arguments(tool: AgentTool, text: str) -> tuple[dict[str, Any], str | N
         where = "/".join(str(p) for p in error.absolute_path) or "(the arguments object)"
         return arguments, f"the arguments do not fit the schema of tool '{name}': at {where}: {error.message}"
     return arguments, None
+
+
+def _at_least(max_tokens: int | None, floor: int | None) -> int | None:
+    """The client's max_tokens, raised to `floor` for a call whose answer must be whole."""
+    if floor is None or max_tokens is None:
+        return max_tokens
+    return max(max_tokens, floor)

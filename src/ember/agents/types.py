@@ -149,6 +149,9 @@ class ModeContext(Protocol):
         response_format: ResponseFormat | None = None,
         final: bool = False,  # stream this call's text to the client as it comes
         kind: Literal["model", "critique", "plan"] = "model",
+        # At least this many tokens (a critique or a plan must fit its schema whole, whatever
+        # max_tokens the client gave for its answer); None: the client's max_tokens.
+        min_tokens: int | None = None,
     ) -> Answer: ...
 
     async def run_tools(self, calls: Sequence[ToolCall]) -> list[ChatMessage]: ...  # "tool" messages

@@ -66,6 +66,13 @@ def plan_schema(max_steps: int) -> dict[str, Any]:
     }
 
 
+def plan_tokens(schema: dict[str, Any]) -> int:
+    """Tokens enough for the longest plan the schema allows (a goal's characters at two per
+    token, the worst case for short words, plus the JSON around each), so the client's small
+    max_tokens for its answer does not cut the plan off and fail it."""
+    return 16 + schema["properties"]["steps"]["maxItems"] * (MAX_GOAL_CHARS // 2 + 12)
+
+
 def validate_plan(text: str, schema: dict[str, Any]) -> list[str]:
     """The plan's goals; a ValueError saying what is wrong when the text is not a valid plan."""
     try:
@@ -158,7 +165,7 @@ class PlanningMode:
         ]
         errors: list[str] = []
         for _attempt in range(2):
-            reply = await ctx.call_model(prompt, response_format=fmt, kind="plan")
+            reply = await ctx.call_model(prompt, response_format=fmt, kind="plan", min_tokens=plan_tokens(schema))
             try:
                 goals = validate_plan(reply.text, schema)
             except ValueError as e:

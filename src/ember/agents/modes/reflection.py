@@ -45,6 +45,10 @@ CRITIQUE_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
+# Tokens enough for the whole critique: its characters at two per token (the worst case for
+# short words) and the JSON around them.
+CRITIQUE_TOKENS = 24 + CRITIQUE_SCHEMA["properties"]["critique"]["maxLength"] // 2
+
 VERDICT = "verdict"  # the name of the mode's own critique step, beside the critic's model call
 
 CRITIC_INSTRUCTIONS = (
@@ -141,7 +145,8 @@ class ReflectionMode:
             ChatMessage(role="user", content=f"{CRITIC_INSTRUCTIONS}\n\nRequest:\n{request}\n\nAnswer:\n{answer}")
         ]
         fmt = ResponseFormat(type="json_schema", schema=CRITIQUE_SCHEMA, name="critique", strict=False)
-        reply = await ctx.call_model(prompt, response_format=fmt, kind="critique")
+        # A critique must be whole to be read: room for its 400 characters, whatever max_tokens says.
+        reply = await ctx.call_model(prompt, response_format=fmt, kind="critique", min_tokens=CRITIQUE_TOKENS)
         verdict = parse_critique(reply.text)
         ctx.record(
             AgentStep(
