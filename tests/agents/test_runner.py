@@ -266,6 +266,13 @@ def test_a_mode_run_resumes_with_the_tools_it_was_parked_with(scripted: Upstream
     assert trace["finish_reason"] == "approval", trace
     (pending,) = trace["pending_approvals"]
     assert pending["tool"] == "calc__echo" and json.loads(pending["arguments"]) == {"text": "hi"}
+    # A follow-up that would change what the run may reach is refused, and the run stays parked.
+    with pytest.raises(openai.BadRequestError, match="mode_tools differs"):
+        _ask(
+            client,
+            MODEL,
+            extra_body={"mode": "tools", "mode_tools": ["fs_list"], "approvals": [{"id": pending["id"], "approve": True}]},
+        )
     # The follow-up names the mode but not the tools again: the run keeps those it had.
     resumed = _ask(client, MODEL, extra_body={"mode": "tools", "approvals": [{"id": pending["id"], "approve": True}]})
     assert resumed.choices[0].message.content == "it echoed"

@@ -258,15 +258,18 @@ class AgentService:
         gate = self.deps.gate
         if gate is None:
             raise BadRequest("this server keeps no approvals: nothing to resume", param="approvals")
-        # The model is checked before the run leaves the parking: a wrong follow-up loses nothing.
-        saved = await gate.resume(request.approvals, request.context.key_name, model=request.model)
-        if saved.model != request.model or saved.agent != spec.name:
-            raise BadRequest(
-                f"these approvals answer a run of {saved.model}, not of {request.model}", param="approvals"
-            )
-        if saved.mode not in self._modes:
-            raise BadRequest(f"the paused run's mode '{saved.mode}' is not served here", param="approvals")
-        return saved
+
+        def check(saved: RunState) -> None:
+            if saved.model != request.model or saved.agent != spec.name:
+                raise BadRequest(
+                    f"these approvals answer a run of {saved.model}, not of {request.model}", param="approvals"
+                )
+            if saved.mode not in self._modes:
+                raise BadRequest(f"the paused run's mode '{saved.mode}' is not served here", param="approvals")
+            _as_parked(spec, saved)  # raises for mode_tools / mode_members that differ
+
+        # Checked before the run leaves the parking: a wrong follow-up loses nothing.
+        return await gate.resume(request.approvals, request.context.key_name, model=request.model, check=check)
 
 
 def _as_parked(spec: AgentSpec, saved: RunState) -> AgentSpec:

@@ -16,7 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -221,13 +221,19 @@ class ApprovalGate(Protocol):
         ...
 
     async def resume(
-        self, decisions: Sequence[ApprovalDecision], key_name: str | None, *, model: str | None = None
+        self,
+        decisions: Sequence[ApprovalDecision],
+        key_name: str | None,
+        *,
+        model: str | None = None,
+        check: Callable[[RunState], None] | None = None,
     ) -> RunState:
         """The parked run these decisions answer, with each pending call's decision applied
         (`decision_of`); a decision for an unknown id or another key's run is a NotFound, a run
         that still has undecided calls a BadRequest naming the ids, a run already resumed a
         Conflict. With `model` (the follow-up's model name), a run parked under another name
-        is a BadRequest. On any of these the run stays parked; after success it is not."""
+        is a BadRequest; `check` may raise for anything else the follow-up gets wrong about
+        the run. On any of these the run stays parked; after success it is not."""
         ...
 
     def decision_of(self, approval_id: str) -> tuple[Decision, str | None]:

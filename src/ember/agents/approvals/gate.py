@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +74,19 @@ class ApprovalService:
             )
 
     async def resume(
-        self, decisions: Sequence[ApprovalDecision], key_name: str | None, *, model: str | None = None
+        self,
+        decisions: Sequence[ApprovalDecision],
+        key_name: str | None,
+        *,
+        model: str | None = None,
+        check: Callable[[RunState], None] | None = None,
     ) -> RunState:
         """As ApprovalGate.resume; `model` (the follow-up's model name), when given, must be the
-        one the run was parked under, checked before the run is taken out of the parking."""
+        one the run was parked under, and `check` must pass, both before the run is taken out
+        of the parking."""
         verdicts = [Verdict(d.approval_id, d.approve, d.reason) for d in decisions]
         by = key_name or "request"
-        run, decided = await asyncio.to_thread(self.store.resume, verdicts, key_name, by, model=model)
+        run, decided = await asyncio.to_thread(self.store.resume, verdicts, key_name, by, model=model, check=check)
         for record in decided:
             self._audit_decision(record, key_name)
         return run

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,11 +175,18 @@ class ApprovalStore:
         return after, changed
 
     def resume(
-        self, verdicts: Sequence[Verdict], key: str | None, by: str, *, model: str | None = None
+        self,
+        verdicts: Sequence[Verdict],
+        key: str | None,
+        by: str,
+        *,
+        model: str | None = None,
+        check: Callable[[RunState], None] | None = None,
     ) -> tuple[RunState, list[ApprovalRecord]]:
         """Apply a follow-up request's decisions and take its run out of the parking: the run's
         saved state and the approvals this call decided. With `model`, a run that another
-        model name parked is a BadRequest and stays parked (a typo must not use the run up)."""
+        model name parked is a BadRequest and stays parked (a typo must not use the run up);
+        `check` raising leaves it parked too."""
         if not verdicts:
             raise BadRequest("no approval decisions to resume a run with", param="approvals")
         seen: dict[str, Verdict] = {}
@@ -215,6 +222,8 @@ class ApprovalStore:
                     f"these approvals answer a run of {state.model}, not of {model}: send them with that model",
                     param="approvals",
                 )
+            if check is not None:
+                check(state)
             decided = [
                 r for r, v in zip(records, seen.values(), strict=True) if self._apply(db, r, v, by, resumed=False)
             ]
