@@ -24,7 +24,6 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from ember.agents.service import AgentService
     from ember.agents.toolbox import Toolbox
     from ember.agents.tools.builtin import builtin_tools
-    from ember.agents.tools.mcp import McpSource
     from ember.api.admin import router as admin_router
     from ember.api.admin_audit import router as admin_audit_router
     from ember.api.admin_keys import router as admin_keys_router
@@ -65,7 +64,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     gateway_config = load_gateway_config(settings.config)
     agents_config = load_agents_config(settings.config)
     # Built now: a "${VAR}" an MCP server's env or headers name but the environment lacks fails here.
-    mcp_sources = [McpSource(server) for server in agents_config.mcp_servers]
+    mcp_sources = []
+    if agents_config.mcp_servers:  # the mcp SDK costs ~0.9 s to import: only where it is used
+        from ember.agents.tools.mcp import McpSource
+
+        mcp_sources = [McpSource(server) for server in agents_config.mcp_servers]
     check_audit_settings(settings)
 
     @asynccontextmanager
