@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from ember.agents.config import AGENT_PREFIX
 from ember.agents.modes import MODES
 from ember.errors import BadRequest
+from ember.services.message_codec import encode_step
 from ember.services.types import (
     AgentStep,
     Answer,
@@ -141,20 +142,7 @@ def is_agent_run(run_id: str | None, steps: Sequence[AgentStep], pending: Sequen
 
 
 def step(s: AgentStep) -> dict[str, Any]:
-    return {
-        "index": s.index,
-        "kind": s.kind,
-        "agent": s.agent,
-        "name": s.name,
-        "arguments": s.arguments,
-        "result": s.result,
-        "is_error": s.is_error,
-        "seconds": round(s.seconds, 6),
-        "tokens_in": s.tokens_in,
-        "tokens_out": s.tokens_out,
-        "cost": s.cost,
-        "detail": s.detail,
-    }
+    return {**encode_step(s), "seconds": round(s.seconds, 6)}
 
 
 def pending_approval(p: PendingApproval) -> dict[str, Any]:

@@ -15,44 +15,10 @@ from typing import Any
 
 from ember.agents.types import RunState
 from ember.errors import EmberError
-from ember.services.message_codec import decode_message, encode_message
-from ember.services.types import AgentStep, PendingApproval
+from ember.services.message_codec import decode_message, decode_step, encode_message, encode_step
+from ember.services.types import PendingApproval
 
 VERSION = 1
-
-
-def encode_step(step: AgentStep) -> dict[str, Any]:
-    return {
-        "index": step.index,
-        "kind": step.kind,
-        "agent": step.agent,
-        "name": step.name,
-        "arguments": step.arguments,
-        "result": step.result,
-        "is_error": step.is_error,
-        "seconds": step.seconds,
-        "tokens_in": step.tokens_in,
-        "tokens_out": step.tokens_out,
-        "cost": step.cost,
-        "detail": step.detail,
-    }
-
-
-def decode_step(data: dict[str, Any]) -> AgentStep:
-    return AgentStep(
-        index=int(data["index"]),
-        kind=data["kind"],
-        agent=str(data["agent"]),
-        name=str(data.get("name", "")),
-        arguments=str(data.get("arguments", "")),
-        result=str(data.get("result", "")),
-        is_error=bool(data.get("is_error", False)),
-        seconds=float(data.get("seconds", 0.0)),
-        tokens_in=int(data.get("tokens_in", 0)),
-        tokens_out=int(data.get("tokens_out", 0)),
-        cost=float(data.get("cost", 0.0)),
-        detail=dict(data.get("detail") or {}),
-    )
 
 
 def encode_pending(p: PendingApproval) -> dict[str, Any]:
