@@ -362,6 +362,7 @@ class Run:
         started = time.perf_counter()
         agent = self._agent
         outcome = await self._outcome(call, approved)
+        seconds = round(time.perf_counter() - started, 4)
         content = f"error: {outcome.content}" if outcome.is_error else outcome.content
         if len(content) > MAX_RESULT_CHARS:  # a tool that does not cap its own output
             content = f"{content[:MAX_RESULT_CHARS]}\n[cut: {len(content) - MAX_RESULT_CHARS} more characters]"
@@ -374,7 +375,7 @@ class Run:
                 arguments=call.arguments,
                 result=content,
                 is_error=outcome.is_error,
-                seconds=round(time.perf_counter() - started, 4),
+                seconds=seconds,
                 detail={"call_id": call.id},
             )
         )
@@ -387,13 +388,18 @@ class Run:
                 "tool": call.name,
                 "arguments_sha256": arguments_digest(call.arguments),
                 "outcome": "error" if outcome.is_error else "ok",
-                "seconds": round(time.perf_counter() - started, 4),
+                "seconds": seconds,
             },
         )
         return ChatMessage(role="tool", content=content, tool_call_id=call.id, name=call.name)
 
     def _refusal(self, call: ToolCall) -> str | None:
         """Why this call cannot run at all: not the agent's tool, not available, bad arguments."""
+        checked = self._checked(call)
+        return checked if isinstance(checked, str) else None
+
+    def _checked(self, call: ToolCall) -> tuple[AgentTool, dict[str, Any]] | str:
+        """The tool and the parsed arguments of a call that can run, or why it cannot."""
         allowed = self.deps.toolbox.expand(self._agent.tools)
         if call.name not in allowed:
             offered = ", ".join(allowed) or "none"
@@ -401,17 +407,18 @@ class Run:
         tool = self.deps.toolbox.tool(call.name)
         if tool is None:
             return self.deps.toolbox.unavailable(call.name)
-        problem = parse_arguments(tool, call.arguments)[1]
-        if problem is not None and call.id in self._cut:
-            problem += " (the answer was cut at max_tokens while writing this call)"
-        return problem
+        arguments, problem = parse_arguments(tool, call.arguments)
+        if problem is not None:
+            if call.id in self._cut:
+                problem += " (the answer was cut at max_tokens while writing this call)"
+            return problem
+        return tool, arguments
 
     async def _outcome(self, call: ToolCall, approved: bool) -> ToolOutcome:
-        refusal = self._refusal(call)
-        tool = self.deps.toolbox.tool(call.name)
-        if refusal is not None or tool is None:
-            return ToolOutcome(refusal or self.deps.toolbox.unavailable(call.name), True)
-        arguments, _ = parse_arguments(tool, call.arguments)
+        checked = self._checked(call)
+        if isinstance(checked, str):
+            return ToolOutcome(checked, True)
+        tool, arguments = checked
         if not approved and self._needs_approval(call):
             return ToolOutcome(f"tool '{call.name}' needs a human's approval, and this server has no approvals", True)
         timeout = tool.spec.timeout + 1
