@@ -1,0 +1,1 @@
+"""Fleets: node identity, the Redis registry, discovery and routing across nodes."""
