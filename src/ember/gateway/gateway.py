@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from ember.engine.types import LoadOptions
 from ember.errors import EmberError, InvalidModelName, ModelNotFound, ServiceUnavailable, UpstreamError
+from ember.fleet.types import FleetView
 from ember.gateway.breaker import CircuitBreaker
 from ember.gateway.config import LOCAL, GatewayConfig, ProviderConfig, RouteConfig
 from ember.gateway.local import LocalProvider
@@ -91,6 +92,9 @@ class Gateway:
         self.observers: list[Observer] = []
         self.cache: ResponseCache | None = None
         self.agents: AgentHost | None = None
+        # The fleet's live table (fleet/registry.py), set by the app when this node is a fleet's
+        # gateway; the `fleet` strategy and models only the fleet has are routed over it.
+        self.fleet: FleetView | None = None
 
     # -- building -----------------------------------------------------------------------------
 
