@@ -5,7 +5,8 @@
 # installed llama-cpp-python vendors, so the engines underneath are the same version.
 #
 #   bench/peers.sh                                # all peers; the first run builds llama.cpp (~20 min on 2 cores)
-#   PEERS="llama-server ember" bench/peers.sh     # a subset (llama-bench llama-server llama-cpp-python ember)
+#   PEERS="llama-server ember" bench/peers.sh     # a subset (llama-bench bare-loop llama-server llama-cpp-python ember)
+#   REPEAT_PENALTY=1.0 bench/peers.sh             # the repeat penalty sent to every server (default 1.1)
 #   NO_DOC=1 bench/peers.sh                       # leave docs/benchmarks.md alone
 #
 # Results: bench/results/<UTC time>/*.json (git-ignored), and the table between the
@@ -26,7 +27,10 @@ MAX_TOKENS=${MAX_TOKENS:-128}
 REQUEST_TIMEOUT=${REQUEST_TIMEOUT:-120}
 # A backstop per `ember bench` call, on top of its per-request timeout.
 CALL_TIMEOUT=${CALL_TIMEOUT:-900}
-PEERS=${PEERS:-"llama-bench llama-server llama-cpp-python ember"}
+# Every server gets the same sampling, sent in each request: greedy, and this repeat penalty
+# (ember's OpenAI default is 1.1, llama-server's 1.0; 1 turns it off).
+REPEAT_PENALTY=${REPEAT_PENALTY:-1.1}
+PEERS=${PEERS:-"llama-bench bare-loop llama-server llama-cpp-python ember"}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=${RESULTS:-$ROOT/bench/results/$STAMP}
 EMBER_BENCH_HOME=${EMBER_BENCH_HOME:-$CACHE/home}
@@ -98,7 +102,7 @@ bench() { # label url pid output [ember bench flags...]
     shift 4
     log "$label: ember bench $*"
     timeout --signal=INT "$CALL_TIMEOUT" "$PY" -m ember bench --url "$url" --model "$MODEL_NAME" --label "$label" \
-        --max-tokens "$MAX_TOKENS" --temperature 0 --timeout "$REQUEST_TIMEOUT" --memory-pid "$pid" --json "$@" \
+        --max-tokens "$MAX_TOKENS" --temperature 0 --repeat-penalty "$REPEAT_PENALTY" --timeout "$REQUEST_TIMEOUT" --memory-pid "$pid" --json "$@" \
         >"$out.tmp" || log "$label: ember bench exited with $? (failed requests are in the JSON)"
     if [[ -s $out.tmp ]]; then mv "$out.tmp" "$out"; else rm -f "$out.tmp"; log "$label: no result"; fi
 }
@@ -152,6 +156,12 @@ run_llama_bench() {
     log "llama-bench -t $THREADS -p 128 -n 128"
     "$BUILD/bin/llama-bench" -m "$MODEL" -t "$THREADS" -p 128 -n 128 -o json >"$RESULTS/llama-bench.json" \
         2>"$RESULTS/llama-bench.log"
+}
+
+run_bare_loop() {
+    # The ceiling row: what llama.cpp and a Python loop decode with no server around them.
+    log "bare loop over the batch API at 1, 4, 8 and 16 sequences"
+    "$PY" bench/bare_loop.py "$MODEL" --threads "$THREADS" --sequences 1,4,8,16 --json "$RESULTS/bare-loop.json"
 }
 
 run_llama_server() {
@@ -245,7 +255,7 @@ write_meta() {
     engine=$(EMBER_CONFIG= "$PY" -c 'from ember.config import Settings; print(getattr(Settings(), "engine", "inprocess"))')
     RESULTS_DIR=$RESULTS EMBER_BENCH_HOME=$EMBER_BENCH_HOME MODEL_NAME=$MODEL_NAME VERSION=$VERSION \
         BUILD_INFO=$build_info ENGINE=${engine:-unknown} PARALLEL=$PARALLEL THREADS=$THREADS \
-        MAX_TOKENS=$MAX_TOKENS CTX=$CTX_PER_SEQUENCE "$PY" - <<'EOF_META'
+        MAX_TOKENS=$MAX_TOKENS CTX=$CTX_PER_SEQUENCE REPEAT_PENALTY=$REPEAT_PENALTY "$PY" - <<'EOF_META'
 import json
 import os
 from datetime import datetime, timezone
@@ -278,7 +288,8 @@ meta = {
                f"`python -m llama_cpp.server --n_threads {threads} --n_ctx {ctx}`; "
                f"`ember serve` with EMBER_NUM_PARALLEL={parallel} EMBER_NUM_THREAD={threads}",
     "load": f"~64-token prompts, distinct per request and the same for every server, "
-            f"max_tokens {env['MAX_TOKENS']}, temperature 0, 2 x concurrency requests per level "
+            f"max_tokens {env['MAX_TOKENS']}, temperature 0 and repeat_penalty {env['REPEAT_PENALTY']} sent to "
+            "every server, 2 x concurrency requests per level "
             "(closed loop), after one untimed warm-up request",
     "titles": {"llama-server": f"llama-server -np {parallel}", "llama-cpp-python": "llama_cpp.server",
                "ember": f"ember (num_parallel {parallel})"},
@@ -293,6 +304,7 @@ if wants llama-bench || wants llama-server; then build_llama_cpp; fi
 MODEL=$(model_path)
 log "model $MODEL_NAME: $MODEL"
 if wants llama-bench; then run_llama_bench; fi
+if wants bare-loop; then run_bare_loop; fi
 if wants llama-server; then run_llama_server; fi
 if wants llama-cpp-python; then run_llama_cpp_python; fi
 if wants ember; then run_ember; fi

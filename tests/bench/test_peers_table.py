@@ -65,3 +65,17 @@ def test_the_doc_section_between_markers_is_replaced(tmp_path: Path) -> None:
     written = target.read_text()
     assert "old table" not in written and "| aggregate tok/s, 8 streams | 50.0 |" in written
     assert written.endswith(f"{END_MARK}\n\nafter\n")
+
+
+def test_the_bare_loop_is_the_ceiling_row(tmp_path: Path) -> None:
+    write_run(tmp_path, "llama-server", 100.0)
+    write_run(tmp_path, "ember", 150.0)
+    (tmp_path / "bare-loop.json").write_text(json.dumps({"schema": "ember-bare-loop/1", "levels": [
+        {"sequences": 1, "decode_tps": 200.0, "total_tps": 180.0},
+        {"sequences": 8, "decode_tps": 300.0, "total_tps": 250.0},
+    ]}))
+    text = render(load_results(tmp_path))
+    assert "at 1 / 8 sequences it decodes 200 / 300 tok/s (180 / 250 tok/s with the prompts' read counted)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| share of the bare-loop ceiling, 8 streams |"))
+    # Each server's aggregate over the loop's decode rate at the same count.
+    assert row.split("|")[2:4] == [" 33% ", " 50% "]

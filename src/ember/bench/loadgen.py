@@ -43,6 +43,9 @@ class BenchConfig:
     max_tokens: int = 128
     shared_prefix: int = 0
     temperature: float = 0.0
+    # Sent only when set, so each server keeps its own default otherwise (ember's OpenAI default
+    # is 1.1, llama-server's 1.0): a side-by-side run sets it to compare equal sampling.
+    repeat_penalty: float | None = None
     timeout_s: float = 120.0
     warmup: bool = True
     api_key: str | None = None
@@ -59,6 +62,8 @@ class BenchConfig:
             raise BenchError("--requests must be at least 1")
         if self.max_tokens < 1 or self.prompt_tokens < 1:
             raise BenchError("--max-tokens and --prompt-tokens must be at least 1")
+        if self.repeat_penalty is not None and self.repeat_penalty <= 0:
+            raise BenchError("--repeat-penalty must be > 0 (1 is off)")
         if self.shared_prefix < 0 or self.timeout_s <= 0:
             raise BenchError("--shared-prefix must be >= 0 and --timeout > 0")
 
@@ -252,6 +257,8 @@ async def stream_request(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if config.repeat_penalty is not None:
+        body["repeat_penalty"] = config.repeat_penalty
     result = RequestResult(index=index, start=time.perf_counter())
     try:
         async with asyncio.timeout(config.timeout_s):

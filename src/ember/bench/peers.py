@@ -43,6 +43,12 @@ class Results:
     meta: dict[str, Any] = field(default_factory=dict)
     load: dict[str, Any] = field(default_factory=dict)
     ember_ps: dict[str, Any] = field(default_factory=dict)
+    bare_loop: dict[str, Any] = field(default_factory=dict)  # bench/bare_loop.py: the ceiling
+
+    def ceiling(self, sequences: int) -> float | None:
+        """The bare loop's decode tok/s at that many sequences, if it ran that level."""
+        levels = self.bare_loop.get("levels") or []
+        return next((level["decode_tps"] for level in levels if level.get("sequences") == sequences), None)
 
     def ordered(self) -> list[PeerResults]:
         known = [self.peers[label] for label in PEER_ORDER if label in self.peers]
@@ -65,6 +71,8 @@ def load_results(directory: Path) -> Results:
             results.load = data
         elif path.name == "ember-ps.json":
             results.ember_ps = data
+        elif path.name == "bare-loop.json":
+            results.bare_loop = data
         elif isinstance(data, dict) and str(data.get("schema", "")).startswith("ember-bench/"):
             label = data.get("label") or path.stem
             peer = results.peers.setdefault(label, PeerResults(label))
@@ -132,6 +140,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
+def _share_of(ceiling: float) -> Callable[[dict[str, Any]], float | None]:
+    return lambda level: level["aggregate_tps"] / ceiling
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
 def throughput_table(results: Results) -> list[str]:
     peers = [peer for peer in results.ordered() if peer.plain]
     if not peers:
@@ -165,6 +181,11 @@ def throughput_table(results: Results) -> list[str]:
     for metric in PLAIN_METRICS:
         for concurrency in levels:
             add(metric.name, metric.read, metric.show, metric.ratio, concurrency)
+    for concurrency in levels:
+        ceiling = results.ceiling(concurrency)
+        if ceiling:
+            # How close each server comes to what llama.cpp and Python decode with nothing around them.
+            add("share of the bare-loop ceiling", _share_of(ceiling), _percent, False, concurrency)
     for concurrency in levels:
         add("failed requests", _errors_cell, lambda v: _fmt(v, 0), False, concurrency)
     for concurrency in levels:
@@ -290,6 +311,21 @@ def llama_bench_line(records: Sequence[dict[str, Any]]) -> str | None:
     return ", ".join(parts) if parts else None
 
 
+def bare_loop_line(document: dict[str, Any]) -> str | None:
+    levels = document.get("levels") or []
+    if not levels:
+        return None
+    counts = " / ".join(str(level["sequences"]) for level in levels)
+    decode = " / ".join(f"{level['decode_tps']:.0f}" for level in levels)
+    total = " / ".join(f"{level['total_tps']:.0f}" for level in levels)
+    return (
+        "**Ceiling** (`bench/bare_loop.py`: a bare Python loop over llama.cpp's batch API with the same "
+        "context settings as ember's worker; greedy argmax, no penalties, no HTTP, ~64-token prompts, "
+        f"128 tokens per sequence): at {counts} sequences it decodes {decode} tok/s "
+        f"({total} tok/s with the prompts' read counted)."
+    )
+
+
 def render(results: Results) -> str:
     meta = results.meta
     lines: list[str] = [
@@ -309,6 +345,9 @@ def render(results: Results) -> str:
     bench_line = llama_bench_line(results.llama_bench)
     if bench_line:
         lines += [f"**llama-bench** (no server, one sequence): {bench_line}.", ""]
+    ceiling = bare_loop_line(results.bare_loop)
+    if ceiling:
+        lines += [ceiling, ""]
     table = throughput_table(results)
     if table:
         lines += ["**Streaming chat completions** (`ember bench`, the same client for every server):", "", *table, ""]

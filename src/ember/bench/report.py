@@ -160,6 +160,7 @@ def to_document(run: BenchRun) -> dict[str, Any]:
             "max_tokens": config.max_tokens,
             "shared_prefix": config.shared_prefix,
             "temperature": config.temperature,
+            "repeat_penalty": config.repeat_penalty,
             "timeout_s": config.timeout_s,
             "seed": run.nonce,
         },

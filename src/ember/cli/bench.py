@@ -93,6 +93,7 @@ class _PlainProgress:
 
 
 def bench(
+    ctx: typer.Context,
     url: Annotated[
         str | None,
         typer.Option(
@@ -119,6 +120,13 @@ def bench(
         ),
     ] = 0,
     temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature.")] = 0.0,
+    repeat_penalty: Annotated[
+        float | None,
+        typer.Option(
+            "--repeat-penalty",
+            help="Send this repeat_penalty (llama.cpp's meaning; 1 is off) in every request. Default: the server's own.",
+        ),
+    ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds one request may take, stream included.")] = 120.0,
     warmup: Annotated[
         bool, typer.Option("--warmup/--no-warmup", help="Send one short untimed request first (loads the model).")
@@ -152,6 +160,8 @@ def bench(
     ] = False,
 ) -> None:
     """Benchmark a server: streaming chat completions at several concurrency levels."""
+    if ctx.invoked_subcommand is not None:
+        return  # the group's callback (cli/bench_fleet.py): `ember bench fleet` runs instead
     config = BenchConfig(
         url=url or Settings().base_url + "/v1",
         model=model,
@@ -161,6 +171,7 @@ def bench(
         max_tokens=max_tokens,
         shared_prefix=shared_prefix,
         temperature=temperature,
+        repeat_penalty=repeat_penalty,
         timeout_s=timeout,
         warmup=warmup,
         api_key=api_key,
