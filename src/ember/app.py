@@ -26,6 +26,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from ember.agents.tools.builtin import builtin_tools
     from ember.api.admin import router as admin_router
     from ember.api.admin_audit import router as admin_audit_router
+    from ember.api.admin_fleet import router as admin_fleet_router
     from ember.api.admin_keys import router as admin_keys_router
     from ember.api.admin_stats import router as admin_stats_router
     from ember.api.anthropic.routes import router as anthropic_router
@@ -44,6 +45,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     from ember.api.responses.store import ResponseStore
     from ember.cache import build_cache
     from ember.dashboard.router import router as dashboard_router
+    from ember.fleet.config import load_fleet_config
     from ember.gateway import Gateway, UsageLog, load_gateway_config
     from ember.guard import GuardMiddleware, build_guard
     from ember.guard.audit import AuditLog
@@ -63,6 +65,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     # Read now, so a bad ember.toml stops `ember serve` before it binds, with file and line.
     gateway_config = load_gateway_config(settings.config)
     agents_config = load_agents_config(settings.config)
+    fleet_config = load_fleet_config(settings)
     # Built now: a "${VAR}" an MCP server's env or headers name but the environment lacks fails here.
     mcp_sources = []
     if agents_config.mcp_servers:  # the mcp SDK costs ~0.9 s to import: only where it is used
@@ -112,6 +115,11 @@ def build_app(settings: Settings | None = None) -> FastAPI:
             agents=agents,
             approvals=approvals,
         )
+        if fleet_config.active:  # redis and the fleet's modules only for a node in a fleet
+            from ember.fleet.service import start_fleet
+
+            services.fleet = await start_fleet(settings, fleet_config, scheduler, models, recent)
+            gateway.fleet = services.fleet.registry
         telemetry.bind(services)
         app.state.services = services
         # Batch lines run through this app itself (jobs/runner.py), so the runner starts last.
@@ -122,6 +130,8 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if services.fleet is not None:  # first: gateways stop sending here while it still serves
+                await services.fleet.aclose()
             await services.schedules.aclose()  # before jobs: a schedule firing creates a batch
             await services.jobs.aclose()  # first: its lines need everything below
             await toolbox.aclose()
@@ -157,6 +167,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin_router)
     app.include_router(admin_keys_router)
     app.include_router(admin_audit_router)
+    app.include_router(admin_fleet_router)
     app.include_router(approvals_router)
     app.include_router(metrics_router)
     app.include_router(admin_stats_router)

@@ -210,6 +210,17 @@ class Settings(BaseSettings):
         description="With EMBER_REDIS_URL: how long a node may go silent on the batch lines it holds "
         "before another node takes them over (duration).",
     )
+    # Fleets (fleet/config.py): each, when given, overrides the same key of ember.toml's [fleet].
+    fleet_join: str | None = Field(None, description="Redis URL of the fleet registry this node joins (--join).")
+    fleet_role: Literal["both", "member", "gateway"] | None = Field(
+        None, description="member: announce this node; gateway: read the registry; both (the default)."
+    )
+    fleet_name: str | None = Field(None, description="This node's readable name in the fleet (default: host name).")
+    fleet_advertise_url: str | None = Field(None, description="The URL other nodes reach this one at.")
+    fleet_labels: dict[str, str] | None = Field(None, description='Labels, e.g. {"tier": "edge", "region": "eu"}.')
+    fleet_allowlist: list[str] | None = Field(None, description="Node ids or public keys a gateway accepts.")
+    fleet_ttl: float | None = Field(None, gt=0, description="Seconds a node's record stands without a heartbeat.")
+    fleet_heartbeat: float | None = Field(None, gt=0, description="Seconds between heartbeats (default ttl/3).")
 
     @field_validator("keep_alive", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ember.agents.service import AgentService
     from ember.api.responses.store import ResponseStore
     from ember.cache import ResponseCache
+    from ember.fleet.service import Fleet
     from ember.gateway import Gateway, UsageLog
     from ember.guard import Guard
     from ember.guard.audit import AuditLog
@@ -44,6 +45,7 @@ class Services:
     schedules: ScheduleRunner | None = None  # /v1/ember/batch_schedules (jobs/schedules.py); beside jobs
     agents: AgentService | None = None  # agent/NAME and mode requests (agents/service.py), gateway.agents
     approvals: ApprovalService | None = None  # parked agent runs (agents/approvals/), set with the agents
+    fleet: Fleet | None = None  # this node's part in a fleet (fleet/service.py); gateway.fleet is its registry
 
 
 async def services(request: Request) -> Services:

@@ -15,7 +15,7 @@ import httpx
 import pydantic
 import typer
 
-from ember.cli import approvals, audit, batch, bench, chat, doctor, gateway, keys, models, pull, serve
+from ember.cli import approvals, audit, batch, bench, chat, doctor, fleet, gateway, keys, models, pull, serve
 from ember.cli.output import error_line
 from ember.errors import EmberError
 
@@ -51,6 +51,7 @@ app.add_typer(keys.keys_app, name="keys")
 app.add_typer(audit.audit_app, name="audit")
 app.add_typer(batch.batch_app, name="batch")
 app.add_typer(approvals.approvals_app, name="approvals")
+app.add_typer(fleet.fleet_app, name="fleet")
 
 
 def _validation_message(exc: pydantic.ValidationError) -> str:

@@ -42,6 +42,9 @@ def serve(
         int | None, typer.Option("--num-parallel", help="Requests served at once per model.")
     ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help="debug, info, warning or error.")] = None,
+    join: Annotated[
+        str | None, typer.Option("--join", help="Join a fleet: the Redis URL of its registry, e.g. redis://h:6379/0.")
+    ] = None,
 ) -> None:
     """Start the server: the OpenAI API on /v1 and the Ollama API on /api."""
     flags: dict[str, Any] = {
@@ -50,6 +53,7 @@ def serve(
         "max_loaded_models": max_loaded_models,
         "num_parallel": num_parallel,
         "log_level": log_level,
+        "fleet_join": join,
     }
     # Only flags actually given override the environment and ember.toml.
     settings = Settings(**{key: value for key, value in flags.items() if value is not None})

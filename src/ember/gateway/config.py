@@ -151,8 +151,8 @@ class GatewayConfig(_Strict):
 
 
 _GATEWAY_KEYS = ("providers", "routes", "retry", "breaker")
-# Top-level tables another part reads from the same file (agents/config.py): not typos here.
-OTHER_TABLES = ("agents", "agents_defaults", "mcp_servers", "tools")
+# Top-level tables another part reads from the same file (agents/config.py, fleet/config.py): not typos here.
+OTHER_TABLES = ("agents", "agents_defaults", "mcp_servers", "tools", "fleet")
 
 
 # The keys of ember.toml that belong to Settings (config.py) rather than the gateway.

@@ -30,6 +30,7 @@ from ember.api.protocols import OLLAMA
 from ember.api.streaming import stream_response
 from ember.engine.types import GenerationStats, LoadOptions, SamplingParams
 from ember.errors import BadRequest, ContextLengthExceeded, ModelNotFound, UnsupportedParameter
+from ember.fleet.discovery import fleet_only_models
 from ember.runtime.chat_template import template_for
 from ember.runtime.scheduler import Runner
 from ember.runtime.store import ModelRecord
@@ -399,8 +400,8 @@ def _agent_tag(spec: AgentSpec) -> dict[str, Any]:
 @router.get("/tags")
 async def tags(svc: Services = Depends(services)) -> dict[str, Any]:
     agents = svc.agents.specs() if svc.agents is not None else []
-    return {
-        "models": [_route_tag(name) for name in svc.gateway.route_names()]
+    listed = (
+        [_route_tag(name) for name in svc.gateway.route_names()]
         + [_agent_tag(spec) for spec in agents]
         + [
             {
@@ -413,7 +414,16 @@ async def tags(svc: Services = Depends(services)) -> dict[str, Any]:
             }
             for r in svc.models.list()
         ]
-    }
+    )
+    # Models only other nodes of the fleet serve (fleet/discovery.py), after this node's own.
+    fleet = fleet_only_models(svc.gateway.fleet, [t["name"] for t in listed])
+    return {"models": listed + [_fleet_tag(name) for name in fleet]}
+
+
+def _fleet_tag(name: str) -> dict[str, Any]:
+    """A model another node of the fleet serves: no size or digest here (they are that node's)."""
+    tag = _route_tag(name)
+    return {**tag, "details": {**tag["details"], "format": "fleet", "family": "fleet", "families": ["fleet"]}}
 
 
 def _expires(runner: Runner) -> datetime:

@@ -24,7 +24,8 @@ from ember.api.openai.protocol import (
 from ember.api.protocols import OPENAI
 from ember.api.streaming import stream_response
 from ember.engine.types import GenerationStats, SamplingParams
-from ember.errors import BadRequest, UnsupportedParameter
+from ember.errors import BadRequest, ModelNotFound, UnsupportedParameter
+from ember.fleet.discovery import fleet_only_models
 from ember.runtime.store import ModelRecord
 from ember.services.generation import Generation
 from ember.services.types import TextRequest
@@ -82,11 +83,18 @@ def _agent_names(svc: Services) -> list[str]:
     return svc.agents.names() if svc.agents is not None else []
 
 
+def _fleet_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "ember-fleet"}
+
+
 @router.get("/models")
 async def list_models(svc: Services = Depends(services)) -> dict[str, Any]:
     cards = [_route_card(name) for name in svc.gateway.route_names()]
     cards += [_agent_card(name) for name in _agent_names(svc)]
-    return {"object": "list", "data": cards + [_model_card(r) for r in svc.models.list()]}
+    cards += [_model_card(r) for r in svc.models.list()]
+    # Models only other nodes of the fleet serve (fleet/discovery.py), after this node's own.
+    cards += [_fleet_card(name) for name in fleet_only_models(svc.gateway.fleet, [c["id"] for c in cards])]
+    return {"object": "list", "data": cards}
 
 
 @router.get("/models/{model_id:path}")
@@ -95,7 +103,12 @@ async def get_model(model_id: str, svc: Services = Depends(services)) -> dict[st
         return _route_card(model_id)
     if model_id in _agent_names(svc):
         return _agent_card(model_id)
-    return _model_card(svc.models.get(model_id))
+    try:
+        return _model_card(svc.models.get(model_id))
+    except ModelNotFound:
+        if svc.gateway.fleet is not None and model_id in svc.gateway.fleet.models():
+            return _fleet_card(model_id)
+        raise
 
 
 def _refuse_unsupported(body: _Sampling) -> None:

@@ -1,0 +1,58 @@
+"""A node's part in a fleet, built from its config in the app's lifespan: the announcer (member),
+the registry reader and the enrolled nodes (gateway), and their start and stop in order.
+
+Invariants:
+- Nothing here exists unless the fleet is configured (`[fleet]` with `join` or `[[fleet.nodes]]`,
+  or `ember serve --join`); a node that is not in a fleet opens no Redis connection.
+- Start: the registry's first read and the first announcement happen before the server takes
+  requests, so `/v1/models` lists the fleet from the first request. Stop: the announcer leaves
+  first (the key is deleted while the node still serves the requests in flight), then the reader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from ember.config import Settings
+from ember.fleet.announcer import Announcer, LocalLoad
+from ember.fleet.config import FleetConfig
+from ember.fleet.enrolled import EnrolledNodes
+from ember.fleet.identity import NodeIdentity, load_or_create
+from ember.fleet.registry import FleetRegistry, connect
+from ember.recent_stats import RecentStats
+from ember.runtime.scheduler import Scheduler
+from ember.services.models import ModelService
+
+
+@dataclass
+class Fleet:
+    config: FleetConfig
+    registry: FleetRegistry
+    identity: NodeIdentity
+    announcer: Announcer | None
+    redis: aioredis.Redis | None
+
+    async def aclose(self) -> None:
+        if self.announcer is not None:
+            await self.announcer.aclose()
+        await self.registry.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+async def start_fleet(
+    settings: Settings, config: FleetConfig, scheduler: Scheduler, models: ModelService, recent: RecentStats
+) -> Fleet:
+    identity = load_or_create(settings.home)
+    redis = connect(config.join) if config.join is not None else None
+    enrolled = EnrolledNodes(config.nodes, config.scrape) if config.nodes else None
+    registry = FleetRegistry(config, redis, self_id=identity.node_id, enrolled=enrolled)
+    announcer = None
+    if redis is not None and config.announces:
+        status = LocalLoad(scheduler, models, recent, settings.num_parallel)
+        announcer = Announcer(config, identity, redis, base_url=config.advertised(settings), status=status)
+        await announcer.start()
+    await registry.start()  # after the announcement: a node that is its own gateway sees itself
+    return Fleet(config=config, registry=registry, identity=identity, announcer=announcer, redis=redis)
