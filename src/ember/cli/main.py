@@ -15,7 +15,7 @@ import httpx
 import pydantic
 import typer
 
-from ember.cli import approvals, audit, batch, bench, chat, doctor, fleet, gateway, keys, models, pull, serve
+from ember.cli import approvals, audit, batch, bench_fleet, chat, doctor, fleet, gateway, keys, models, pull, serve
 from ember.cli.output import error_line
 from ember.errors import EmberError
 
@@ -44,7 +44,7 @@ app.command("cp")(models.cp)
 app.command("stop")(models.stop)
 app.command("doctor")(doctor.doctor)
 app.command("version")(serve.version)
-app.command("bench")(bench.bench)
+app.add_typer(bench_fleet.bench_app, name="bench")
 app.command("routes")(gateway.routes)
 app.command("usage")(gateway.usage)
 app.add_typer(keys.keys_app, name="keys")
