@@ -68,6 +68,10 @@ class FleetView(Protocol):
         """Every model some live node can serve, sorted."""
         ...
 
+    def api_key(self, node: NodeInfo) -> str | None:
+        """The key the gateway sends to `node` (None: none), for the fleet strategy's providers."""
+        ...
+
 
 class NodeChooser(Protocol):
     """Orders the nodes for one request (fleet/routing.py implements it; the gateway's `fleet`
