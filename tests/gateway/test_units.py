@@ -94,7 +94,7 @@ def test_serve_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"Error: {path}:20: routes[1].strategy: "
                                                   "Input should be 'fallback', 'race', 'cheapest', 'fastest', "
-                                                  "'least-busy', 'weighted' or 'auto'"]
+                                                  "'least-busy', 'weighted', 'auto' or 'fleet'"]
 
 
 class Clock:

@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ember.errors import ConfigError
 
 LOCAL = "local"  # the provider name of this node's own models; always there
+FLEET = "fleet"  # route targets "fleet/MODEL": the fleet's nodes that serve MODEL (reserved)
 
-Strategy = Literal["fallback", "race", "cheapest", "fastest", "least-busy", "weighted", "auto"]
+Strategy = Literal["fallback", "race", "cheapest", "fastest", "least-busy", "weighted", "auto", "fleet"]
 
 
 class _Strict(BaseModel):
@@ -95,6 +96,9 @@ class RouteConfig(_Strict):
     retry: RetryConfig | None = None
     breaker: BreakerConfig | None = None
     auto: AutoRule | None = None
+    # fleet: the nodes' `tier` labels allowed, in order of preference (e.g. ["edge", "cloud"]);
+    # empty: every node that serves the model
+    tiers: list[str] = Field(default_factory=list)
 
     @field_validator("targets")
     @classmethod
@@ -118,6 +122,15 @@ class RouteConfig(_Strict):
             for target in (self.auto.small, self.auto.strong):
                 if target not in self.targets:
                     raise ValueError(f"auto target {target!r} is not one of the route's targets")
+        fleet_targets = [t for t in self.targets if t.partition("/")[0] == FLEET]
+        if self.strategy == "fleet" and not fleet_targets:
+            raise ValueError('strategy fleet needs a target "fleet/MODEL" (the fleet\'s nodes that serve MODEL)')
+        if self.strategy != "fleet" and fleet_targets:
+            raise ValueError(f"target {fleet_targets[0]!r} is the fleet's: it needs strategy fleet")
+        if self.tiers and self.strategy != "fleet":
+            raise ValueError("tiers is for strategy fleet")
+        if len(set(self.tiers)) != len(self.tiers) or not all(self.tiers):
+            raise ValueError("tiers must be distinct, non-empty tier labels")
         return self
 
 
@@ -138,7 +151,9 @@ class GatewayConfig(_Strict):
         locals_ = [i for i, p in enumerate(self.providers) if p.kind == "local"]
         if len(locals_) > 1:
             raise ValueError(f"providers[{locals_[1]}].kind: only one provider may be of kind local")
-        known = set(names) | {LOCAL}
+        if FLEET in names:
+            raise ValueError(f"providers[{names.index(FLEET)}].name: '{FLEET}' is reserved for the fleet's nodes")
+        known = set(names) | {LOCAL, FLEET}
         models = [r.model for r in self.routes]
         for i, route in enumerate(self.routes):
             if models.count(route.model) > 1:

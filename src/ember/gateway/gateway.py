@@ -17,7 +17,8 @@ from ember.engine.types import LoadOptions
 from ember.errors import EmberError, InvalidModelName, ModelNotFound, ServiceUnavailable, UpstreamError
 from ember.fleet.types import FleetView
 from ember.gateway.breaker import CircuitBreaker
-from ember.gateway.config import LOCAL, GatewayConfig, ProviderConfig, RouteConfig
+from ember.gateway.config import FLEET, LOCAL, GatewayConfig, ProviderConfig, RouteConfig
+from ember.gateway.fleet import FleetTargets, fleet_model
 from ember.gateway.local import LocalProvider
 from ember.gateway.provider import Provider
 from ember.gateway.router import Route, Router, is_client_error
@@ -95,6 +96,7 @@ class Gateway:
         # The fleet's live table (fleet/registry.py), set by the app when this node is a fleet's
         # gateway; the `fleet` strategy and models only the fleet has are routed over it.
         self.fleet: FleetView | None = None
+        self.fleet_targets = FleetTargets(make_provider, config.breaker, config.retry)
 
     # -- building -----------------------------------------------------------------------------
 
@@ -102,7 +104,7 @@ class Gateway:
         breaker = config.breaker or self.config.breaker
         return Route(
             config=config,
-            targets=[self._target(t, config) for t in config.targets],
+            targets=[self._target(t, config) for t in config.targets if fleet_model(t) is None],
             retry=config.retry or self.config.retry,
             breaker=breaker,
         )
@@ -124,6 +126,11 @@ class Gateway:
         if route is not None:
             return route
         provider, sep, model = name.partition("/")
+        if provider == FLEET and model and self.fleet is not None:
+            return self.fleet_targets.default_route(model, self.fleet)
+        if (not sep or provider not in self.providers) and self._fleet_only(name):
+            assert self.fleet is not None
+            return self.fleet_targets.default_route(name, self.fleet)
         if not sep or not model or provider not in self.providers or self.providers[provider] is self.local:
             return None
         config = RouteConfig(model=name, targets=[name])
@@ -132,6 +139,23 @@ class Gateway:
         )
         self._direct_routes[name] = route
         return route
+
+    def _fleet_only(self, name: str) -> bool:
+        """Some node of the fleet serves `name`, and this node's store has no model of that name."""
+        if self.fleet is None or not self.fleet.candidates(name):
+            return False
+        try:
+            self._models.get(name)
+        except (ModelNotFound, InvalidModelName):
+            return True
+        return False
+
+    def _walkable(self, route: Route, request: TextRequest) -> Route:
+        """`route` as the Router walks it for `request`: a fleet route with its nodes put in,
+        best first for this request's prompt (gateway/fleet.py)."""
+        if route.config.strategy != "fleet":
+            return route
+        return self.fleet_targets.expand(route, request, self.fleet)
 
     def local_model(self, name: str) -> str:
         """The name in this node's store that a name with no route means: "local/NAME" (or the
@@ -183,7 +207,12 @@ class Gateway:
             except UpstreamError as exc:
                 route = self._route_for(request.model)
                 label = f"{generation.provider}/{generation.served_by}" if generation.served_by else None
-                if route is None or label is None or is_client_error(exc) or len(failed) + 1 >= len(route.targets):
+                if (
+                    route is None
+                    or label is None
+                    or is_client_error(exc)
+                    or len(failed) + 1 >= len(self._walkable(route, request).targets)
+                ):
                     raise
                 failed.add(label)
                 log.warning("target %s broke mid-answer (%s); trying the route's next target", label, exc.message)
@@ -208,7 +237,8 @@ class Gateway:
                         hit.route = route.name if route else None
                         return self._observed(hit, request, route, None, started, ts)
             if route is not None:
-                generation, target = await self.router.start(route, request, exclude)
+                generation, target = await self.router.start(self._walkable(route, request), request, exclude)
+                self.fleet_targets.sent(target, request)  # a node learns the prompt's prefix
                 generation.route = route.name
                 generation.served_by = target.model
             else:
@@ -311,7 +341,7 @@ class Gateway:
         if route is None:
             return await self.local.count_tokens(request, self.local_model(request.model))
         last: EmberError | None = None
-        for target in route.targets:
+        for target in self._walkable(route, request).targets:
             if not target.breaker.allow():
                 continue
             try:
@@ -358,7 +388,8 @@ class Gateway:
                     truncate=truncate,
                 )
             else:
-                outcome, provider_name = await self._embed_route(route, inputs, dimensions, truncate)
+                walk = self._walkable(route, request)
+                outcome, provider_name = await self._embed_route(walk, inputs, dimensions, truncate)
         except EmberError as exc:
             self.emit(
                 _record(request, ts, started, route=route, provider=None, status=exc.status_code, error=exc.message)
@@ -398,6 +429,7 @@ class Gateway:
         raise ModelNotFound(route.name, f"no target of route '{route.name}' is available for embeddings")
 
     async def aclose(self) -> None:
+        await self.fleet_targets.aclose()
         for name, provider in self.providers.items():
             if provider is not self.local:
                 try:

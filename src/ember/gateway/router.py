@@ -60,6 +60,11 @@ class Router:
         self, route: Route, request: TextRequest, exclude: frozenset[str] = frozenset()
     ) -> tuple[Generation, Target]:
         """Start on the first target that produces a token; `exclude` names targets to skip."""
+        if not route.targets:  # only a fleet route can be empty: no live node serves its model
+            raise ServiceUnavailable(
+                f"route '{route.name}' has no target now: no live node of the fleet serves its model",
+                code="no_fleet_node",
+            )
         started = time.monotonic()
         deadline = started + route.retry.deadline
         attempts = 0

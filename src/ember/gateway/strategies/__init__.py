@@ -13,6 +13,7 @@ from ember.gateway.strategies.auto import auto
 from ember.gateway.strategies.cheapest import cheapest
 from ember.gateway.strategies.fallback import fallback
 from ember.gateway.strategies.fastest import fastest
+from ember.gateway.strategies.fleet import fleet
 from ember.gateway.strategies.least_busy import least_busy
 from ember.gateway.strategies.weighted import weighted
 from ember.gateway.target import Target
@@ -28,6 +29,7 @@ STRATEGIES: dict[str, Order] = {
     "least-busy": least_busy,
     "weighted": weighted,
     "auto": auto,
+    "fleet": fleet,
 }
 
 __all__ = ["STRATEGIES", "Order"]
