@@ -154,5 +154,5 @@ def test_fleet_config_errors_name_the_file_and_line(tmp_path: Path, text: str, l
 
 
 def test_a_bad_setting_names_its_variable(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="^EMBER_FLEET_JOIN: fleet.join"):
+    with pytest.raises(ConfigError, match="^--join or EMBER_FLEET_JOIN: fleet.join: join must be a Redis URL"):
         load_fleet_config(Settings(fleet_join="http://nope"))  # type: ignore[call-arg]

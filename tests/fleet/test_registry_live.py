@@ -3,7 +3,7 @@ llama-cpp-python's own OpenAI server enrolled as a node that cannot sign.
 
 - node `a` is member and gateway: its [fleet] allowlists `c`, and knows the join token;
 - node `b` joins with the join token (and stores one model nobody else has);
-- node `c` has no token but is in `a`'s allowlist;
+- node `c` has no token but is in `a`'s allowlist; it requires API keys (a chat key is made);
 - `llama` (llama_cpp.server) and `ghost` (nothing listens there) are enrolled in `a`'s config.
 
 Records that must be refused (forged, unsigned, signed but not admitted) are written into Redis
@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class Fleet:
     b: ServerHandle
     c: ServerHandle
     c_id: str
+    c_key: str  # a chat key of c (no admin scope)
     prefix: str
     redis: redis.Redis
     llama_url: str
@@ -65,37 +66,51 @@ def _home(model_home: Path, root: Path, name: str) -> Path:
     return home
 
 
-@pytest.fixture(scope="module")
-def llama(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """llama_cpp.server on a free loopback port; its root URL."""
-    pytest.importorskip("sse_starlette", reason="llama-cpp-python[server] is not installed")
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("llama") / "llama.log"
-    env = {k: v for k, v in os.environ.items() if k.upper() not in {"HOST", "PORT", "MODEL", "CONFIG_FILE"}}
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--model_alias", ALIAS,
-             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "256", "--n_threads", "1"],
-            env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait(lambda: _answers(url + "/v1/models"), 120, lambda: log_path.read_text(errors="replace"))
-        yield url
-    finally:
-        stop_process(process)
+@dataclass
+class Llama:
+    """llama_cpp.server on a free loopback port (started once the ember nodes are up: four
+    servers starting at once on two cores were slower than three, then one)."""
+
+    model_path: Path
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        # Its settings are pydantic-settings: keep stray HOST, PORT, MODEL... from overriding the flags.
+        env = {k: v for k, v in os.environ.items() if k.upper() not in {"HOST", "PORT", "MODEL", "CONFIG_FILE"}}
+        with self.log_path.open("wb") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path), "--model_alias", ALIAS,
+                 "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "256", "--n_threads", "1"],
+                env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        _wait(lambda: _answers(self.url + "/v1/models"), 120, lambda: self.log_path.read_text(errors="replace"))
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
 
 
 @pytest.fixture(scope="module")
 def fleet(
-    model_home: Path, redis_server: RedisHandle, llama: str, tmp_path_factory: pytest.TempPathFactory
+    model_home: Path, model_path: Path, redis_server: RedisHandle, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Fleet]:
+    pytest.importorskip("sse_starlette", reason="llama-cpp-python[server] is not installed")
     root = tmp_path_factory.mktemp("fleet")
+    llama = Llama(model_path, root / "llama.log")
     prefix = f"test-fleet-{uuid.uuid4().hex[:8]}:"
     homes = {name: _home(model_home, root, name) for name in "abc"}
     from ember.runtime.store import ModelStore
 
     ModelStore(homes["b"]).copy("smollm2:135m", ONLY_B)
     c_id = load_or_create(homes["c"]).node_id  # made now so `a` can allowlist it
+    from ember.guard.keys import KeyStore
+
+    c_key, _ = KeyStore(homes["c"] / "state" / "keys.db").create("chat", frozenset({"chat", "models"}))
     common = f'prefix = "{prefix}"\nttl = {TTL}\nheartbeat = 0.5\nrefresh = 0.5\njoin_token_env = "EMBER_TEST_FLEET_TOKEN"\n'
     ghost = f"http://127.0.0.1:{free_port()}"
     (root / "a.toml").write_text(f"""
@@ -106,7 +121,7 @@ scrape = 0.5
 [[fleet.nodes]]
 name = "llama"
 kind = "llama-server"
-base_url = "{llama}/v1"
+base_url = "{llama.url}/v1"
 labels = {{ tier = "cloud" }}
 
 [[fleet.nodes]]
@@ -122,18 +137,25 @@ base_url = "{ghost}"
         "b": {**env, "EMBER_CONFIG": str(root / "member.toml"), "EMBER_FLEET_NAME": "node-b",
               "EMBER_TEST_FLEET_TOKEN": TOKEN, "EMBER_FLEET_LABELS": '{"tier": "edge", "zone": "b"}'},
         "c": {**env, "EMBER_CONFIG": str(root / "member.toml"), "EMBER_FLEET_NAME": "node-c",
-              "EMBER_FLEET_LABELS": '{"tier": "cloud"}'},
+              "EMBER_FLEET_LABELS": '{"tier": "cloud"}', "EMBER_AUTH": "required"},
     }
     # The nodes start side by side: each start is mostly Python imports.
     with ThreadPoolExecutor(3) as pool:
-        started = dict(zip(specs, pool.map(lambda n: start_server(homes[n], root, **specs[n]), specs), strict=True))
+        futures = {name: pool.submit(start_server, homes[name], root, **spec) for name, spec in specs.items()}
+    started = {name: f.result() for name, f in futures.items() if f.exception() is None}
+    failed = [f.exception() for f in futures.values() if f.exception() is not None]
+    if failed:  # stop the ones that did start before failing the fixture
+        for server in started.values():
+            server.stop()
+        raise failed[0]  # type: ignore[misc]
     client = redis.Redis.from_url(redis_server.url)
-    handle = Fleet(started["a"], started["b"], started["c"], c_id, prefix, client, llama)
     try:
-        yield handle
+        llama.start()
+        yield Fleet(started["a"], started["b"], started["c"], c_id, c_key, prefix, client, llama.url)
     finally:
         for server in started.values():
             server.stop()
+        llama.stop()
         for key in client.scan_iter(match=prefix + "*"):
             client.delete(key)
         client.close()
@@ -195,7 +217,7 @@ def test_nodes_register_with_labels_models_and_load(fleet: Fleet) -> None:
 
 def test_a_resident_model_is_announced(fleet: Fleet) -> None:
     _all_joined(fleet)
-    answer = httpx.post(fleet.c.url("/v1/completions"), timeout=60,
+    answer = httpx.post(fleet.c.url("/v1/completions"), timeout=60, headers=_bearer(fleet.c_key),
                         json={"model": "smollm2:135m", "prompt": "Hi", "max_tokens": 1})
     assert answer.status_code == 200, answer.text
     _wait(lambda: "smollm2:135m" in _by_name(_fleet_of(fleet.a))["node-c"]["resident"], 5)
@@ -213,26 +235,45 @@ def test_fleet_models_are_listed_in_models_and_tags(fleet: Fleet) -> None:
     tags = {t["name"]: t for t in httpx.get(fleet.a.url("/api/tags"), timeout=5).json()["models"]}
     assert tags[ONLY_B]["details"]["format"] == "fleet" and ALIAS in tags
     # A member that is not a gateway lists only its own models.
-    assert ONLY_B not in {card["id"] for card in httpx.get(fleet.c.url("/v1/models"), timeout=5).json()["data"]}
+    mine = httpx.get(fleet.c.url("/v1/models"), headers=_bearer(fleet.c_key), timeout=5).json()["data"]
+    assert ONLY_B not in {card["id"] for card in mine}
 
 
-def test_cli_lists_the_nodes(fleet: Fleet) -> None:
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _ember(*args: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "ember", *args], env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_cli_lists_the_nodes_and_says_in_one_line_why_it_cannot(fleet: Fleet) -> None:
     _all_joined(fleet)
-    env = {**os.environ, "EMBER_HOST": fleet.a.host}
-    done = subprocess.run([sys.executable, "-m", "ember", "fleet", "nodes"], env=env, capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    # The CLI's runs go side by side: each is mostly Python's start.
+    listed = _ember("fleet", "nodes", EMBER_HOST=fleet.a.host)
+    nowhere = _ember("fleet", "nodes", EMBER_HOST=f"127.0.0.1:{free_port()}")
+    no_key = _ember("fleet", "nodes", EMBER_HOST=fleet.c.host, EMBER_API_KEY="")
+    not_admin = _ember("fleet", "nodes", EMBER_HOST=fleet.c.host, EMBER_API_KEY=fleet.c_key)
+    bad_join = _ember("serve", "--join", "http://127.0.0.1:6379", "--host", f"127.0.0.1:{free_port()}")
+    out, err = listed.communicate(timeout=60)
+    assert listed.returncode == 0, err
+    lines = out.splitlines()
     assert lines[0].split()[:3] == ["NODE", "NAME", "KIND"]
     row_b = next(line for line in lines if "node-b" in line)
     assert "tier=edge,zone=b" in row_b and ONLY_B in row_b and "ember" in row_b
     assert any("node-a (this)" in line for line in lines) and any("llama-server" in line for line in lines)
     assert any(line.startswith("down: ghost") for line in lines)
-    env["EMBER_HOST"] = f"127.0.0.1:{free_port()}"
-    down = subprocess.run([sys.executable, "-m", "ember", "fleet", "nodes"], env=env, capture_output=True,
-                          text=True, timeout=60)
-    assert down.returncode == 1 and down.stderr.startswith("Error: cannot reach ember at")
-    assert len(down.stderr.strip().splitlines()) == 1
+    for process, starts in [
+        (nowhere, "Error: cannot reach ember at"),
+        (no_key, f"Error: ember at {fleet.c.base_url} refused GET /admin/fleet ("),
+        (not_admin, f"Error: ember at {fleet.c.base_url} refused GET /admin/fleet ("),
+        (bad_join, "Error: --join or EMBER_FLEET_JOIN: fleet.join: join must be a Redis URL"),
+    ]:
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 1 and err.startswith(starts), err
+        assert len(err.strip().splitlines()) == 1, err
+        assert process not in (no_key, not_admin) or "a key with the admin scope" in err
 
 
 def _write(fleet: Fleet, node_id: str, value: bytes) -> None:

@@ -89,8 +89,16 @@ class FleetConfig(_Strict):
     @field_validator("join")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^(redis|rediss|unix)://", value):
+        if value is None:
+            return None
+        if not re.match(r"^(redis|rediss|unix)://", value):
             raise ValueError(f"join must be a Redis URL (redis://host:6379/0), not {value!r}")
+        from redis.connection import parse_url  # checks the URL's parts; connects to nothing
+
+        try:
+            parse_url(value)
+        except ValueError as exc:
+            raise ValueError(f"join is not a valid Redis URL: {exc}") from None
         return value
 
     @field_validator("advertise_url")
@@ -211,6 +219,8 @@ def _error(path: Path | None, text: str, from_file: dict[str, Any], exc: Validat
         # The value came from the environment or a flag: name the variable.
         setting = next((f for f, k in _OVERRIDES.items() if k == key), None)
         source = f"EMBER_{setting.upper()}" if setting else "the fleet settings"
+        if setting == "fleet_join":
+            source = "--join or " + source
         return ConfigError(f"{source}: {where}: {message}")
     line = _line(text, loc)
     return ConfigError(f"{path}:{line}: {where}: {message}" if line else f"{path}: {where}: {message}")

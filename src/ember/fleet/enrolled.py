@@ -137,7 +137,8 @@ class EnrolledNodes:
     async def _models(self, node: EnrolledNode, headers: dict[str, str]) -> list[str]:
         response = await self._http.get(node.base_url + "/v1/models", headers=headers)
         response.raise_for_status()
-        data = response.json().get("data")
+        body = response.json()
+        data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list):
             raise ValueError("its /v1/models answer has no data list")
         return [str(m["id"]) for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
