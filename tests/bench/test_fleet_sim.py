@@ -14,8 +14,8 @@ import openai
 import pytest
 
 from ember.bench.fleet_report import rows, summary_lines, to_document
-from ember.bench.fleet_sim import FleetSimConfig, FleetSimError, RoundRobin, run_fleet_sim
-from ember.bench.fleet_traffic import TrafficConfig, User, prompt_text
+from ember.bench.fleet_sim import FleetSimConfig, FleetSimError, RoundRobin, routing_prompt, run_fleet_sim
+from ember.bench.fleet_traffic import TrafficConfig, User
 from ember.bench.sim_node import BLOCK_TOKENS, NodeProfile, PrefixCache, SimNode, block_hashes, chat_tokens
 from ember.cli.main import main
 from ember.fleet.routing import FleetRouter
@@ -51,7 +51,8 @@ def test_traffic_repeats_per_seed_and_grows_the_history() -> None:
     one.answered("alpha beta gamma")
     nxt, max_tokens = one.ask()
     assert nxt[: len(messages)] == messages and 3 <= max_tokens <= 4
-    assert prompt_text(nxt).startswith(prompt_text(messages))
+    # What the router keys on grows too: a turn's text starts with the previous turn's.
+    assert routing_prompt(nxt).startswith(routing_prompt(messages))
 
 
 async def test_sim_node_speaks_openai_to_the_real_client() -> None:

@@ -5,8 +5,10 @@ One run ("cell") starts N SimNodes in this process, `users_per_node x N` simulat
 a NodeChooser where the gateway's `fleet` strategy has it: for every request the chooser orders
 the nodes (their NodeInfo as the registry would hold it: load refreshed every `heartbeat_s`),
 the request goes to the first, `sent` and `finished` tell the chooser. The `fleet` router is
-ember.fleet.routing.FleetRouter itself, so the benchmark measures the code that serves;
-`round-robin` is the baseline.
+ember.fleet.routing.FleetRouter itself, fed the text the gateway's fleet strategy gives it
+(gateway/strategies/fleet.py's prompt_text), so the benchmark measures the code that serves;
+`round-robin` is the baseline. The driver stands where the gateway would be: no gateway
+process is in the loop (its own cost is bench/gateway_overhead.py's subject).
 
 Measured, from the client side over the window after `warmup_s`: completion tokens per second
 (every streamed token counted as it arrives), TTFT of the requests sent in the window, the
@@ -28,16 +30,18 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
-from ember.bench.fleet_traffic import TrafficConfig, User, prompt_text
+from ember.bench.fleet_traffic import TrafficConfig, User
 from ember.bench.report import percentile
 from ember.bench.sim_node import NodeProfile, SimNode
 from ember.errors import EmberError
 from ember.fleet.routing import FleetRouter
 from ember.fleet.types import NodeChooser, NodeInfo
+from ember.gateway.strategies.fleet import prompt_text
+from ember.services.types import ChatMessage, TextRequest
 
 MODEL = "sim-model"
 ROUTERS: dict[str, Callable[[], NodeChooser]] = {}
@@ -169,6 +173,12 @@ class _Fleet:
             self.view = [node.info() for node in self.nodes]
 
 
+def routing_prompt(messages: list[dict[str, Any]]) -> str:
+    """The text the gateway's fleet strategy keys the router's prefix tree on, for these messages."""
+    chat = [ChatMessage(role=m["role"], content=m.get("content") or "") for m in messages]
+    return prompt_text(TextRequest(model=MODEL, messages=chat))
+
+
 async def _stream_turn(
     client: httpx.AsyncClient,
     url: str,
@@ -225,7 +235,7 @@ async def _user_loop(
                 return
             budget[0] -= 1
             messages, max_tokens = conversation.ask()
-            prompt = prompt_text(messages)
+            prompt = routing_prompt(messages)
             ordered = chooser.order(MODEL, prompt, fleet.view)
             if not ordered:
                 raise FleetSimError("the chooser returned no node")

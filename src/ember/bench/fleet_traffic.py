@@ -45,7 +45,7 @@ class TrafficConfig:
 
 
 def _words(rng: random.Random, count: int) -> str:
-    return " ".join(rng.choice(_WORDS) for _ in range(count))
+    return " ".join(rng.choices(_WORDS, k=count))
 
 
 def system_prompt(index: int, tokens: int) -> str:
@@ -102,8 +102,3 @@ class User:
         start = self._rng.randrange(self._config.turns) if self._first else 0
         self._first = False
         return Conversation(self.index, self._rng, self._config, self._system, start)
-
-
-def prompt_text(messages: list[dict[str, Any]]) -> str:
-    """The text the router keys its prefix tree on: role and content of each message in order."""
-    return "".join(f"{m['role']}: {m.get('content') or ''}\n" for m in messages)

@@ -266,7 +266,7 @@ class SimNode:
             self.counters.prompt_tokens += len(prompt)
             self.counters.cached_tokens += cached
             await emit.started()
-            words = [self._rng.choice(_VOCABULARY) for _ in range(max_tokens)]
+            words = self._rng.choices(_VOCABULARY, k=max_tokens)
             await self._decode(words, emit)
             self.cache.insert(block_hashes(prompt + words))
             await emit.finished(
