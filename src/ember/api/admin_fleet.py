@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, Depends
 
 from ember.api.deps import Services, services
+from ember.fleet.config import redacted_url
 from ember.fleet.types import NodeInfo
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -35,7 +35,7 @@ async def fleet(svc: Services = Depends(services)) -> dict[str, Any]:
             "public_key": fleet.identity.public_key_b64,
             "role": config.role,
             "announcing": fleet.announcer is not None,
-            "registry": _redacted(config.join),
+            "registry": redacted_url(config.join),
             "ttl": config.ttl,
         },
         "nodes": [_node(n, now, n.node_id == registry.self_id) for n in registry.members()],
@@ -68,14 +68,3 @@ def _node(node: NodeInfo, now: float, is_self: bool) -> dict[str, Any]:
         "verified": node.verified,
         "self": is_self,
     }
-
-
-def _redacted(url: str | None) -> str | None:
-    if url is None:
-        return None
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ember.fleet.config import FleetConfig
+from ember.fleet.config import FleetConfig, redacted_url
 from ember.fleet.identity import NodeIdentity
 from ember.fleet.record import NodeRecord, Sequencer, join_proof
 from ember.fleet.registry import index_key, node_key
@@ -136,7 +136,7 @@ class Announcer:
             if not self._failing:
                 log.warning(
                     "fleet: cannot announce this node to %s (%s); retrying every %g s",
-                    self.config.join,
+                    redacted_url(self.config.join),
                     exc,
                     self.config.heartbeat_s,
                 )

@@ -34,6 +34,7 @@ import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -198,24 +199,36 @@ def load_fleet_config(settings: Settings) -> FleetConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}:{line_of(text, ['fleet']) or '?'}: fleet must be a table ([fleet])")
         table = dict(raw)
-    from_file = dict(table)
+    overridden = set()
     for field, key in _OVERRIDES.items():
         value = getattr(settings, field)
         if value is not None:
             table[key] = value
+            overridden.add(key)
     try:
         return FleetConfig.model_validate(table)
     except ValidationError as exc:
-        raise _error(path, text, from_file, exc) from exc
+        raise _error(path, text, overridden, exc) from exc
 
 
-def _error(path: Path | None, text: str, from_file: dict[str, Any], exc: ValidationError) -> ConfigError:
+def redacted_url(url: str | None) -> str | None:
+    """A URL fit for logs and answers: its password (a Redis URL may carry one) replaced by ***."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _error(path: Path | None, text: str, overridden: set[str], exc: ValidationError) -> ConfigError:
     first = exc.errors()[0]
     loc = [p for p in first.get("loc", ()) if p not in ("function-after",)]
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     where = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in ["fleet", *loc]).replace(".[", "[")
     key = str(loc[0]) if loc else None
-    if path is None or (key is not None and key not in from_file):
+    if path is None or (key is not None and key in overridden):
         # The value came from the environment or a flag: name the variable.
         setting = next((f for f, k in _OVERRIDES.items() if k == key), None)
         source = f"EMBER_{setting.upper()}" if setting else "the fleet settings"

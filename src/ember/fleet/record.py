@@ -164,7 +164,10 @@ def verify(raw: bytes | str, *, now: float, last_seq: int | None = None) -> Node
     if record.ts > now + CLOCK_SKEW_S:
         return Refused(claimed, "timestamp is in the future")
     if now - record.ts > record.ttl:
-        return Refused(claimed, f"stale: last heartbeat {now - record.ts:.1f} s ago (ttl {record.ttl:g} s)", True)
+        age = now - record.ts
+        return Refused(
+            claimed, f"stale: signed {age:.1f} s ago, past its ttl of {record.ttl:g} s (clocks apart?)", True
+        )
     if last_seq is not None and record.seq < last_seq:
         return Refused(claimed, f"sequence {record.seq} is older than {last_seq} (a replay?)")
     return record

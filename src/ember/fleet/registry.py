@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ember.fleet.config import FleetConfig
+from ember.fleet.config import FleetConfig, redacted_url
 from ember.fleet.enrolled import EnrolledNodes
 from ember.fleet.record import NodeRecord, Refused, proves_token, verify
 from ember.fleet.types import NodeInfo
@@ -170,7 +170,7 @@ class FleetRegistry:
             if not self._redis_down:
                 log.warning(
                     "fleet: the registry at %s does not answer (%s); nodes drop out as their TTL ends",
-                    self.config.join,
+                    redacted_url(self.config.join),
                     exc,
                 )
                 self._redis_down = True
@@ -192,8 +192,10 @@ class FleetRegistry:
                 outcome = Refused(key_id, "not admitted: not in the allowlist and no valid join token")
             if isinstance(outcome, Refused):
                 # A node's last good record still counts until its TTL: one bad read (or a
-                # forger writing under its id) must not pull it out of the table early.
-                if not outcome.expired:
+                # forger writing under its id) must not pull it out of the table early. An
+                # out-of-date record of a node that was live is its last one (it stopped); one
+                # that never was is worth saying (its clock may be off by more than the TTL).
+                if not outcome.expired or key_id not in self._last_seq:
                     self._refuse(key_id, outcome.reason, now)
                 continue
             self._last_seq[key_id] = outcome.seq
@@ -204,6 +206,10 @@ class FleetRegistry:
         if gone:
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.srem(index_key(prefix), *gone)
+        # A node whose key is gone left cleanly (or Redis expired it): out now, not at its TTL.
+        present = {key_id for key_id, raw in zip(ids, values, strict=True) if raw is not None}
+        for node_id in [i for i in self._members if i not in present]:
+            self._expires[node_id] = 0.0
         self._drop_expired()
 
     def _admitted(self, record: NodeRecord) -> bool:
@@ -226,4 +232,4 @@ class FleetRegistry:
             node = self._members.pop(node_id, None)
             del self._expires[node_id]
             if node is not None:
-                log.info("fleet: node %s (%s) left: no heartbeat for its TTL", node.name, node_id[:16])
+                log.info("fleet: node %s (%s) left the table", node.name, node_id[:16])
