@@ -53,6 +53,10 @@ def test_traffic_repeats_per_seed_and_grows_the_history() -> None:
     assert nxt[: len(messages)] == messages and 3 <= max_tokens <= 4
     # What the router keys on grows too: a turn's text starts with the previous turn's.
     assert routing_prompt(nxt).startswith(routing_prompt(messages))
+    assert User(0, 7, config).think() == 0.0
+    thinking = TrafficConfig(think_s=0.5)
+    pauses = [User(1, 7, thinking).think() for _ in range(2)]
+    assert pauses[0] == pauses[1] > 0  # drawn from the user's own generator: the same per seed
 
 
 async def test_sim_node_speaks_openai_to_the_real_client() -> None:

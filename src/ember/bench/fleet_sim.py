@@ -115,6 +115,7 @@ class TurnResult:
     tokens: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    moved: bool | None = None  # a follow-up turn sent to another node than the turn before it
     error: str | None = None
 
     @property
@@ -139,6 +140,7 @@ class CellResult:
     ttft_p90_s: float | None
     ttft_p99_s: float | None
     cache_hit_rate: float | None
+    moved_share: float | None  # follow-up turns that went to another node than their last turn
     busiest_share: float | None  # the busiest node's share of requests, times N (1.0: even)
     driver_cpu: float  # process CPU seconds per wall second (nodes and driver share the process)
     loop_lag_p99_ms: float | None
@@ -230,6 +232,7 @@ async def _user_loop(
 ) -> None:
     while True:
         conversation = user.conversation()
+        last_node: str | None = None
         while not conversation.done:
             if budget[0] <= 0 or time.perf_counter() >= window.closes:
                 return
@@ -241,6 +244,8 @@ async def _user_loop(
                 raise FleetSimError("the chooser returned no node")
             node = ordered[0]
             result = TurnResult(node=node.node_id, start=time.perf_counter())
+            result.moved = None if last_node is None else node.node_id != last_node
+            last_node = node.node_id
             results.append(result)
             chooser.sent(node.node_id, MODEL, prompt)
             try:
@@ -254,6 +259,9 @@ async def _user_loop(
             if result.error is not None:
                 break  # a failed turn ends its conversation (its history has no answer)
             conversation.answered(text)
+            pause = user.think()
+            if pause > 0:
+                await asyncio.sleep(pause)
 
 
 async def _loop_lag(samples: list[float], every_s: float = 0.01) -> None:
@@ -325,6 +333,7 @@ def _summarise(
     for r in measured:
         per_node[r.node] = per_node.get(r.node, 0) + 1
     busiest = max(per_node.values()) * count / len(measured) if measured else None
+    follow_ups = [r.moved for r in measured if r.moved is not None]
     return CellResult(
         router=router,
         nodes=count,
@@ -339,6 +348,7 @@ def _summarise(
         ttft_p90_s=percentile(ttfts, 90),
         ttft_p99_s=percentile(ttfts, 99),
         cache_hit_rate=sum(r.cached_tokens for r in ok) / prompt_tokens if prompt_tokens else None,
+        moved_share=sum(follow_ups) / len(follow_ups) if follow_ups else None,
         busiest_share=busiest,
         driver_cpu=cpu_share,
         loop_lag_p99_ms=None if not lag else (percentile(lag, 99) or 0.0) * 1000,

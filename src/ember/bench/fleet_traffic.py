@@ -35,10 +35,11 @@ class TrafficConfig:
     turns: int = 8  # turns per conversation
     user_tokens: tuple[int, int] = (40, 120)  # a user message's length, uniform within
     answer_tokens: tuple[int, int] = (24, 72)  # max_tokens of a turn (the simulated node answers all of it)
+    think_s: float = 0.0  # mean pause (exponential) between an answer and the user's next turn
 
     def __post_init__(self) -> None:
-        if self.system_prompts < 1 or self.turns < 1 or self.system_tokens < 0:
-            raise ValueError("system_prompts and turns must be at least 1, system_tokens at least 0")
+        if self.system_prompts < 1 or self.turns < 1 or self.system_tokens < 0 or self.think_s < 0:
+            raise ValueError("system_prompts and turns must be at least 1, system_tokens and think_s at least 0")
         for low, high in (self.user_tokens, self.answer_tokens):
             if not 1 <= low <= high:
                 raise ValueError("token ranges must be 1 <= low <= high")
@@ -97,6 +98,10 @@ class User:
         self._rng = random.Random(f"{seed}:user:{index}")
         self._system = system_prompt(index % config.system_prompts, config.system_tokens)
         self._first = True
+
+    def think(self) -> float:
+        """Seconds to wait before the next turn."""
+        return self._rng.expovariate(1 / self._config.think_s) if self._config.think_s > 0 else 0.0
 
     def conversation(self) -> Conversation:
         start = self._rng.randrange(self._config.turns) if self._first else 0

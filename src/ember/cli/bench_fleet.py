@@ -77,6 +77,9 @@ def fleet(
     ] = 4,
     system_tokens: Annotated[int, typer.Option("--system-tokens", help="Tokens of each system prompt.")] = 600,
     turns: Annotated[int, typer.Option("--turns", help="Turns per conversation.")] = 8,
+    think: Annotated[
+        float, typer.Option("--think", help="Mean seconds a user pauses between an answer and the next turn.")
+    ] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same conversations.")] = 0,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON document with every number instead of a table.")
@@ -85,7 +88,7 @@ def fleet(
     """Simulate a fleet on loopback and compare the fleet router with round-robin."""
     try:
         profile = NodeProfile(slots=slots, prefill_tps=prefill_tps, decode_tps=decode_tps, cache_blocks=cache_blocks)
-        traffic = TrafficConfig(system_prompts=system_prompts, system_tokens=system_tokens, turns=turns)
+        traffic = TrafficConfig(system_prompts=system_prompts, system_tokens=system_tokens, turns=turns, think_s=think)
     except ValueError as exc:
         raise FleetSimError(str(exc)) from None
     config = FleetSimConfig(
