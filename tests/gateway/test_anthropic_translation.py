@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 
 from ember.engine.types import SamplingParams
 from ember.errors import BadRequest, UnsupportedParameter, UpstreamError
 from ember.gateway.config import ProviderConfig
-from ember.gateway.remote import StreamState, build_client, error_message
+from ember.gateway.remote import StreamState, client_headers, error_message
 from ember.gateway.remote_anthropic import (
     DEFAULT_MAX_TOKENS,
     FORMAT_TOOL,
@@ -230,10 +230,10 @@ def test_hints_the_api_has_no_word_for_are_named_when_set() -> None:
 def test_the_key_goes_as_x_api_key_with_the_version_header(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLAUDE_KEY", "sk-ant-test")
     config = ProviderConfig(name="claude", kind="anthropic", base_url="http://127.0.0.1:9", api_key_env="CLAUDE_KEY")
-    client = build_client(config, credentials=lambda key: anthropic_headers("2023-06-01", key))
-    assert client.headers["x-api-key"] == "sk-ant-test"
-    assert client.headers["anthropic-version"] == "2023-06-01"
-    assert "authorization" not in client.headers
+    headers = client_headers(config, credentials=lambda key: anthropic_headers("2023-06-01", key))
+    assert headers["x-api-key"] == "sk-ant-test"
+    assert headers["anthropic-version"] == "2023-06-01"
+    assert "Authorization" not in headers
 
 
 def test_config_base_url_is_the_root_and_anthropic_keys_only_on_anthropic() -> None:
@@ -262,8 +262,10 @@ def read(raw: bytes, format_tool: str | None = None) -> tuple[list[GenerationEve
     state = StreamState(model="asked", started=0.0)
 
     async def gather() -> list[GenerationEvent]:
-        response = httpx.Response(200, content=raw)
-        return [e async for e in parse_stream("claude", format_tool, response, state)]
+        async def body() -> AsyncIterator[bytes]:
+            yield raw
+
+        return [e async for e in parse_stream("claude", format_tool, body(), state)]
 
     return asyncio.run(gather()), state
 

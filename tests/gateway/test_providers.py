@@ -369,7 +369,7 @@ async def test_aclose_mid_stream_closes_and_a_full_stream_reuses_the_connection(
             assert (answer.stats.prompt_tokens, answer.stats.completion_tokens) == (2, 3)
         # The three complete streams went back to the pool: one connection served them all.
         (client,) = provider._remote.pool.clients
-        assert len(client._transport._pool.connections) == 1
+        assert sum(map(len, client.connector._conns.values())) == 1  # type: ignore[union-attr]
     finally:
         await provider.aclose()
 
@@ -449,16 +449,16 @@ async def test_a_malformed_chunk_or_an_inband_error_fails_the_iteration(
 
 def test_the_client_sends_the_key_from_the_environment_and_extra_headers(monkeypatch: pytest.MonkeyPatch) -> None:
     from ember.gateway.config import ProviderConfig
-    from ember.gateway.remote import build_client, parse_retry_after
+    from ember.gateway.remote import RemoteClient, client_headers, parse_retry_after
 
     monkeypatch.setenv("TEST_UPSTREAM_KEY", "sk-test")
     config = ProviderConfig(name="p", kind="openai", base_url="http://127.0.0.1:9/v1",
                             api_key_env="TEST_UPSTREAM_KEY", headers={"X-Team": "a"}, max_connections=3)
-    client = build_client(config)
-    assert client.headers["authorization"] == "Bearer sk-test" and client.headers["x-team"] == "a"
-    assert str(client.build_request("POST", "chat/completions").url) == "http://127.0.0.1:9/v1/chat/completions"
+    headers = client_headers(config)
+    assert headers["Authorization"] == "Bearer sk-test" and headers["X-Team"] == "a"
+    assert str(RemoteClient(config).url("chat/completions")) == "http://127.0.0.1:9/v1/chat/completions"
     monkeypatch.delenv("TEST_UPSTREAM_KEY")
-    assert "authorization" not in build_client(config).headers  # unset: no header, not "Bearer None"
+    assert "Authorization" not in client_headers(config)  # unset: no header, not "Bearer None"
     assert parse_retry_after("3") == 3.0 and parse_retry_after("soon") is None
     assert 50 < (parse_retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60)))
                  or 0) <= 60

@@ -1,4 +1,8 @@
-"""What the remote providers share: one pooled HTTP client, error mapping, deadlines, streams.
+"""What the remote providers share: pooled HTTP clients, error mapping, deadlines, streams.
+
+The HTTP client is aiohttp's: measured on the provider path's own calls (bench/http_clients.py)
+it spends about a third of httpx's CPU per request (0.4 vs 1.3 ms for an 8-token stream), which
+is most of what the gateway adds to a proxied request.
 
 `RemoteClient.stream` returns a Generation only once the upstream has sent its first
 content token (or finished), so anything that fails before that (refused, 5xx, 429, a
@@ -18,12 +22,13 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack, aclosing
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from ember.engine.types import TokenLogprob, TopLogprob
 from ember.errors import UpstreamError, UpstreamTimeout
@@ -33,9 +38,11 @@ from ember.services.types import FinishReason, GenerationEvent
 
 log = logging.getLogger("ember.gateway")
 _CLIENT_ERRORS = frozenset({400, 413, 422})
-# What a connection that broke before the answer's first byte raises (httpx maps "server
-# disconnected without sending a response" and a reset on send or on the first read to these).
-_BROKEN_BEFORE_ANSWER = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+# What a connection that broke before the answer's first byte raises: the server closed it
+# without a byte of answer, or reset it as we sent or on the first read. (A refused or timed-out
+# connect is a ClientConnectorError / ConnectionTimeoutError: not this, and not sent again.)
+_BROKEN_BEFORE_ANSWER = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+_JSON = {"Content-Type": "application/json"}
 _MAX_MESSAGE = 500  # characters of an upstream's error body we pass on
 
 
@@ -59,15 +66,18 @@ class StreamState:
         return first - self.started, now - first
 
 
-# A parser turns an HTTP response into events: events with non-empty text, tool-call deltas or
+# A response body as its raw byte chunks, as they arrive (aiohttp's content.iter_any()).
+Body = AsyncIterator[bytes]
+# A parser turns a response body into events: events with non-empty text, tool-call deltas or
 # logprobs, then exactly one done event; it raises UpstreamError on a malformed or in-band error
 # chunk.
-Parser = Callable[[httpx.Response, StreamState], AsyncGenerator[GenerationEvent, None]]
+Parser = Callable[[Body, StreamState], AsyncGenerator[GenerationEvent, None]]
 
 
-# httpcore's pool does work quadratic in its connections on every request it assigns (and a
-# poll() per idle connection): with 32 streams in flight one big pool cost ~1 ms a request.
-# So a provider holds several small clients and sends each request to the least busy one.
+# A provider holds several small clients and sends each request to the least busy one: with
+# httpx a single big pool cost ~1 ms a request at 32 streams (work quadratic in its
+# connections); aiohttp's connector has no such cost, but small sessions keep each connector's
+# bookkeeping short and spread a burst's connects.
 CONNECTIONS_PER_CLIENT = 8
 
 
@@ -81,27 +91,33 @@ def bearer(key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def build_client(
-    config: ProviderConfig, max_connections: int | None = None, credentials: Credentials = bearer
-) -> httpx.AsyncClient:
-    """A pooled client for a provider; connects are bounded here, reads by our own deadlines."""
-    assert config.base_url is not None, "remote providers have a base_url (checked by the config)"
+def client_headers(config: ProviderConfig, credentials: Credentials = bearer) -> dict[str, str]:
+    """What every request to the provider carries: its configured headers and its key's."""
     key = os.environ.get(config.api_key_env) if config.api_key_env else None
-    headers = {"User-Agent": "ember-gateway", **config.headers, **credentials(key or None)}
+    return {"User-Agent": "ember-gateway", **config.headers, **credentials(key or None)}
+
+
+def build_client(
+    config: ProviderConfig,
+    max_connections: int | None = None,
+    credentials: Credentials = bearer,
+    *,
+    fresh: bool = False,
+) -> aiohttp.ClientSession:
+    """A pooled client for a provider (made inside the running loop); connects are bounded here,
+    reads by our own deadlines. `fresh`: every request on a new connection, closed after it."""
+    assert config.base_url is not None, "remote providers have a base_url (checked by the config)"
     size = max_connections or config.max_connections
-    limits = httpx.Limits(
-        max_connections=size, max_keepalive_connections=size, keepalive_expiry=config.keepalive_expiry
+    if config.keepalive_expiry > 0 and not fresh:
+        connector = aiohttp.TCPConnector(limit=size, keepalive_timeout=config.keepalive_expiry)
+    else:  # no idle connection is kept at all
+        connector = aiohttp.TCPConnector(limit=size, force_close=True)
+    # connect covers waiting for a pooled connection too; sock_read=total_timeout is only a
+    # backstop against a stalled upstream: first-token and total deadlines are ours.
+    timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout, sock_read=config.total_timeout)
+    return aiohttp.ClientSession(
+        connector=connector, headers=client_headers(config, credentials), timeout=timeout, trust_env=False
     )
-    # read=total_timeout is only a backstop: first-token and total deadlines are ours.
-    timeout = httpx.Timeout(
-        connect=config.connect_timeout,
-        read=config.total_timeout,
-        write=config.total_timeout,
-        pool=config.connect_timeout,
-    )
-    # The base path ends in "/" so relative paths are joined under it (".../v1/" + "chat/completions").
-    base = config.base_url.rstrip("/") + "/"
-    return httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=timeout)
 
 
 # -- failures -----------------------------------------------------------------------------------
@@ -137,14 +153,19 @@ def error_message(body: Any) -> str | None:
     return None
 
 
-def status_error(provider: str, response: httpx.Response) -> UpstreamError:
-    """An HTTP error answer (the body must have been read) as an UpstreamError."""
-    status = response.status_code
+async def status_error(provider: str, response: aiohttp.ClientResponse) -> UpstreamError:
+    """An HTTP error answer as an UpstreamError (its body is read here)."""
+    status = response.status
     try:
-        detail = error_message(response.json())
-    except (ValueError, UnicodeDecodeError):
-        detail = error_message(response.text)
-    detail = (detail or response.reason_phrase or "no detail")[:_MAX_MESSAGE]
+        raw = await response.read()
+    except aiohttp.ClientError:
+        raw = b""
+    text = raw.decode("utf-8", "replace")
+    try:
+        detail = error_message(json.loads(text))
+    except ValueError:
+        detail = error_message(text)
+    detail = (detail or response.reason or "no detail")[:_MAX_MESSAGE]
     error = UpstreamError(
         f"{provider}: upstream answered {status}: {detail}",
         upstream_status=status,
@@ -156,18 +177,22 @@ def status_error(provider: str, response: httpx.Response) -> UpstreamError:
     return error
 
 
-def transport_error(provider: str, exc: httpx.HTTPError) -> UpstreamError:
+def transport_detail(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def transport_error(provider: str, exc: aiohttp.ClientError) -> UpstreamError:
     """A failure with no HTTP answer: refused, reset, dropped mid-body, timed out."""
-    detail = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+    detail = transport_detail(exc)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # connecting, or waiting for the pool
         return UpstreamTimeout(f"{provider}: timed out connecting: {detail}")
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, aiohttp.ServerTimeoutError):
         return UpstreamTimeout(f"{provider}: timed out reading: {detail}")
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamError(f"{provider}: cannot connect: {detail}")
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.ClientPayloadError):
         return UpstreamError(f"{provider}: connection broken: {detail}")
-    return UpstreamError(f"{provider}: {type(exc).__name__}: {detail}")
+    return UpstreamError(f"{provider}: {detail}")
 
 
 def broken(provider: str, what: str) -> UpstreamError:
@@ -238,24 +263,19 @@ def _bytes(value: Any, token: str) -> tuple[int, ...]:
 # -- wire framing -------------------------------------------------------------------------------
 
 
-async def sse_data(response: httpx.Response) -> AsyncGenerator[str, None]:
-    """The data of each server-sent event (multi-line data joined by newlines; comments skipped).
-
-    Split from the raw bytes, skipping httpx's text and line decoders (a quarter less time per
-    event).
-    """
+async def sse_data(body: Body) -> AsyncGenerator[str, None]:
+    """The data of each server-sent event (multi-line data joined by newlines; comments skipped),
+    split from the raw bytes (no text or line decoder in between)."""
     buffer = b""
-    # Closed explicitly: an abandoned iterator would be finalised later, in another task.
-    async with aclosing(response.aiter_bytes()) as chunks:  # type: ignore[type-var]  # httpx types an async generator as AsyncIterator
-        async for chunk in chunks:
-            buffer += chunk
-            if b"\r" in buffer:
-                buffer = buffer.replace(b"\r\n", b"\n")  # a lone trailing \r waits for its \n
-            while (end := buffer.find(b"\n\n")) >= 0:
-                block, buffer = buffer[:end], buffer[end + 2 :]
-                data = _event_data(block)
-                if data is not None:
-                    yield data
+    async for chunk in body:
+        buffer += chunk
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")  # a lone trailing \r waits for its \n
+        while (end := buffer.find(b"\n\n")) >= 0:
+            block, buffer = buffer[:end], buffer[end + 2 :]
+            data = _event_data(block)
+            if data is not None:
+                yield data
     data = _event_data(buffer.rstrip(b"\r\n"))
     if data is not None:
         yield data
@@ -272,11 +292,19 @@ def _event_data(block: bytes) -> str | None:
     return b"\n".join(v[1:] if v.startswith(b" ") else v for v in lines).decode("utf-8", "replace")
 
 
-async def ndjson_lines(response: httpx.Response) -> AsyncGenerator[str, None]:
-    async with aclosing(response.aiter_lines()) as lines:  # type: ignore[type-var]  # as in sse_data
-        async for line in lines:
+async def ndjson_lines(body: Body) -> AsyncGenerator[str, None]:
+    """The non-blank lines of a newline-delimited JSON body (a last line may lack its newline)."""
+    buffer = b""
+    async for chunk in body:
+        buffer += chunk
+        if b"\n" not in chunk:
+            continue
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
             if line.strip():
-                yield line
+                yield line.decode("utf-8", "replace")
+    if buffer.strip():
+        yield buffer.decode("utf-8", "replace")
 
 
 # -- the client -----------------------------------------------------------------------------------
@@ -284,12 +312,13 @@ async def ndjson_lines(response: httpx.Response) -> AsyncGenerator[str, None]:
 
 @dataclass
 class _Shard:
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
     in_flight: int = 0
 
 
 class ClientPool:
-    """Small httpx clients, made as load needs them, up to the provider's max_connections."""
+    """Small aiohttp sessions, made as load needs them (inside the running loop), up to the
+    provider's max_connections."""
 
     def __init__(
         self, config: ProviderConfig, per_client: int = CONNECTIONS_PER_CLIENT, credentials: Credentials = bearer
@@ -299,9 +328,17 @@ class ClientPool:
         self._per_client = min(per_client, config.max_connections)
         self._most = max(1, -(-config.max_connections // self._per_client))
         self._shards: list[_Shard] = []
+        self._fresh: aiohttp.ClientSession | None = None
+
+    def fresh(self) -> aiohttp.ClientSession:
+        """The client for a request sent once more: its own connection, never a pooled one (which
+        the upstream may have closed too, as it closes every idle one when its keep-alive ends)."""
+        if self._fresh is None:
+            self._fresh = build_client(self._config, credentials=self._credentials, fresh=True)
+        return self._fresh
 
     @property
-    def clients(self) -> list[httpx.AsyncClient]:
+    def clients(self) -> list[aiohttp.ClientSession]:
         return [shard.http for shard in self._shards]
 
     def acquire(self) -> _Shard:
@@ -318,8 +355,12 @@ class ClientPool:
         shard.in_flight -= 1
 
     async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.http.aclose()
+        shards, self._shards = self._shards, []
+        for shard in shards:
+            await shard.http.close()
+        if self._fresh is not None:
+            await self._fresh.close()
+            self._fresh = None
 
 
 class RemoteClient:
@@ -328,14 +369,14 @@ class RemoteClient:
     def __init__(self, config: ProviderConfig, credentials: Credentials = bearer) -> None:
         self.config = config
         self.pool = ClientPool(config, credentials=credentials)
-        self._urls: dict[str, httpx.URL] = {}
+        self._urls: dict[str, URL] = {}
 
-    def url(self, path: str) -> httpx.URL:
-        # Absolute and parsed once: httpx spends ~0.2 ms merging a relative URL per request.
+    def url(self, path: str) -> URL:
+        # Absolute and parsed once per path, not merged from a base URL on every request.
         url = self._urls.get(path)
         if url is None:
             assert self.config.base_url is not None
-            url = self._urls[path] = httpx.URL(self.config.base_url.rstrip("/") + "/" + path.lstrip("/"))
+            url = self._urls[path] = URL(self.config.base_url.rstrip("/") + "/" + path.lstrip("/"))
         return url
 
     @property
@@ -343,24 +384,25 @@ class RemoteClient:
         return self.config.name
 
     async def post_json(self, path: str, body: dict[str, Any]) -> Any:
-        """A plain request/response call (embeddings), bounded by total_timeout."""
+        """A plain request/response call (embeddings, token counts), bounded by total_timeout."""
         shard = self.pool.acquire()
         try:
             async with asyncio.timeout(self.config.total_timeout):
+                response = await self._send(shard, path, body)
                 try:
-                    response = await shard.http.post(self.url(path), json=body)
-                except _BROKEN_BEFORE_ANSWER:  # a stale keep-alive connection, as in _send
-                    response = await shard.http.post(self.url(path), json=body)
+                    if response.status >= 400:
+                        raise await status_error(self.name, response)
+                    raw = await response.read()
+                finally:
+                    response.close()
+        except aiohttp.ClientError as exc:
+            raise transport_error(self.name, exc) from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(f"{self.name}: no answer within {self.config.total_timeout:g}s") from exc
-        except httpx.HTTPError as exc:
-            raise transport_error(self.name, exc) from exc
         finally:
             self.pool.release(shard)
-        if response.is_error:
-            raise status_error(self.name, response)
         try:
-            return response.json()
+            return json.loads(raw)
         except ValueError as exc:
             raise broken(self.name, "upstream answered with a body that is not JSON") from exc
 
@@ -379,19 +421,21 @@ class RemoteClient:
         try:
             try:
                 async with asyncio.timeout_at(first_deadline):
-                    response = await self._send(resources, shard, path, body)
-                    if response.is_error:
-                        await response.aread()
-                        raise status_error(self.name, response)
-                    events = parse(response, state)
+                    response = await self._send(shard, path, body)
+                    # Closing an unfinished response drops its connection (a finished one has
+                    # gone back to the pool already, and this is a no-op).
+                    resources.callback(response.close)
+                    if response.status >= 400:
+                        raise await status_error(self.name, response)
+                    events = parse(response.content.iter_any(), state)
                     resources.push_async_callback(events.aclose)
                     first = await anext(events, None)
+            except aiohttp.ClientError as exc:  # before TimeoutError: aiohttp's timeouts are both
+                raise transport_error(self.name, exc) from exc
             except TimeoutError as exc:
                 raise UpstreamTimeout(
                     f"{self.name}: no first token within {self.config.first_token_timeout:g}s"
                 ) from exc
-            except httpx.HTTPError as exc:
-                raise transport_error(self.name, exc) from exc
             if first is None:
                 raise broken(self.name, "upstream ended the stream without an answer")
         except BaseException:
@@ -411,17 +455,19 @@ class RemoteClient:
             notes={DROPPED_FIELDS: ", ".join(dropped)} if dropped else {},
         )
 
-    async def _send(self, resources: AsyncExitStack, shard: _Shard, path: str, body: dict[str, Any]) -> httpx.Response:
-        """The streamed POST, sent once more if the connection broke before any byte of an answer:
-        almost always a pooled keep-alive connection the upstream closed as we sent on it, so it
-        never read the request. The broken connection has left the pool; the retry takes another."""
+    async def _send(self, shard: _Shard, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        """The POST up to its status line and headers, sent once more, on a new connection, if the
+        connection broke before any byte of an answer: a pooled keep-alive connection the upstream
+        closed as we sent on it, so it never read the request (aiohttp itself resends only
+        idempotent methods). A refused connect is not sent again here: the router fails over."""
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         try:
-            return await resources.enter_async_context(shard.http.stream("POST", self.url(path), json=body))
+            return await shard.http.post(self.url(path), data=data, headers=_JSON)
         except _BROKEN_BEFORE_ANSWER as exc:
-            log.info(
-                "%s: connection broke before an answer (%s: %s); sending once more", self.name, type(exc).__name__, exc
-            )
-        return await resources.enter_async_context(shard.http.stream("POST", self.url(path), json=body))
+            if isinstance(exc, aiohttp.ClientConnectorError):  # a refused connect: nothing to reuse
+                raise
+            log.info("%s: connection broke before an answer (%s); sending once more", self.name, transport_detail(exc))
+        return await self.pool.fresh().post(self.url(path), data=data, headers=_JSON)
 
     async def _rest(
         self, first: GenerationEvent, events: AsyncIterator[GenerationEvent], deadline: float
@@ -432,18 +478,18 @@ class RemoteClient:
         loop = asyncio.get_running_loop()
         while True:
             # The deadline is checked per event rather than with a timer per event (a cost per
-            # token); an upstream that stalls outright hits httpx's read timeout (total_timeout).
+            # token); an upstream that stalls outright hits the socket read timeout (total_timeout).
             if loop.time() > deadline:
                 raise UpstreamTimeout(f"{self.name}: the answer took longer than {self.config.total_timeout:g}s")
             try:
                 event = await anext(events)
             except StopAsyncIteration:
                 raise broken(self.name, "upstream ended the stream before it was complete") from None
-            except httpx.TimeoutException as exc:
+            except aiohttp.ServerTimeoutError as exc:
                 raise UpstreamTimeout(
                     f"{self.name}: the answer took longer than {self.config.total_timeout:g}s"
                 ) from exc
-            except httpx.HTTPError as exc:
+            except aiohttp.ClientError as exc:
                 raise transport_error(self.name, exc) from exc
             yield event
             if event.done:

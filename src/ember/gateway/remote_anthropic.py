@@ -32,12 +32,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import httpx
-
 from ember.engine.types import GenerationStats, SamplingParams
 from ember.errors import BadRequest, UnsupportedParameter, UpstreamError
 from ember.gateway.config import ProviderConfig
-from ember.gateway.remote import RemoteClient, StreamState, broken, sse_data
+from ember.gateway.remote import Body, RemoteClient, StreamState, broken, sse_data
 from ember.gateway.remote_openai import image_url
 from ember.services.embeddings import EmbeddingOutcome
 from ember.services.generation import Generation
@@ -409,13 +407,13 @@ class _Reading:
 
 
 async def parse_stream(
-    provider: str, format_tool: str | None, response: httpx.Response, state: StreamState
+    provider: str, format_tool: str | None, body: Body, state: StreamState
 ) -> AsyncGenerator[GenerationEvent, None]:
     """Messages SSE events -> neutral events: text deltas, a tool_use block's start as a call's
     id and name and its input_json_delta fragments as its arguments (the response format's tool:
     its input as text), then one done event once message_stop has come."""
     reading = _Reading()
-    async with aclosing(sse_data(response)) as data_items:
+    async with aclosing(sse_data(body)) as data_items:
         async for data in data_items:
             event = _event(provider, data)
             kind = event.get("type")

@@ -15,13 +15,12 @@ from contextlib import aclosing
 from functools import partial
 from typing import Any
 
-import httpx
-
 from ember.engine.types import GenerationStats
 from ember.errors import UnsupportedParameter
 from ember.gateway.config import ProviderConfig
 from ember.gateway.provider import count_by_generating
 from ember.gateway.remote import (
+    Body,
     RemoteClient,
     StreamState,
     broken,
@@ -243,15 +242,13 @@ def _call_deltas(provider: str, calls: Any, first_index: int) -> tuple[ToolCallD
     return tuple(out)
 
 
-async def parse_stream(
-    provider: str, response: httpx.Response, state: StreamState
-) -> AsyncGenerator[GenerationEvent, None]:
+async def parse_stream(provider: str, body: Body, state: StreamState) -> AsyncGenerator[GenerationEvent, None]:
     """NDJSON lines -> events (text, each whole tool call as one delta, logprobs), then one done
     event from the final line's counts; finish_reason "tool_calls" when calls came (Ollama says
     "stop")."""
     final: dict[str, Any] | None = None
     calls = 0
-    async with aclosing(ndjson_lines(response)) as lines:
+    async with aclosing(ndjson_lines(body)) as lines:
         async for line in lines:
             item = read_chunk(provider, line, state)
             message = item.get("message")

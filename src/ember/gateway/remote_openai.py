@@ -13,12 +13,11 @@ from contextlib import aclosing
 from functools import partial
 from typing import Any
 
-import httpx
-
 from ember.engine.types import GenerationStats, SamplingParams, TokenLogprob, TopLogprob
 from ember.gateway.config import ProviderConfig
 from ember.gateway.provider import count_by_generating
 from ember.gateway.remote import (
+    Body,
     RemoteClient,
     StreamState,
     broken,
@@ -268,9 +267,7 @@ def legacy_logprobs(provider: str, value: Any) -> tuple[TokenLogprob, ...]:
     return tuple(out)
 
 
-async def parse_stream(
-    provider: str, response: httpx.Response, state: StreamState
-) -> AsyncGenerator[GenerationEvent, None]:
+async def parse_stream(provider: str, body: Body, state: StreamState) -> AsyncGenerator[GenerationEvent, None]:
     """SSE chunks -> events (text, tool-call deltas, logprobs), then one done event once the
     stream has ended."""
     chunks = 0
@@ -278,7 +275,7 @@ async def parse_stream(
     usage: dict[str, Any] | None = None
     done_seen = False
     calls = _Calls(provider)
-    async with aclosing(sse_data(response)) as data_items:
+    async with aclosing(sse_data(body)) as data_items:
         async for data in data_items:
             if data.strip() == "[DONE]":
                 # Read on to the end of the body so the connection goes back to the pool.
