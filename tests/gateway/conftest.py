@@ -57,14 +57,15 @@ class UpstreamHandle:
             self.process.wait()
 
 
-def start_upstream(log_dir: Path, token_delay: float = 0.0) -> UpstreamHandle:
-    """Start a fake upstream on a free port and wait until it answers."""
+def start_upstream(log_dir: Path, token_delay: float = 0.0, keep_alive: float = 60.0) -> UpstreamHandle:
+    """Start a fake upstream on a free port and wait until it answers; it closes connections
+    idle for `keep_alive` seconds."""
     port = free_port()
     log_path = log_dir / f"upstream-{port}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "ember.bench.upstream", "--host", "127.0.0.1", "--port", str(port),
-             "--token-delay", str(token_delay)],
+             "--token-delay", str(token_delay), "--keep-alive", str(keep_alive)],
             stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ})
     handle = UpstreamHandle(url=f"http://127.0.0.1:{port}", port=port, process=process, log_path=log_path)
     deadline = time.monotonic() + 30

@@ -1,13 +1,16 @@
 """A fake model server that speaks OpenAI, Ollama and Anthropic, with faults on demand.
 
-    python -m ember.bench.upstream --host 127.0.0.1 --port 8001 [--token-delay 0]
+    python -m ember.bench.upstream --host 127.0.0.1 --port 8001 [--token-delay 0] [--keep-alive 60]
+
+--keep-alive is how long an idle keep-alive connection stays open (uvicorn's timeout_keep_alive;
+uvicorn's own default, and llama-server's, is 5 s).
 
 It answers every model name with the tokens "tok0 ", "tok1 ", ... (max_tokens or
 options.num_predict of them, 8 by default); prompt_tokens is the number of words in the
 prompt. Tests and the gateway benchmark script it over HTTP:
 
-    POST /_control {"mode": "ok"|"error"|"hang"|"drop"|"garbage"|"inband", "status": 500, "retry_after": null,
-                    "times": null, "delay": 0, "drop_after": 0, "token_delay": null}
+    POST /_control {"mode": "ok"|"error"|"hang"|"drop"|"garbage"|"inband"|"close_reused",
+                    "status": 500, "retry_after": null, "times": null, "delay": 0, "drop_after": 0, "token_delay": null}
     POST /_script  {"text": "", "tool_calls": [{"name": "f", "arguments": {...}}], "fragments": 3}
     POST /_script  {"queue": [script, script, ...]}: the next chat answers, one script each, in
                    order; once the queue is used up, answers follow the single script (or none)
@@ -30,6 +33,9 @@ body of a non-streamed answer); "delay" is the wait before the first token (afte
 headers), or before the whole answer when not streaming. Two more break a stream after
 `drop_after` tokens and then end it cleanly: "garbage" sends a chunk that is not JSON,
 "inband" an error in the protocol's own format (as ember does when its stream breaks).
+"close_reused" closes a connection that a request arrives on after an earlier one (a kept-alive
+connection), at once and without a byte of answer: what a server closing an idle keep-alive
+connection just as the client sends on it looks like; requests on new connections are answered.
 """
 
 from __future__ import annotations
@@ -37,14 +43,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
 import struct
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import uvicorn
 from starlette.applications import Starlette
@@ -55,8 +63,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ember.bench import upstream_anthropic as anthropic
 
-Mode = Literal["ok", "error", "hang", "drop", "garbage", "inband"]
-MODES = ("ok", "error", "hang", "drop", "garbage", "inband")
+Mode = Literal["ok", "error", "hang", "drop", "garbage", "inband", "close_reused"]
+MODES = ("ok", "error", "hang", "drop", "garbage", "inband", "close_reused")
 DEFAULT_TOKENS = 8
 HISTORY = 200  # generation requests kept for GET /_history
 EMBED_DIMENSIONS = 8
@@ -81,7 +89,7 @@ class Stats:
     active: int = 0
     completed: int = 0
     disconnected: int = 0  # the client went away before the answer was complete
-    dropped: int = 0  # we closed the connection on purpose (mode drop)
+    dropped: int = 0  # we closed the connection on purpose (modes drop and close_reused)
     by_path: dict[str, int] = field(default_factory=dict)
 
 
@@ -118,9 +126,12 @@ class Upstream:
         """The script the chat answer being made now follows: the queue's next, else the single one."""
         return self.queue.pop(0) if self.queue else self.script
 
-    def take_fault(self) -> Fault:
-        """The fault for the request arriving now, counting down `times`."""
+    def take_fault(self, reused: bool = False) -> Fault:
+        """The fault for the request arriving now, counting down `times` (close_reused counts and
+        applies only to a request on a reused connection)."""
         fault = self.fault
+        if fault.mode == "close_reused" and not reused:
+            return Fault(token_delay=self.token_delay)
         times = fault.times
         if times is not None:
             if times <= 0:
@@ -756,6 +767,7 @@ class _Counting:
     def __init__(self, app: ASGIApp, up: Upstream) -> None:
         self.app = app
         self.up = up
+        self._connections: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()  # that sent a request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -765,6 +777,14 @@ class _Counting:
         stats = self.up.stats
         stats.requests += 1
         stats.by_path[path] = stats.by_path.get(path, 0) + 1
+        transport = _transport(receive)
+        if transport is not None:
+            reused = transport in self._connections
+            self._connections.add(transport)
+            if reused and self.up.fault.mode == "close_reused" and self.up.take_fault(reused=True).mode != "ok":
+                stats.dropped += 1
+                await _close_unanswered(transport, receive)
+                return
         stats.active += 1
         complete = False
 
@@ -783,6 +803,24 @@ class _Counting:
             setattr(stats, outcome, getattr(stats, outcome) + 1)
 
 
+def _transport(receive: Receive) -> asyncio.BaseTransport | None:
+    """The connection a request came on. ASGI has no way to close a connection without an
+    answer, but uvicorn's receive is a method of the request's cycle, which holds the transport;
+    None under another server (close_reused then answers as "ok")."""
+    transport = getattr(getattr(receive, "__self__", None), "transport", None)
+    # Not an isinstance check: uvloop's transports do not derive from asyncio's classes.
+    return cast(asyncio.BaseTransport, transport) if callable(getattr(transport, "close", None)) else None
+
+
+async def _close_unanswered(transport: asyncio.BaseTransport, receive: Receive) -> None:
+    transport.close()
+    # Wait for the server to see the connection gone, so that it sends no 500 of its own.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(1.0):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+
 class _QuietDrops(logging.Filter):
     """A deliberate drop is not an error worth a log line."""
 
@@ -795,6 +833,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
+    parser.add_argument("--keep-alive", type=float, default=60.0, help="seconds an idle connection stays open")
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
@@ -806,7 +845,7 @@ def main(argv: list[str] | None = None) -> None:
         log_level=args.log_level,
         access_log=False,
         lifespan="off",
-        timeout_keep_alive=60,
+        timeout_keep_alive=args.keep_alive,
     )
 
 
