@@ -38,7 +38,7 @@ async def fleet(svc: Services = Depends(services)) -> dict[str, Any]:
             "registry": redacted_url(config.join),
             "ttl": config.ttl,
         },
-        "nodes": [_node(n, now, n.node_id == registry.self_id) for n in registry.members()],
+        "nodes": [_node(n, now, n.node_id == fleet.identity.node_id) for n in fleet.members()],
         "models": list(registry.models()),
         "down": [{"name": name, "error": error} for name, error in registry.enrolled_down()],
         "refused": [{"node_id": r.node_id, "reason": r.reason, "at": r.at} for r in registry.refused()],

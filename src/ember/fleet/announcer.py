@@ -104,6 +104,7 @@ class Announcer:
         self._proof = join_proof(token, identity.public_key) if token else None
         self._failing = False
         self._task: asyncio.Task[None] | None = None
+        self.last: NodeRecord | None = None  # the last record the registry took
 
     def record(self) -> NodeRecord:
         status = self._status()
@@ -126,7 +127,8 @@ class Announcer:
     async def publish(self) -> bool:
         """Write this node's record now; False (logged once) if the registry does not answer."""
         prefix = self.config.prefix
-        value = self.record().signed(self.identity)
+        record = self.record()
+        value = record.signed(self.identity)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(node_key(prefix, self.identity.node_id), value, px=int(self.config.ttl * 1000))
@@ -145,6 +147,7 @@ class Announcer:
         if self._failing:
             log.info("fleet: announcing this node again")
             self._failing = False
+        self.last = record
         return True
 
     async def start(self) -> None:

@@ -21,6 +21,7 @@ from ember.fleet.config import FleetConfig
 from ember.fleet.enrolled import EnrolledNodes
 from ember.fleet.identity import NodeIdentity, load_or_create
 from ember.fleet.registry import FleetRegistry, connect
+from ember.fleet.types import NodeInfo
 from ember.recent_stats import RecentStats
 from ember.runtime.scheduler import Scheduler
 from ember.services.models import ModelService
@@ -33,6 +34,15 @@ class Fleet:
     identity: NodeIdentity
     announcer: Announcer | None
     redis: aioredis.Redis | None
+
+    def members(self) -> list[NodeInfo]:
+        """Every node to list: the registry's table, and this node's own last record when it
+        announces but reads no registry (a member only), so it can see what it announced."""
+        nodes = self.registry.members()
+        last = self.announcer.last if self.announcer is not None else None
+        if last is not None and all(n.node_id != last.node_id for n in nodes):
+            nodes.insert(0, last.info())
+        return nodes
 
     async def aclose(self) -> None:
         if self.announcer is not None:
