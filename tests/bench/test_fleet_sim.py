@@ -14,7 +14,15 @@ import openai
 import pytest
 
 from ember.bench.fleet_report import rows, summary_lines, to_document
-from ember.bench.fleet_sim import FleetSimConfig, FleetSimError, RoundRobin, routing_prompt, run_fleet_sim
+from ember.bench.fleet_sim import (
+    CellResult,
+    FleetSimConfig,
+    FleetSimError,
+    FleetSimRun,
+    RoundRobin,
+    routing_prompt,
+    run_fleet_sim,
+)
 from ember.bench.fleet_traffic import TrafficConfig, User
 from ember.bench.sim_node import BLOCK_TOKENS, NodeProfile, PrefixCache, SimNode, block_hashes, chat_tokens
 from ember.cli.main import main
@@ -171,3 +179,25 @@ def test_the_cli_prints_json_and_refuses_bad_flags(capsys: pytest.CaptureFixture
             main(["bench", "fleet", *flags])
         assert exited.value.code == 1
         assert capsys.readouterr().err.startswith(message)
+
+
+def _cell(router: str, nodes: int, tps: float, p90: float) -> CellResult:
+    return CellResult(router=router, nodes=nodes, users=4 * nodes, duration_s=8.0, requests=10, errors=0,
+                      error_kinds={}, completion_tokens=int(tps * 8), tokens_per_s=tps, ttft_p50_s=p90 / 2,
+                      ttft_p90_s=p90, ttft_p99_s=p90, cache_hit_rate=0.9, moved_share=0.0, busiest_share=1.0,
+                      driver_cpu=0.1, loop_lag_p99_ms=2.0)
+
+
+def test_the_report_states_each_target_with_its_verdict() -> None:
+    run = FleetSimRun(config=FleetSimConfig(nodes=(2, 4)), baseline=_cell("round-robin", 1, 100.0, 0.1),
+                      cells=(_cell("fleet", 2, 190.0, 0.1), _cell("round-robin", 2, 150.0, 0.5),
+                             _cell("fleet", 4, 360.0, 0.5), _cell("round-robin", 4, 300.0, 0.4)), wall_s=60.0)
+    document = to_document(run)
+    verdicts = [(t["nodes"], round(t["value"], 3), t["met"]) for t in document["targets"]]
+    assert verdicts == [(2, 0.95, True), (2, 0.8, True), (4, 0.9, False), (4, -0.25, False)]
+    table = rows(document)
+    assert [row[3] for row in table] == ["1.00", "0.95", "0.75", "0.90", "0.75"]
+    assert [row[6] for row in table] == ["-", "-80%", "-", "+25%", "-"]  # fleet's p90 against round-robin's
+    lines = summary_lines(document)
+    assert "N=4: TTFT p90 >= 60% lower than round-robin: -25% (NOT met)" in lines
+    assert not any(line.startswith("warning") for line in lines)
