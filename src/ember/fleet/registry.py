@@ -86,6 +86,7 @@ class FleetRegistry:
         self._members: dict[str, NodeInfo] = {}  # verified ember nodes, this one included
         self._expires: dict[str, float] = {}  # node id -> when its last heartbeat runs out
         self._last_seq: dict[str, int] = {}  # node id -> the last sequence number accepted
+        self._accepted_raw: dict[str, bytes | str] = {}  # node id -> its accepted record's bytes, while a member
         self._refusals: dict[tuple[str, str], Refusal] = {}
         self._redis_down = False
         self._task: asyncio.Task[None] | None = None
@@ -185,6 +186,10 @@ class FleetRegistry:
             if raw is None:
                 gone.append(key_id)
                 continue
+            if key_id in self._members and self._accepted_raw.get(key_id) == raw:
+                # The very bytes accepted last time (no heartbeat since): its signature and
+                # admission stand, and its age is _expires' to judge. Verifying costs ~0.2 ms.
+                continue
             outcome = verify(raw, now=now, last_seq=self._last_seq.get(key_id))
             if isinstance(outcome, NodeRecord) and outcome.node_id != key_id:
                 outcome = Refused(key_id, f"stored under another node's key (its record says {outcome.node_id[:16]})")
@@ -200,6 +205,7 @@ class FleetRegistry:
                 continue
             self._last_seq[key_id] = outcome.seq
             self._expires[key_id] = outcome.ts + outcome.ttl
+            self._accepted_raw[key_id] = raw
             if key_id not in self._members:
                 log.info("fleet: node %s (%s) joined at %s", outcome.name, key_id[:16], outcome.base_url)
             self._members[key_id] = outcome.info()
@@ -231,5 +237,6 @@ class FleetRegistry:
         for node_id in [i for i, until in self._expires.items() if until < now]:
             node = self._members.pop(node_id, None)
             del self._expires[node_id]
+            self._accepted_raw.pop(node_id, None)
             if node is not None:
                 log.info("fleet: node %s (%s) left the table", node.name, node_id[:16])
