@@ -11,7 +11,10 @@ Invariants:
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 
@@ -25,6 +28,8 @@ from ember.fleet.types import NodeInfo
 from ember.recent_stats import RecentStats
 from ember.runtime.scheduler import Scheduler
 from ember.services.models import ModelService
+
+log = logging.getLogger("ember.fleet")
 
 
 @dataclass
@@ -62,7 +67,28 @@ async def start_fleet(
     announcer = None
     if redis is not None and config.announces:
         status = LocalLoad(scheduler, models, recent, settings.num_parallel)
-        announcer = Announcer(config, identity, redis, base_url=config.advertised(settings), status=status)
+        base_url = config.advertised(settings)
+        if _loopback(base_url) and config.join is not None and not _loopback(config.join):
+            log.warning(
+                "fleet: this node advertises %s, a loopback address, to a registry on another host: "
+                "other machines cannot reach it (set advertise_url or EMBER_FLEET_ADVERTISE_URL)",
+                base_url,
+            )
+        announcer = Announcer(config, identity, redis, base_url=base_url, status=status)
         await announcer.start()
     await registry.start()  # after the announcement: a node that is its own gateway sees itself
     return Fleet(config=config, registry=registry, identity=identity, announcer=announcer, redis=redis)
+
+
+def _loopback(url: str) -> bool:
+    """Whether a URL's host is this machine only (a Unix socket counts: it is local too)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
