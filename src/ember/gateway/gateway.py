@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 from ember.engine.types import LoadOptions
@@ -262,28 +263,9 @@ class Gateway:
         started: float,
         ts: float,
     ) -> Generation:
-        """The outermost layer: the end of the stream, however it ends, writes the usage record."""
-
-        async def observe(inner: AsyncIterator[GenerationEvent]) -> AsyncGenerator[GenerationEvent, None]:
-            first_at: float | None = None
-            final: GenerationEvent | None = None
-            status: int = 499  # unless the stream ends otherwise
-            error: str | None = "the client went away"
-            try:
-                async for event in inner:
-                    if first_at is None:
-                        first_at = time.perf_counter()
-                    if event.done:
-                        final = event
-                    yield event
-                status, error = 200, None
-            except EmberError as exc:
-                status, error = exc.status_code, exc.message
-                raise
-            finally:
-                self._finish(generation, request, route, target, started, ts, first_at, final, status, error)
-
-        generation.wrap(observe)
+        """The last observer: the end of the stream, however it ends, writes the usage record."""
+        finish = partial(self._finish, generation, request, route, target, started, ts)
+        generation.observe(_UsageObserver(finish))
         return generation
 
     def _finish(
@@ -462,3 +444,29 @@ def _record(
         error=error,
         request=request,
     )
+
+
+class _UsageObserver:
+    """Watches one generation's stream (services.generation.StreamObserver) for its usage record:
+    when the first event came, the final event, and how the stream ended."""
+
+    def __init__(self, finish: Callable[[float | None, GenerationEvent | None, int, str | None], None]) -> None:
+        self._finish = finish
+        self._first_at: float | None = None
+        self._final: GenerationEvent | None = None
+
+    def event(self, event: GenerationEvent) -> None:
+        if self._first_at is None:
+            self._first_at = time.perf_counter()
+
+    async def done(self, event: GenerationEvent) -> None:
+        self._final = event
+
+    def closed(self, error: BaseException | None) -> None:
+        if error is None:
+            status, message = 200, None
+        elif isinstance(error, EmberError):
+            status, message = error.status_code, error.message
+        else:  # GeneratorExit, a cancellation: the consumer left (anything else: it broke off)
+            status, message = 499, "the client went away"
+        self._finish(self._first_at, self._final, status, message)

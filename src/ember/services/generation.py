@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ember.engine import types as engine_types
 from ember.errors import BadRequest, ContextLengthExceeded, UnsupportedParameter
@@ -33,14 +33,36 @@ from ember.services.types import (
 )
 
 
+class StreamObserver(Protocol):
+    """Watches a generation's events from inside the one loop that streams them (Generation's own
+    iterator), instead of wrapping the stream in a generator layer of its own: a token then
+    crosses one loop whatever watches it (the response cache's recorder, the gateway's usage)."""
+
+    def event(self, event: GenerationEvent) -> None:
+        """Each event, before the consumer has it."""
+        ...
+
+    async def done(self, event: GenerationEvent) -> None:
+        """The final event (done=True), awaited before the consumer has it."""
+        ...
+
+    def closed(self, error: BaseException | None) -> None:
+        """The stream is over: error None when it ran to its end; what ended it otherwise (an
+        EmberError, or GeneratorExit / CancelledError for a consumer that left). Called exactly
+        once, also for a generation closed before it was read."""
+        ...
+
+
 @dataclass
 class Generation:
     """A started generation: the prompt is accepted, events are ready to stream.
 
-    Its event stream is layered through `wrap` only, innermost first, in this order: the
-    provider's stream (`prefetch`ed so a failure before the first token is raised in start),
-    then the cache's recorder, then the gateway's usage observer. Closing the generation
-    closes the layers outermost first, then gives the model back.
+    Invariants: its events come from `_events` in one loop (`_iterate`): the first one held back
+    by `prefetch` (so a failure before the first token is raised in start), then the rest. The
+    observers (`observe`: the cache's recorder, then the gateway's usage) see each event in the
+    order they were added, inside that loop, and each is told once how the stream ended. Closing
+    the generation tells the observers (if the stream had not ended), then closes the layers of
+    `wrap` outermost first, the source's resources, and gives the model back.
     """
 
     model: str
@@ -55,6 +77,9 @@ class Generation:
     route: str | None = None  # the gateway route, when the model name was one
     served_by: str | None = None  # the provider's model name, when a route chose the target
     notes: dict[str, str] = field(default_factory=dict)  # more response headers (X-Ember-*)
+    _first: GenerationEvent | None = None  # held back by prefetch, streamed first
+    _observers: list[StreamObserver] = field(default_factory=list)
+    _ended: bool = False  # the observers were told how the stream ended
 
     def response_headers(self) -> dict[str, str]:
         headers = {"X-Ember-Provider": self.provider, "X-Ember-Attempts": str(self.attempts), **self.notes}
@@ -63,42 +88,79 @@ class Generation:
         return headers
 
     def wrap(self, layer: Callable[[AsyncIterator[GenerationEvent]], AsyncGenerator[GenerationEvent, None]]) -> None:
-        """Put `layer` around the event stream (it gets the stream so far and yields the new one)."""
+        """Put `layer` around the event stream (it gets the stream so far and yields the new one).
+        A generator layer per token costs more than an observer: prefer `observe` to watch."""
+        if self._first is not None:  # the held-back event stays in front of the stream
+            first, self._first = self._first, None
+            self._events = _chained(first, self._events)
         wrapped = layer(self._events)
         self._events = wrapped
         self._resources.push_async_callback(wrapped.aclose)
 
+    def observe(self, observer: StreamObserver) -> None:
+        """Have `observer` see the events (after those observing already) and the stream's end."""
+        self._observers.append(observer)
+
     async def prefetch(self) -> None:
         """Wait for the first event, so a failure before the first token is raised here; the
-        event is put back in front of the stream. On failure the generation is closed."""
-        events = aiter(self._events)
+        event is held back and streamed first. On failure the generation is closed."""
+        if self._first is not None:
+            return
         try:
-            first = await anext(events)
+            self._first = await anext(aiter(self._events))
         except StopAsyncIteration:
             return
         except BaseException:
             await self.aclose()
             raise
 
-        async def chained(rest: AsyncIterator[GenerationEvent]) -> AsyncGenerator[GenerationEvent, None]:
-            yield first
-            async for event in rest:
-                yield event
-
-        self.wrap(chained)
-
     def __aiter__(self) -> AsyncIterator[GenerationEvent]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[GenerationEvent]:
+        observers = self._observers
+        error: BaseException | None = None
         try:
-            async for event in self._events:
-                yield event
+            if self._first is not None:
+                first, self._first = self._first, None
+                await self._see(first)
+                yield first
+            if observers:
+                async for event in self._events:
+                    for observer in observers:  # inline, not _see: this runs once per token
+                        observer.event(event)
+                    if event.done:
+                        for observer in observers:
+                            await observer.done(event)
+                    yield event
+            else:
+                async for event in self._events:
+                    yield event
+        except BaseException as exc:  # GeneratorExit and cancellation too: the consumer left
+            error = exc
+            raise
         finally:
+            self._end(error)
             await self.aclose()
+
+    async def _see(self, event: GenerationEvent) -> None:
+        """Show the observers one event: each sees it, then, for the final one, each's `done`."""
+        for observer in self._observers:
+            observer.event(event)
+        if event.done:
+            for observer in self._observers:
+                await observer.done(event)
+
+    def _end(self, error: BaseException | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        for observer in self._observers:
+            observer.closed(error)
 
     async def aclose(self) -> None:
         """Stop generating (a client went away) and give the model back."""
+        self._end(_NOT_READ)
         await self._resources.aclose()
 
     async def collect(self) -> Answer:
@@ -106,6 +168,18 @@ class Generation:
         async for event in self:
             builder.add(event)
         return builder.answer()
+
+
+# What the observers of a generation closed before its stream ended are told.
+_NOT_READ = GeneratorExit("the generation was closed before its stream ended")
+
+
+async def _chained(
+    first: GenerationEvent, rest: AsyncIterator[GenerationEvent]
+) -> AsyncGenerator[GenerationEvent, None]:
+    yield first
+    async for event in rest:
+        yield event
 
 
 class GenerationService:
