@@ -1,4 +1,8 @@
-"""Streamed response bodies in the request's protocol: its framing, its in-band errors, its end."""
+"""Streamed response bodies in the request's protocol: its framing, its in-band errors, its end.
+
+A stream's items are chunk dicts, framed here by the protocol, or strings already framed (a
+renderer that builds its hot chunks' bytes itself, as api/openai/render.TextFrames does).
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,14 @@ log = logging.getLogger("ember.api")
 
 
 def stream_response(
-    protocol: WireProtocol, events: AsyncIterator[dict[str, Any]], headers: dict[str, str] | None = None
+    protocol: WireProtocol, events: AsyncIterator[dict[str, Any] | str], headers: dict[str, str] | None = None
 ) -> StreamingResponse:
+    frame = protocol.frame
+
     async def body() -> AsyncIterator[str]:
         try:
             async for event in events:
-                yield protocol.frame(event)
+                yield event if isinstance(event, str) else frame(event)
         except EmberError as exc:
             yield protocol.stream_error(exc)
         except Exception:  # the stream has begun: the status is sent, so report in-band

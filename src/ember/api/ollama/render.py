@@ -133,3 +133,28 @@ class ChunkRenderer:
     def final(self) -> dict[str, Any]:
         """The content part of the done chunk."""
         return self._content("")
+
+
+class TextFrames:
+    """The NDJSON lines of one stream's plain text chunks, byte for byte what `frame` makes of
+    the chunk dict, built without one: the model is encoded once, so a token costs one
+    json.dumps of its text. Every other chunk (tool calls, logprobs, the end) goes through `frame`."""
+
+    def __init__(self, model: str, *, chat: bool) -> None:
+        self._head = '{"model":' + _dumps(model) + ',"created_at":"'
+        self._middle = '","message":{"role":"assistant","content":' if chat else '","response":'
+        self._tail = ("}" if chat else "") + ',"done":false}\n'
+
+    @staticmethod
+    def plain(event: GenerationEvent, want_logprobs: bool) -> bool:
+        """The event is text alone, as a TextFrames line carries it (ChunkRenderer's chunks of
+        it would be its content and nothing else)."""
+        return bool(event.text) and not (event.tool_calls or event.done or (want_logprobs and event.logprobs))
+
+    def text(self, created_at: str, text: str) -> str:
+        # created_at is an ISO timestamp: nothing in it needs escaping.
+        return f"{self._head}{created_at}{self._middle}{_dumps(text)}{self._tail}"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

@@ -238,14 +238,18 @@ async def _start_response(svc: Services, request: TextRequest, stream: bool, *, 
     generation = await svc.gateway.start(request)
     model = generation.model
     chunks = render.ChunkRenderer(chat=chat, want_logprobs=want_logprobs)
+    texts = render.TextFrames(model, chat=chat)
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
+    async def events() -> AsyncIterator[dict[str, Any] | str]:
         stepped = False  # an agent run's stream: its steps came before the end
         async for event in generation:
             if event.step is not None:  # a chunk of no text, as Ollama's clients read any chunk
                 stepped = True
                 step = {"ember": {"step": agent_wire.step(event.step)}}
                 yield {"model": model, "created_at": _now(), **chunks.final(), "done": False, **step}
+            if texts.plain(event, want_logprobs):  # most chunks: one token's text, framed without a dict
+                yield texts.text(_now(), event.text)
+                continue
             for fields in chunks.chunks(event):
                 yield {"model": model, "created_at": _now(), **fields, "done": False}
             if event.done:

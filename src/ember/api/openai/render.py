@@ -172,3 +172,24 @@ def completion_delta(index: int, event: GenerationEvent, logprobs: bool) -> dict
         "logprobs": completion_logprobs(event.logprobs, logprobs) if event.logprobs else None,
         "finish_reason": finish_reason(event.finish_reason) if event.done else None,
     }
+
+
+class TextFrames:
+    """The SSE frames of one stream's plain text chunks, byte for byte what `frame` makes of
+    the chunk dict, built without one: the fields fixed per stream (id, object, created, model,
+    system_fingerprint, the null usage) are encoded once, so a token costs one json.dumps of its
+    text. Any other chunk (role, tool calls, logprobs, the end) goes through `frame`."""
+
+    def __init__(self, base: dict[str, Any], *, include_usage: bool, chat: bool) -> None:
+        # A dict's JSON ends in "}": the choices go in its place, then the usage, then "}".
+        self._head = "data: " + _dumps(base)[:-1] + ',"choices":['
+        self._tail = "]" + (',"usage":null' if include_usage else "") + "}\n\n"
+        self._opening = '"delta":{"content":' if chat else '"text":'
+        self._closing = ("}" if chat else "") + ',"logprobs":null,"finish_reason":null}'
+
+    def text(self, index: int, text: str) -> str:
+        return f'{self._head}{{"index":{index},{self._opening}{_dumps(text)}{self._closing}{self._tail}'
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

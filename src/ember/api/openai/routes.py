@@ -261,10 +261,12 @@ async def _stream(
     chat: bool,
     include_usage: bool,
     logprobs: bool,
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncIterator[dict[str, Any] | str]:
     obj = "chat.completion.chunk" if chat else "text_completion"
     base = {"id": ident, "object": obj, "created": created, "model": first.model, "system_fingerprint": "ember"}
     extra = {"usage": None} if include_usage else {}
+
+    texts = render.TextFrames(base, include_usage=include_usage, chat=chat)
 
     def chunk(choice: dict[str, Any]) -> dict[str, Any]:
         return {**base, "choices": [choice], **extra}
@@ -282,7 +284,9 @@ async def _stream(
                 if event.step is not None:  # an agent run's step: a chunk of no choice, as usage's is
                     stepped = True
                     yield {**base, "choices": [], **extra, "ember": {"step": agent_wire.step(event.step)}}
-                if not (event.done or event.text or event.tool_calls or event.logprobs):
+                if not (event.done or event.tool_calls or event.logprobs):
+                    if event.text:  # most chunks: one token's text, framed without a dict
+                        yield texts.text(index, event.text)
                     continue
                 closing: dict[str, Any] = {}
                 if event.done:
