@@ -155,7 +155,8 @@ def test_the_fleet_router_is_the_one_the_gateway_uses() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"nodes": (0,)}, "node counts"), ({"routers": ("nope",)}, "unknown router"), ({"duration_s": 0}, "duration")],
+    [({"nodes": (0,)}, "node counts"), ({"routers": ("nope",)}, "unknown router"), ({"duration_s": 0}, "duration"),
+     ({"heartbeat_s": -1}, "heartbeat")],
 )
 def test_bad_settings_are_one_clear_error(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(FleetSimError, match=message):

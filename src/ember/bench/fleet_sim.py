@@ -3,7 +3,8 @@
 One run ("cell") starts N SimNodes in this process, `users_per_node x N` simulated users
 (closed loop: each sends its next turn when the last answer has streamed to the end), and puts
 a NodeChooser where the gateway's `fleet` strategy has it: for every request the chooser orders
-the nodes (their NodeInfo as the registry would hold it: load refreshed every `heartbeat_s`),
+the nodes (their NodeInfo as the registry would hold it: load refreshed every `heartbeat_s`;
+0 publishes none, so the chooser knows only the requests it counts itself),
 the request goes to the first, `sent` and `finished` tell the chooser. The `fleet` router is
 ember.fleet.routing.FleetRouter itself, fed the text the gateway's fleet strategy gives it
 (gateway/strategies/fleet.py's prompt_text), so the benchmark measures the code that serves;
@@ -89,7 +90,7 @@ class FleetSimConfig:
     users_per_node: int = 4
     duration_s: float = 8.0  # the measured window of each cell
     warmup_s: float = 2.0  # before it: caches and the router's tree fill, nothing is counted
-    heartbeat_s: float = 1.0  # how stale the chooser's view of each node's load is
+    heartbeat_s: float = 1.0  # how stale the chooser's view of each node's load is; 0: no load published
     max_requests: int = 4000  # per cell, a bound besides the time
     request_timeout_s: float = 60.0
     seed: int = 0
@@ -102,8 +103,8 @@ class FleetSimConfig:
             raise FleetSimError(f"unknown router {', '.join(unknown) or '(none)'}: choose from {', '.join(ROUTERS)}")
         if self.users_per_node < 1 or self.max_requests < 1:
             raise FleetSimError("users per node and max requests must be at least 1")
-        if self.duration_s <= 0 or self.warmup_s < 0 or self.heartbeat_s <= 0 or self.request_timeout_s <= 0:
-            raise FleetSimError("duration and heartbeat must be > 0, warm-up >= 0")
+        if self.duration_s <= 0 or self.warmup_s < 0 or self.heartbeat_s < 0 or self.request_timeout_s <= 0:
+            raise FleetSimError("duration must be > 0, warm-up and heartbeat >= 0")
 
 
 @dataclass
@@ -170,6 +171,8 @@ class _Fleet:
         self.by_id = {node.node_id: node for node in nodes}
 
     async def heartbeats(self) -> None:
+        if self._heartbeat_s == 0:
+            return  # the view keeps the load of the start: slots, nothing busy
         while True:
             await asyncio.sleep(self._heartbeat_s)
             self.view = [node.info() for node in self.nodes]

@@ -80,6 +80,13 @@ def fleet(
     think: Annotated[
         float, typer.Option("--think", help="Mean seconds a user pauses between an answer and the next turn.")
     ] = 0.0,
+    heartbeat: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat",
+            help="Seconds between the nodes' load reports the router reads; 0: none, it counts its own requests.",
+        ),
+    ] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same conversations.")] = 0,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON document with every number instead of a table.")
@@ -99,6 +106,7 @@ def fleet(
         users_per_node=users_per_node,
         duration_s=duration,
         warmup_s=warmup,
+        heartbeat_s=heartbeat,
         seed=seed,
     )
     document = to_document(asyncio.run(run_fleet_sim(config, _Lines())))
