@@ -171,13 +171,15 @@ def start_upstream(services: Services, token_delay: float) -> str:
 
 # `ember serve` under cProfile: the stats are written when the server stops (SIGTERM).
 _PROFILED_SERVE = """
-import cProfile, signal, sys
+import cProfile, signal, sys, time
 out = sys.argv[1]
 # uvicorn re-raises SIGTERM after its graceful shutdown: make that an exit we can catch.
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 sys.argv = ["ember", "serve"]
 from ember.cli import main
-profile = cProfile.Profile()
+# CPU time, not wall time: a write that wakes the other process on a busy machine, or a
+# coroutine's wait, would otherwise be counted as the function's own time.
+profile = cProfile.Profile(time.process_time)
 profile.enable()
 try:
     main()
