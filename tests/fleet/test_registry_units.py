@@ -97,6 +97,13 @@ def test_a_record_under_another_nodes_key_is_refused(redis_server: RedisHandle) 
         await registry.refresh()
         assert [n.name for n in registry.nodes()] == ["good"]
         assert "another node's key" in registry.refused()[0].reason
+        # Gone from Redis and not seen for ten minutes: forgotten (a refusal still there stays).
+        await client.delete(node_key(config.prefix, other.node_id))
+        assert await good.publish()
+        clock.now += 601
+        assert await good.publish()
+        await registry.refresh()
+        assert registry.refused() == [] and [n.name for n in registry.nodes()] == ["good"]
 
     _run(redis_server, body)
 

@@ -43,6 +43,7 @@ from ember.fleet.types import NodeInfo
 log = logging.getLogger("ember.fleet")
 
 MAX_REFUSALS = 256  # refusals remembered (for the log's once-only rule and /admin/fleet)
+REFUSAL_MEMORY_S = 600.0  # a refused record not seen again for this long is forgotten
 
 
 def node_key(prefix: str, node_id: str) -> str:
@@ -212,6 +213,8 @@ class FleetRegistry:
         if gone:
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.srem(index_key(prefix), *gone)
+        for key in [k for k, r in self._refusals.items() if r.at < now - REFUSAL_MEMORY_S]:
+            del self._refusals[key]
         # A node whose key is gone left cleanly (or Redis expired it): out now, not at its TTL.
         present = {key_id for key_id, raw in zip(ids, values, strict=True) if raw is not None}
         for node_id in [i for i in self._members if i not in present]:
