@@ -11,7 +11,7 @@ the answer must match, and a parser that reads the calls out of the answer.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -61,8 +61,8 @@ class Generation:
     by `prefetch` (so a failure before the first token is raised in start), then the rest. The
     observers (`observe`: the cache's recorder, then the gateway's usage) see each event in the
     order they were added, inside that loop, and each is told once how the stream ended. Closing
-    the generation tells the observers (if the stream had not ended), then closes the layers of
-    `wrap` outermost first, the source's resources, and gives the model back.
+    the generation tells the observers (if the stream had not ended), then closes the source's
+    resources and gives the model back.
     """
 
     model: str
@@ -86,16 +86,6 @@ class Generation:
         if self.cache:
             headers["X-Ember-Cache"] = self.cache
         return headers
-
-    def wrap(self, layer: Callable[[AsyncIterator[GenerationEvent]], AsyncGenerator[GenerationEvent, None]]) -> None:
-        """Put `layer` around the event stream (it gets the stream so far and yields the new one).
-        A generator layer per token costs more than an observer: prefer `observe` to watch."""
-        if self._first is not None:  # the held-back event stays in front of the stream
-            first, self._first = self._first, None
-            self._events = _chained(first, self._events)
-        wrapped = layer(self._events)
-        self._events = wrapped
-        self._resources.push_async_callback(wrapped.aclose)
 
     def observe(self, observer: StreamObserver) -> None:
         """Have `observer` see the events (after those observing already) and the stream's end."""
@@ -172,14 +162,6 @@ class Generation:
 
 # What the observers of a generation closed before its stream ended are told.
 _NOT_READ = GeneratorExit("the generation was closed before its stream ended")
-
-
-async def _chained(
-    first: GenerationEvent, rest: AsyncIterator[GenerationEvent]
-) -> AsyncGenerator[GenerationEvent, None]:
-    yield first
-    async for event in rest:
-        yield event
 
 
 class GenerationService:
