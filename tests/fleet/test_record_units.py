@@ -156,3 +156,14 @@ def test_fleet_config_errors_name_the_file_and_line(tmp_path: Path, text: str, l
 def test_a_bad_setting_names_its_variable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="^--join or EMBER_FLEET_JOIN: fleet.join: join must be a Redis URL"):
         load_fleet_config(Settings(fleet_join="http://nope"))  # type: ignore[call-arg]
+
+
+def test_ember_fleet_id_prints_the_id_a_gateway_allowlists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from ember.cli.main import main
+
+    monkeypatch.setenv("EMBER_HOME", str(tmp_path))
+    monkeypatch.delenv("EMBER_CONFIG", raising=False)
+    main(["fleet", "id"])
+    identity = load_or_create(tmp_path)  # the key the command made, read back
+    assert capsys.readouterr().out.split() == ["node", "id", identity.node_id, "public", "key", identity.public_key_b64]

@@ -15,6 +15,16 @@ from ember.errors import EmberError
 fleet_app = typer.Typer(help="The fleet this server belongs to.", no_args_is_help=True)
 
 
+@fleet_app.command("id")
+def node_id() -> None:
+    """This node's id and public key (made in EMBER_HOME on first use), for a fleet's allowlist."""
+    from ember.fleet.identity import load_or_create
+
+    identity = load_or_create(Settings().home)
+    print(f"node id     {identity.node_id}")
+    print(f"public key  {identity.public_key_b64}")
+
+
 @fleet_app.command("nodes")
 def nodes(
     as_json: Annotated[bool, typer.Option("--json", help="Print the server's JSON instead of a table.")] = False,
