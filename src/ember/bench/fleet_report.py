@@ -21,7 +21,7 @@ SCHEMA = "ember-bench-fleet/1"
 SCALING_TARGET = 0.93  # aggregate over N x one node's
 TTFT_TARGET = 0.60  # how much lower the fleet router's TTFT p90 is than round-robin's
 FLEET, BASELINE = "fleet", "round-robin"
-# The simulated engines' clocks are the event loop's: a chunk is ~100 ms of decoding, so a loop
+# The simulated engines' clocks are the event loop's: a chunk is ~200 ms of decoding, so a loop
 # later than this distorts what is measured.
 LAG_WARNING_MS = 25.0
 

@@ -88,7 +88,7 @@ class FleetSimConfig:
     profile: NodeProfile = field(default_factory=NodeProfile)
     traffic: TrafficConfig = field(default_factory=TrafficConfig)
     users_per_node: int = 4
-    duration_s: float = 8.0  # the measured window of each cell
+    duration_s: float = 12.0  # the measured window of each cell
     warmup_s: float = 2.0  # before it: caches and the router's tree fill, nothing is counted
     heartbeat_s: float = 1.0  # how stale the chooser's view of each node's load is; 0: no load published
     max_requests: int = 4000  # per cell, a bound besides the time

@@ -52,8 +52,8 @@ class NodeProfile:
     """The simulated engine's speeds and sizes (the same for every node of a run)."""
 
     slots: int = 4
-    prefill_tps: float = 4000.0  # uncached prompt tokens per second, one prompt at a time
-    decode_tps: float = 40.0  # tokens per second of one sequence decoding alone
+    prefill_tps: float = 2000.0  # uncached prompt tokens per second, one prompt at a time
+    decode_tps: float = 20.0  # tokens per second of one sequence decoding alone
     batch_slowdown: float = 0.06  # inter-token latency grows by this much per other decoding sequence
     cache_blocks: int = 1024  # 16-token blocks the prefix cache holds
     max_queue: int = 256

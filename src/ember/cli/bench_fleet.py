@@ -59,7 +59,7 @@ def fleet(
     routers: Annotated[
         str, typer.Option("--routers", help=f"Choosers to compare, comma-separated: {', '.join(ROUTERS)}.")
     ] = "fleet,round-robin",
-    duration: Annotated[float, typer.Option("--duration", help="Seconds measured per node count and router.")] = 8.0,
+    duration: Annotated[float, typer.Option("--duration", help="Seconds measured per node count and router.")] = 12.0,
     warmup: Annotated[float, typer.Option("--warmup", help="Seconds before the measuring starts (caches fill).")] = 2.0,
     users_per_node: Annotated[
         int, typer.Option("--users-per-node", help="Simulated users per node (closed loop: one turn in flight each).")
@@ -67,8 +67,8 @@ def fleet(
     slots: Annotated[int, typer.Option("--slots", help="Sequences each node decodes at once.")] = 4,
     prefill_tps: Annotated[
         float, typer.Option("--prefill-tps", help="Uncached prompt tokens a node prefills per second.")
-    ] = 4000.0,
-    decode_tps: Annotated[float, typer.Option("--decode-tps", help="Tokens per second of one sequence alone.")] = 40.0,
+    ] = 2000.0,
+    decode_tps: Annotated[float, typer.Option("--decode-tps", help="Tokens per second of one sequence alone.")] = 20.0,
     cache_blocks: Annotated[
         int, typer.Option("--cache-blocks", help="16-token blocks in each node's prefix cache.")
     ] = 1024,
