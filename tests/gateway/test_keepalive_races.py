@@ -87,6 +87,10 @@ def test_requests_on_connections_the_upstream_closes_unanswered_all_succeed(
 
     for _ in range(2):  # the second burst reuses the connections the first one left
         assert asyncio.run(concurrent()) == ["tok0 tok1 tok2 "] * 24
+    # One at a time with many kept connections: the second try must not take another kept one
+    # (the upstream closes those as well, as an idle timeout closes every connection of its age).
+    for i in range(6):
+        assert _text(client, MODELS[i % 3], stream=i % 2 == 0) == "tok0 tok1 tok2 "
     stats = upstream.stats()
     # Sequentially every other request found its connection closed unanswered (and was sent again
     # on a new one); so did the second burst's requests on the connections the first one left.
