@@ -154,3 +154,19 @@ def test_a_registry_that_stops_answering_keeps_the_table_until_the_ttl(redis_ser
         await dead.aclose()
 
     _run(redis_server, body)
+
+
+def test_an_announcer_without_its_registry_keeps_trying_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        dead = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+        config = FleetConfig(join="redis://127.0.0.1:1/0", ttl=3)
+        member = _member(config, dead, Clock(), "lonely")
+        with caplog.at_level(logging.INFO, logger="ember.fleet"):
+            assert not await member.publish()
+            assert not await member.publish()
+            await member.aclose()  # a leave that cannot reach the registry is a warning, not a crash
+        assert sum("cannot announce" in r.message for r in caplog.records) == 1
+        assert member.last is None
+        await dead.aclose()
+
+    asyncio.run(main())
