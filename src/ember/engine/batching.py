@@ -2,10 +2,18 @@
 
 Each of `num_parallel` slots is one llama.cpp sequence (seq_id = slot index)
 with its own `num_ctx` tokens of KV cache. Every step builds one llama_batch:
-first the next token of every slot that is generating, then chunks of the
-prompts still being read, within a token budget, so a long prompt joining
-never stalls the streams already running. One llama_decode runs them all;
-each generating slot then samples from its own output with its own chain.
+the next token of every slot that is generating and chunks of the prompts
+still being read, laid out in seq-id order (the non-unified cache splits a
+batch into ubatches of consecutive seq ids: any other order costs extra graph
+runs). One llama_decode runs them all; each slot whose prompt is complete then
+samples from its own output with its own chain.
+
+Prompt budget per step: the whole batch while nothing generates; while streams
+generate, at most `prefill_while_generating` prompt tokens, so a step stays a
+fraction of a second on a small CPU and no stream stalls for long. Within the
+budget the prompt with the fewest tokens left is read first (a warm suffix
+never waits behind a cold prompt), except that the prompt admitted earliest
+always gets a share of every step: a stream of short prompts cannot starve it.
 
 A slot that finishes keeps its KV cache and the list of tokens in it; a new
 request goes to the free slot sharing the longest prefix with its prompt and
@@ -39,6 +47,9 @@ log = logging.getLogger("ember.engine")
 # prompt being read): a copy moves a whole sequence's cache, which costs about as much as
 # reading a few dozen tokens on a small CPU.
 MIN_SHARED_COPY = 64
+# The share of a step's prompt budget the earliest-admitted prompt always gets (if it needs it),
+# however many shorter prompts are waiting: every prompt is read to its end in bounded time.
+OLDEST_SHARE = 4  # 1/4 of the budget
 
 
 @dataclass(frozen=True)
@@ -46,11 +57,24 @@ class BatchConfig:
     slots: int  # sequences decoded together (num_parallel)
     slot_context: int  # KV cells per sequence (num_ctx)
     batch_tokens: int = 512  # most tokens in one llama_decode (the context's n_batch)
-    # Prompt tokens per step while other slots are generating: small enough that
-    # their next token is at most a fraction of a second late on a small CPU.
-    prefill_while_generating: int = 128
+    # Prompt tokens per step while other slots are generating: small enough that their next
+    # token is at most ~0.2 s late on a small CPU. On 2 cores (SmolLM2-135M, ~520 prompt tok/s,
+    # 8 streams' step ~26 ms) a step of 8 streams and 96 prompt tokens takes ~210 ms, and a
+    # short chat prompt is still read in one step. Prompt tokens cost about the same per token
+    # in chunks of 64 or 256, so a smaller chunk costs the prompt little.
+    prefill_while_generating: int = 96
     # Log one line per decode step (ember.engine, debug level): where a step's time goes.
     profile: bool = False
+
+
+@dataclass(frozen=True)
+class SchedulerCounters:
+    """Totals since the scheduler was made: what tests and the profile read."""
+
+    steps: int  # decode steps run
+    admissions: int  # requests given a slot
+    copies: int  # caches copied from one slot to another (shared prefixes)
+    prompt_tokens: int  # prompt tokens decoded (read), cached ones not counted
 
 
 @dataclass
@@ -96,6 +120,39 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+@dataclass(frozen=True)
+class Reading:
+    """A slot still reading its prompt, as the step's planning sees it."""
+
+    seq_id: int
+    left: int  # prompt tokens not yet decoded
+    admitted: int  # admission counter: lower came first
+
+
+def plan_prompts(reading: Sequence[Reading], budget: int) -> dict[int, int]:
+    """How many prompt tokens each reading slot gets this step (seq_id -> count, all > 0).
+
+    Fewest tokens left first, so short prompts (a warm prefix's suffix, a short question) get
+    their first token at once; but the earliest-admitted prompt is given a share of the budget
+    before that, so it advances every step whatever arrives after it.
+    """
+    if not reading or budget <= 0:
+        return {}
+    plan: dict[int, int] = {}
+    oldest = min(reading, key=lambda r: r.admitted)
+    plan[oldest.seq_id] = min(oldest.left, max(1, budget // OLDEST_SHARE))
+    budget -= plan[oldest.seq_id]
+    for entry in sorted(reading, key=lambda r: (r.left, r.admitted)):
+        if budget <= 0:
+            break
+        given = plan.get(entry.seq_id, 0)
+        more = min(entry.left - given, budget)
+        if more > 0:
+            plan[entry.seq_id] = given + more
+            budget -= more
+    return plan
+
+
 class BatchScheduler:
     def __init__(self, ctx: llama_cpp.llama_context_p, model: llama_cpp.llama_model_p, config: BatchConfig) -> None:
         self._ctx = ctx
@@ -113,6 +170,7 @@ class BatchScheduler:
         self._step_generating = 0  # sequences that had a token in the last batch
         self._admissions = 0
         self._copies = 0  # caches copied from one slot to another (shared prefixes)
+        self._prompt_read = 0  # prompt tokens decoded
         self._logprobs = LogprobReader(self._vocab)  # for requests that ask for logprobs
 
     # --- requests in and out -------------------------------------------------
@@ -153,6 +211,12 @@ class BatchScheduler:
             if slot.job is not None and slot.job.rid == rid:
                 self._release(slot)
                 return
+
+    @property
+    def counters(self) -> SchedulerCounters:
+        return SchedulerCounters(
+            steps=self._steps, admissions=self._admissions, copies=self._copies, prompt_tokens=self._prompt_read
+        )
 
     @property
     def busy(self) -> bool:
@@ -267,36 +331,44 @@ class BatchScheduler:
         self._copies += 1
 
     def _fill_batch(self) -> list[tuple[Slot, int]]:
-        """Put this step's tokens in the batch; (slot, batch index) of each wanted output."""
+        """Put this step's tokens in the batch, in seq-id order; (slot, batch index) of each wanted output."""
         batch = self._batch
         batch.n_tokens = 0
         outputs: list[tuple[Slot, int]] = []
-        generating = [slot for slot in self._slots if slot.generating]
-        self._step_generating = len(generating)  # one token each in this batch
-        for slot in generating:
-            outputs.append((slot, self._add(slot, slot.feed, want_last=True)))
-            slot.tokens.extend(slot.feed)
-            slot.feed = []
-        room = self._config.batch_tokens - batch.n_tokens
+        generating = sum(1 for slot in self._slots if slot.generating)
+        self._step_generating = generating  # one token each in this batch
+        room = self._config.batch_tokens - generating
         budget = min(room, self._config.prefill_while_generating) if generating else room
-        reading = sorted(
-            (slot for slot in self._slots if slot.job is not None and not slot.generating), key=lambda s: s.admitted
-        )
-        for slot in reading:
-            if budget <= 0:
-                break
-            chunk = slot.feed[:budget]
-            last_of_prompt = len(chunk) == len(slot.feed)
-            index = self._add(slot, chunk, want_last=last_of_prompt)
+        chunks = self._plan_prompts(budget)
+        for slot in self._slots:
+            if slot.generating:
+                outputs.append((slot, self._add(slot, slot.feed, want_last=True)))
+                slot.tokens.extend(slot.feed)
+                slot.feed = []
+                continue
+            size = chunks.get(slot.seq_id, 0)
+            if size == 0:
+                continue
             assert slot.job is not None
+            chunk = slot.feed[:size]
+            last_of_prompt = size == len(slot.feed)
+            index = self._add(slot, chunk, want_last=last_of_prompt)
             # The penalties see the prompt too, as the tokens are evaluated.
             slot.job.chain.accept_history(chunk)
             if last_of_prompt:
                 outputs.append((slot, index))
             slot.tokens.extend(chunk)
-            del slot.feed[: len(chunk)]
-            budget -= len(chunk)
+            del slot.feed[:size]
+            self._prompt_read += size
         return outputs
+
+    def _plan_prompts(self, budget: int) -> dict[int, int]:
+        reading = [
+            Reading(slot.seq_id, len(slot.feed), slot.admitted)
+            for slot in self._slots
+            if slot.job is not None and not slot.generating and slot.feed
+        ]
+        return plan_prompts(reading, budget)
 
     def _add(self, slot: Slot, tokens: Sequence[int], *, want_last: bool) -> int:
         """Append tokens of one sequence to the batch; the batch index of the last."""
