@@ -6,7 +6,8 @@
 It starts, on loopback ports of its own:
 
 - the fast upstream, `python -m ember.bench.upstream` (an OpenAI-compatible fake that streams
-  "tok0 ", "tok1 ", ... one chunk per token, no model);
+  "tok0 ", "tok1 ", ... one chunk per token, no model), closing connections idle for
+  --upstream-keep-alive seconds (5, as uvicorn and llama-server do: a proxy's pool must cope);
 - `ember serve` with a generated ember.toml: one `openai` provider at the upstream and a route
   "bench" -> "up/bench"; EMBER_CACHE=off (no response cache), log level warning, a temporary
   EMBER_HOME;
@@ -158,9 +159,10 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def start_upstream(services: Services, token_delay: float) -> str:
+def start_upstream(services: Services, token_delay: float, keep_alive: float) -> str:
     port = free_port()
-    argv = [sys.executable, "-m", "ember.bench.upstream", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [sys.executable, "-m", "ember.bench.upstream", "--host", "127.0.0.1", "--port", str(port),
+            "--keep-alive", str(keep_alive)]
     if token_delay > 0:
         argv += ["--token-delay", str(token_delay)]
     service = services.start("upstream", argv, base_env())
@@ -636,6 +638,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent streams in the throughput phase")
     parser.add_argument("--stream-tokens", type=int, default=32, help="tokens per stream in the throughput phase")
     parser.add_argument("--token-delay", type=float, default=0.0, help="the upstream's pause between tokens, s")
+    parser.add_argument("--upstream-keep-alive", type=float, default=5.0,
+                        help="seconds the upstream keeps an idle connection (uvicorn's and llama-server's 5 s)")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request limit, s")
     parser.add_argument("--skip-litellm", action="store_true", help="leave LiteLLM's proxy out")
     parser.add_argument("--skip-ember", action="store_true", help="leave ember out (to test the LiteLLM set-up)")
@@ -669,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             targets: dict[str, str] = {}
             print("starting the upstream ...", file=sys.stderr)
-            targets["direct"] = start_upstream(services, args.token_delay)
+            targets["direct"] = start_upstream(services, args.token_delay, args.upstream_keep_alive)
             if not args.skip_ember:
                 print("starting ember serve ...", file=sys.stderr)
                 targets["ember"] = start_ember(services, targets["direct"], args.profile_ember,
