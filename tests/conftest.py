@@ -56,8 +56,9 @@ class ServerHandle:
         stop_process(self.process, timeout=15)
 
 
-def start_server(home: Path, log_dir: Path, **env_overrides: str) -> ServerHandle:
-    """Start `python -m ember serve` on a free loopback port and wait until /health answers."""
+def start_server(home: Path, log_dir: Path, ready_timeout: float = 60, **env_overrides: str) -> ServerHandle:
+    """Start `python -m ember serve` on a free loopback port and wait until /health answers
+    (ready_timeout: longer for a test that starts several servers at once)."""
     port = free_port()
     host = f"127.0.0.1:{port}"
     # The response cache is off unless a test asks for it: a cached answer would hide the
@@ -70,7 +71,7 @@ def start_server(home: Path, log_dir: Path, **env_overrides: str) -> ServerHandl
     handle = ServerHandle(base_url=f"http://{host}", host=host, home=home,
                           env={"EMBER_HOME": str(home), "EMBER_HOST": host, **env_overrides},
                           process=process, log_path=log_path)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"ember serve exited with {process.returncode}:\n{handle.log()}")
