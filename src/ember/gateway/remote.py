@@ -76,8 +76,8 @@ Parser = Callable[[Body, StreamState], AsyncGenerator[GenerationEvent, None]]
 
 # A provider holds several small clients and sends each request to the least busy one: with
 # httpx a single big pool cost ~1 ms a request at 32 streams (work quadratic in its
-# connections); aiohttp's connector has no such cost, but small sessions keep each connector's
-# bookkeeping short and spread a burst's connects.
+# connections). aiohttp's connector keeps idle connections in a per-host deque and should not
+# need this; the spreading is kept as it was, not re-measured since the switch.
 CONNECTIONS_PER_CLIENT = 8
 
 
