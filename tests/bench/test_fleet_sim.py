@@ -202,3 +202,27 @@ def test_the_report_states_each_target_with_its_verdict() -> None:
     lines = summary_lines(document)
     assert "N=4: TTFT p90 >= 60% lower than round-robin: -25% (NOT met)" in lines
     assert not any(line.startswith("warning") for line in lines)
+
+
+async def test_a_full_queue_is_a_503_and_the_slot_comes_back() -> None:
+    import asyncio
+
+    node = SimNode("n1", NodeProfile(slots=1, max_queue=0, decode_tps=50.0), model="sim-model")
+    await node.start()
+    try:
+        client = openai.AsyncOpenAI(base_url=node.base_url + "/v1", api_key="unused", max_retries=0)
+        messages = [{"role": "user", "content": "hello"}]
+        first = asyncio.create_task(client.chat.completions.create(model="sim-model", messages=messages, max_tokens=10))
+        for _ in range(500):  # until the first holds the one slot (bounded: 5 s)
+            if node.load().busy:
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(openai.InternalServerError) as refused:
+            await client.chat.completions.create(model="sim-model", messages=messages, max_tokens=1)
+        assert refused.value.status_code == 503
+        assert (await first).usage is not None
+        assert node.load().busy == 0 and node.counters.rejected == 1
+        again = await client.chat.completions.create(model="sim-model", messages=messages, max_tokens=1)
+        assert again.choices[0].message.content
+    finally:
+        await node.close()
