@@ -14,7 +14,8 @@ extras install (nothing here relies on a docker or kubectl this machine happens 
   `docker compose config` runs too where the compose plugin is installed.
 - deploy/helm/ember: `helm lint --strict` and `helm template` through helm-python-sdk (Helm's
   Go SDK in a wheel); every rendered manifest validated by kubernetes-validate against the
-  Kubernetes 1.30 schemas (strict: unknown fields fail); then the structure (node StatefulSets
+  Kubernetes 1.30 schemas (strict: unknown fields fail); bad values refused by the chart's
+  values.schema.json, each naming the value; then the structure (node StatefulSets
   with a volumeClaimTemplate at EMBER_HOME, headless Services, the gateway Deployment, the
   Secret the token comes from, the ConfigMap's ember.toml read by ember's loaders, probes on
   /health at the container's port), with the default values and with overrides.
@@ -381,3 +382,17 @@ def test_helm_chart_refuses_no_redis() -> None:
 
     with pytest.raises(helm.HelmError, match=r"redis\.url is required"):
         _render({"redis": {"enabled": False}})
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"nodes": {"groups": [{"name": "Edge_1", "replicas": 1}]}}, "/nodes/groups/0/name"),
+    ({"nodes": {"groups": [{"name": "edge", "replicas": "two"}]}}, "/nodes/groups/0/replicas"),
+    ({"gatway": {}}, "'gatway' not allowed"),
+    ({"redis": {"enabled": False, "url": "http://redis:6379"}}, "/redis/url"),
+])
+def test_helm_chart_refuses_bad_values_by_name(values: dict[str, Any], message: str) -> None:
+    """values.schema.json: a typo or a wrong type is a clear error before anything renders."""
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmValuesError, match=re.escape(message)):
+        _render(values)
