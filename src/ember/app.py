@@ -6,13 +6,16 @@ import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from ember.config import Settings
 from ember.engine.protocol import EngineLoader
+
+if TYPE_CHECKING:
+    from ember.runtime.store import ModelStore
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:
@@ -79,7 +82,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
         _configure_logging(settings.log_level)
         settings.home.mkdir(parents=True, exist_ok=True)
         store = ModelStore(settings.home, hf_endpoint=settings.hf_endpoint)
-        scheduler = Scheduler(store, _engine_loader(settings), settings)
+        scheduler = Scheduler(store, _engine_loader(settings, store), settings)
         generation = GenerationService(scheduler)
         embeddings = EmbeddingService(scheduler)
         models = ModelService(store, scheduler)
@@ -197,15 +200,21 @@ def _without_native_telemetry() -> dict[str, Any]:
     return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
 
 
-def _engine_loader(settings: Settings) -> EngineLoader:
+def _engine_loader(settings: Settings, store: ModelStore) -> EngineLoader:
     if settings.engine == "inprocess":
         from ember.engine.llama_engine import LlamaEngineLoader
 
         return LlamaEngineLoader()
-    from ember.engine.process_engine import ProcessEngineLoader
+    from ember.engine.process_engine import LoadTarget, ProcessEngineLoader
+    from ember.runtime.scheduler import default_load
 
+    # The spare worker holds the default model ready while nothing is loaded (spare_worker).
+    default = default_load(store, settings) if settings.spare_worker == "preload" else None
+    preload = LoadTarget(default[0].path, default[1]) if default is not None else None
     # At debug level each worker logs every decode step's timings (engine/batching.py).
-    return ProcessEngineLoader(spare=True, profile_steps=settings.log_level.lower() == "debug")
+    return ProcessEngineLoader(
+        spare=settings.spare_worker, preload=preload, profile_steps=settings.log_level.lower() == "debug"
+    )
 
 
 def _configure_logging(level: str) -> None:

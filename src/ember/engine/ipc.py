@@ -60,6 +60,13 @@ class Shutdown:
     """Free everything and exit."""
 
 
+@dataclass(frozen=True, slots=True)
+class Park:
+    """The model was unloaded but its worker is kept as a pre-loaded spare: forget every
+    request and clear the KV cache (nothing of one user's prompts survives into the next
+    engine), keep the weights and the context, answer Parked and wait for requests."""
+
+
 # --- worker -> server -------------------------------------------------------
 
 
@@ -131,14 +138,19 @@ class RequestFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class Parked:
+    """The answer to Park: the last message of this engine's conversation on the socket."""
+
+
+@dataclass(frozen=True, slots=True)
 class Fatal:
     """The worker hit an error it cannot recover from and is about to exit."""
 
     message: str
 
 
-ToWorker = Load | Generate | Cancel | Embed | Shutdown
-FromWorker = Ready | LoadFailed | Step | Embedded | RequestFailed | Fatal
+ToWorker = Load | Generate | Cancel | Embed | Shutdown | Park
+FromWorker = Ready | LoadFailed | Step | Embedded | RequestFailed | Fatal | Parked
 
 
 def socket_pair() -> tuple[Connection, socket.socket]:

@@ -18,7 +18,9 @@ reported by the worker after the response has begun.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -28,10 +30,11 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Literal
 
 import llama_cpp
 
@@ -46,6 +49,8 @@ from ember.engine.ipc import (
     Generate,
     Load,
     LoadFailed,
+    Park,
+    Parked,
     Ready,
     RequestFailed,
     Shutdown,
@@ -59,6 +64,7 @@ from ember.engine.types import EmbeddingResult, GenerationEvent, GenerationReque
 from ember.errors import BadRequest, ContextLengthExceeded, EmberError, ModelLoadFailed, ServiceUnavailable
 
 STOP_TIMEOUT = 5.0  # seconds a worker gets to exit after Shutdown before it is terminated
+PARK_TIMEOUT = 5.0  # seconds a worker gets to answer Park before it is shut down instead
 _INLINE_TOKENIZE_CHARS = 2048  # longer texts are tokenized on a thread, off the event loop
 _INLINE_GRAMMAR_CHARS = 16384  # larger grammars are compiled (the first time) on a thread
 
@@ -173,6 +179,7 @@ class _Channel:
         # its lock, and a request could be handed to a worker that is already dead.
         self.gone = False
         self.closing = False
+        self._parked = threading.Event()
         self.memory_bytes = 0
         self._reader = threading.Thread(target=self._read, name=f"ember-worker-read-{name}", daemon=True)
         self._writer = threading.Thread(target=self._write, name=f"ember-worker-write-{name}", daemon=True)
@@ -214,15 +221,20 @@ class _Channel:
 
     def _read(self) -> None:
         try:
-            while True:
-                self._dispatch(self._conn.recv())
+            while self._dispatch(self._conn.recv()):
+                pass
+            return  # parked: the socket now belongs to the loader's spare, not to this channel
         except (EOFError, OSError):
             pass
         except Exception as exc:  # an unreadable message: treat the worker as lost
             self._fatal = f"unreadable message from the worker: {exc!r}"
         self._worker_gone()
 
-    def _dispatch(self, message: FromWorker) -> None:
+    def _dispatch(self, message: FromWorker) -> bool:
+        """Deliver one message; False when it was the last of this channel (Parked)."""
+        if isinstance(message, Parked):
+            self._parked.set()
+            return False
         if isinstance(message, Step):
             self._route([(update.rid, update) for update in message.updates])
         elif isinstance(message, Embedded | RequestFailed):
@@ -231,6 +243,7 @@ class _Channel:
             self._route([(message.rid, message)])
         elif isinstance(message, Fatal):
             self._fatal = message.message
+        return True
 
     def _route(self, items: Sequence[tuple[int, Item]]) -> None:
         with self._lock:
@@ -259,6 +272,23 @@ class _Channel:
         _post([(sink, ServiceUnavailable(failure[0], code=failure[1])) for sink in sinks])
 
     # --- shutdown ------------------------------------------------------------
+
+    def park(self) -> _Spawned | None:
+        """Blocking: end this channel but keep its worker, model loaded and cache cleared.
+
+        The worker and its socket, or None (the worker was busy, gone or slow to answer:
+        the caller shuts it down instead).
+        """
+        with self._lock:
+            if self.failure is not None or self.gone or self._sinks:
+                return None
+        self.send(Park())
+        if not self._parked.wait(PARK_TIMEOUT):
+            return None
+        self._outgoing.put(None)  # the writer has nothing more to send on this socket
+        self._reader.join(timeout=STOP_TIMEOUT)
+        self._writer.join(timeout=STOP_TIMEOUT)
+        return _Spawned(self.process, self._conn)
 
     def shutdown(self) -> None:
         """Blocking: ask the worker to exit, then insist; wait for both threads."""
@@ -292,12 +322,23 @@ def _release(process: subprocess.Popen[bytes], vocabulary: Vocabulary) -> None:
     vocabulary.close()
 
 
+# What becomes of a closed engine's worker: shut down, or kept by the loader as its spare.
+Retire = Callable[["_Channel", Vocabulary, Ready], None]
+
+
+def _shut_down(channel: _Channel, vocabulary: Vocabulary, _ready: Ready) -> None:
+    channel.shutdown()
+    vocabulary.close()
+
+
 class ProcessEngine:
     """Engine over a worker process; see the Engine protocol for the contract."""
 
-    def __init__(self, channel: _Channel, vocabulary: Vocabulary, ready: Ready) -> None:
+    def __init__(self, channel: _Channel, vocabulary: Vocabulary, ready: Ready, retire: Retire = _shut_down) -> None:
         self._channel = channel
         self._vocabulary = vocabulary
+        self._ready = ready
+        self._retire = retire
         self._context_length = ready.context_length
         self._slots = ready.slots
         self.worker_load_seconds = ready.load_seconds
@@ -398,9 +439,8 @@ class ProcessEngine:
         if self._closed:
             return
         self._closed = True
-        await asyncio.to_thread(self._channel.shutdown)
-        self._vocabulary.close()
         self._finalizer.detach()
+        await asyncio.to_thread(self._retire, self._channel, self._vocabulary, self._ready)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -410,64 +450,151 @@ class ProcessEngine:
             raise ServiceUnavailable(failure[0], code=failure[1])
 
 
-class ProcessEngineLoader:
-    """Starts one worker process per load.
+SparePolicy = Literal["preload", "preload-only", "imports", "off"]
 
-    With spare=True it keeps one worker started ahead, its imports done, so a
-    load skips the interpreter's start (about 0.3 s here).
+
+@dataclass(frozen=True)
+class LoadTarget:
+    """A model file and the options it is loaded with: what a pre-loaded spare holds."""
+
+    path: Path
+    options: LoadOptions
+
+
+@dataclass
+class _Spare:
+    """A started worker; with `ready`, one that has loaded `target` (and the server its vocabulary)."""
+
+    spawned: _Spawned
+    target: LoadTarget | None = None
+    ready: Ready | None = None
+    vocabulary: Vocabulary | None = None
+
+    def discard(self) -> None:
+        _discard_spawned(self.spawned)
+        if self.vocabulary is not None:
+            self.vocabulary.close()
+
+
+class ProcessEngineLoader:
+    """Starts one worker process per load, and keeps a spare worker by `spare`:
+
+    - "imports": one worker always started ahead, its imports done, so a load skips the
+      interpreter's start (about 0.3 s here).
+    - "preload": while no model is loaded, the spare has `preload` (the default model)
+      loaded already, so the first load after start, or after that model's unload, is a
+      handover of a millisecond: an unloaded model's own worker is kept (its cache cleared)
+      rather than stopped, if it holds `preload`. While a model is loaded the spare is an
+      imports-only one, as with "imports". A load of anything else first stops the
+      pre-loaded spare, so what it holds is never counted twice against the memory budget.
+    - "preload-only": as "preload", but no spare at all while a model is loaded (it would
+      hold ~57 MiB only to speed up the load of another model).
+    - "off": every load starts its worker.
     """
 
-    def __init__(self, *, spare: bool = False, profile_steps: bool = False) -> None:
-        self._keep_spare = spare
+    def __init__(
+        self, *, spare: SparePolicy = "off", preload: LoadTarget | None = None, profile_steps: bool = False
+    ) -> None:
+        self._policy = spare
+        self._preload = preload if spare == "preload" else None
         self._profile_steps = profile_steps
-        self._spare: _Spawned | None = None
         self._lock = threading.Lock()
+        # The spare, while it may still be starting or loading; None: no spare.
+        self._spare: concurrent.futures.Future[_Spare | None] | None = None
+        self._spare_target: LoadTarget | None = None  # what the spare is (being) loaded with
+        self._resident = 0  # engines loaded and not yet closed
         self._closed = False
-        if spare:
+        if spare != "off":
             self._refill()
 
+    def _wanted(self) -> tuple[bool, LoadTarget | None]:
+        """Under the lock: whether a spare is wanted now, and what it should have loaded."""
+        if self._policy == "off" or self._closed:
+            return False, None
+        if self._resident > 0:
+            return self._policy != "preload-only", None
+        return True, self._preload
+
     def _refill(self) -> None:
+        """Make the spare what the policy wants now: start one, or replace one that holds the
+        wrong thing (an imports-only spare once nothing is loaded and a preload is wanted)."""
+        with self._lock:
+            want, target = self._wanted()
+            if self._spare is not None and self._spare_target == target:
+                return
+            old, self._spare, self._spare_target = self._spare, None, None
+            future: concurrent.futures.Future[_Spare | None] = concurrent.futures.Future()
+            if want:
+                self._spare, self._spare_target = future, target
+        if old is not None:
+            threading.Thread(target=_discard_future, args=(old,), name="ember-spare-discard", daemon=True).start()
+        if not want:
+            return
+        profile = self._profile_steps
+
         def spawn() -> None:
             try:
-                spawned = _spawn("a spare worker")
-            except ModelLoadFailed:
-                return  # loads will start their own worker, and say why if that fails too
-            with self._lock:
-                keep = not self._closed and self._spare is None
-                if keep:
-                    self._spare = spawned
-            if not keep:
-                _discard_spawned(spawned)
+                future.set_result(_start_spare(target, profile_steps=profile))
+            except BaseException as exc:  # the future carries it; nothing waits on this thread
+                future.set_exception(exc)
 
         threading.Thread(target=spawn, name="ember-spare-worker", daemon=True).start()
 
-    def _take_spare(self) -> _Spawned | None:
+    def _take_spare(self) -> tuple[concurrent.futures.Future[_Spare | None], LoadTarget | None] | None:
         with self._lock:
-            spare, self._spare = self._spare, None
-        if spare is not None and spare.process.poll() is not None:
-            _discard_spawned(spare)
-            return None
-        return spare
+            future, target = self._spare, self._spare_target
+            self._spare, self._spare_target = None, None
+        return None if future is None else (future, target)
 
     async def close(self) -> None:
         """Stop the spare worker; loaded engines are closed by their owners."""
         with self._lock:
             self._closed = True
-            spare, self._spare = self._spare, None
-        if spare is not None:
-            await asyncio.to_thread(_discard_spawned, spare)
+        taken = self._take_spare()
+        if taken is not None:
+            await asyncio.to_thread(_discard_future, taken[0])
 
     async def load(self, path: Path, options: LoadOptions, *, name: str | None = None) -> ProcessEngine:
         """`name` only labels messages (the scheduler's model name); the file's stem otherwise."""
         label = name or path.stem
-        # The worker loads the weights while this process reads the vocabulary.
-        spare = self._take_spare()
-        if self._keep_spare and not self._closed:
+        wanted = LoadTarget(path, options)
+        spare: _Spare | None = None
+        taken = self._take_spare()
+        if taken is not None:
+            future, target = taken
+            if target is not None and target != wanted:
+                # It holds another model's memory: free it before this one is loaded.
+                await asyncio.to_thread(_discard_future, future)
+            else:
+                spare = await _spare_result(future)
+        with self._lock:
+            self._resident += 1
+        try:
+            engine = await self._load(wanted, label, spare)
+        except BaseException:
+            with self._lock:
+                self._resident -= 1
             self._refill()
+            raise
+        self._refill()
+        return engine
+
+    async def _load(self, wanted: LoadTarget, label: str, spare: _Spare | None) -> ProcessEngine:
+        if spare is not None and spare.ready is not None and spare.vocabulary is not None:
+            if spare.target == wanted and spare.spawned.process.poll() is None:
+                channel = _Channel(label, spare.spawned.process, spare.spawned.conn)
+                channel.start()
+                return ProcessEngine(channel, spare.vocabulary, spare.ready, functools.partial(self._retire, wanted))
+            await asyncio.to_thread(spare.discard)
+            spare = None
+        spawned = spare.spawned if spare is not None else None
+        # The worker loads the weights while this process reads the vocabulary.
         starting = asyncio.ensure_future(
-            asyncio.to_thread(_start_worker, path, options, label, spare, profile_steps=self._profile_steps)
+            asyncio.to_thread(
+                _start_worker, wanted.path, wanted.options, label, spawned, profile_steps=self._profile_steps
+            )
         )
-        reading = asyncio.ensure_future(asyncio.to_thread(Vocabulary, path))
+        reading = asyncio.ensure_future(asyncio.to_thread(Vocabulary, wanted.path))
         try:
             await asyncio.wait({starting, reading})
         except asyncio.CancelledError:
@@ -482,7 +609,71 @@ class ProcessEngineLoader:
             assert error is not None
             raise error
         channel, ready = starting.result()
-        return ProcessEngine(channel, reading.result(), ready)
+        return ProcessEngine(channel, reading.result(), ready, functools.partial(self._retire, wanted))
+
+    def _retire(self, target: LoadTarget, channel: _Channel, vocabulary: Vocabulary, ready: Ready) -> None:
+        """Blocking, when an engine closes: keep its worker as the pre-loaded spare if it
+        holds what the spare should, otherwise shut it down (and start the spare that is
+        wanted now that one model fewer is loaded)."""
+        with self._lock:
+            self._resident -= 1
+            keep = self._wanted() == (True, target)
+        parked = channel.park() if keep else None
+        if parked is not None:
+            future: concurrent.futures.Future[_Spare | None] = concurrent.futures.Future()
+            future.set_result(_Spare(parked, target, ready, vocabulary))
+            with self._lock:
+                kept = self._wanted() == (True, target)
+                replaced = self._spare  # an imports-only spare kept while the model was loaded
+                if kept:
+                    self._spare, self._spare_target = future, target
+            if not kept:
+                _discard_future(future)
+            elif replaced is not None:
+                _discard_future(replaced)
+            return
+        _shut_down(channel, vocabulary, ready)
+        self._refill()
+
+
+async def _spare_result(future: concurrent.futures.Future[_Spare | None]) -> _Spare | None:
+    """The spare once it has started (or loaded); None if it could not start (the load then
+    starts its own worker, and says why if that fails too)."""
+    try:
+        return await asyncio.wrap_future(future)
+    except Exception:
+        return None
+
+
+def _discard_future(future: concurrent.futures.Future[_Spare | None]) -> None:
+    """Blocking: stop a spare, waiting for it to finish starting first."""
+    try:
+        spare = future.result()
+    except Exception:
+        return
+    if spare is not None:
+        spare.discard()
+
+
+def _start_spare(target: LoadTarget | None, *, profile_steps: bool) -> _Spare | None:
+    """Blocking: a started worker, with `target` loaded when there is one."""
+    try:
+        spawned = _spawn("a spare worker")
+    except ModelLoadFailed:
+        return None
+    if target is None:
+        return _Spare(spawned)
+    try:
+        vocabulary = Vocabulary(target.path)
+    except ModelLoadFailed:
+        _discard_spawned(spawned)
+        return None
+    try:
+        ready = _handshake(spawned, target.path, target.options, profile_steps=profile_steps)
+    except ModelLoadFailed:
+        vocabulary.close()
+        return None
+    return _Spare(spawned, target, ready, vocabulary)
 
 
 def _discard_worker(task: asyncio.Future[tuple[_Channel, Ready]]) -> None:
@@ -541,6 +732,15 @@ def _start_worker(
 ) -> tuple[_Channel, Ready]:
     """Blocking: start the worker (or use a spare one) and wait for its Ready; ModelLoadFailed otherwise."""
     spawned = spawned or _spawn(name)
+    ready = _handshake(spawned, path, options, profile_steps=profile_steps)
+    channel = _Channel(name, spawned.process, spawned.conn)
+    channel.start()
+    return channel, ready
+
+
+def _handshake(spawned: _Spawned, path: Path, options: LoadOptions, *, profile_steps: bool) -> Ready:
+    """Blocking: tell a started worker what to load and wait for its Ready; ModelLoadFailed
+    (the worker stopped) otherwise."""
     process, conn = spawned.process, spawned.conn
     try:
         conn.send(Load(path=path, options=options, profile_steps=profile_steps))
@@ -553,9 +753,7 @@ def _start_worker(
         conn.close()
         raise
     if isinstance(reply, Ready):
-        channel = _Channel(name, process, conn)
-        channel.start()
-        return channel, reply
+        return reply
     _stop_process(process)
     conn.close()
     if isinstance(reply, LoadFailed):

@@ -7,7 +7,10 @@ it has work: generated text waits in an outbox while the socket is full.
 
 Protocol (see ember.engine.ipc): the server sends Load, the worker answers
 Ready or LoadFailed; then Generate/Cancel/Embed in, Step/Embedded/RequestFailed
-out, until Shutdown or the server's end of the socket closes.
+out, until Shutdown or the server's end of the socket closes. Park (the model was
+unloaded and the server keeps this worker as a pre-loaded spare) clears every
+request and the whole KV cache, answers Parked, and the next engine's requests
+follow on the same socket.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from ember.engine.ipc import (
     Generate,
     Load,
     LoadFailed,
+    Park,
+    Parked,
     Ready,
     RequestFailed,
     Shutdown,
@@ -175,16 +180,22 @@ class Worker:
         self._conn = conn
         self._model = model
         self._log = log
-        slots = model.options.num_parallel
-        # llama.cpp may round the context; a slot never holds more than it really has.
-        slot_context = min(model.options.num_ctx, llama_cpp.llama_n_ctx_seq(model.ctx))
-        self._scheduler = BatchScheduler(
-            model.ctx,
-            model.model,
-            BatchConfig(slots=slots, slot_context=slot_context, batch_tokens=BATCH_TOKENS, profile=profile_steps),
-        )
+        self._profile_steps = profile_steps
+        self._scheduler = self._new_scheduler()
         self._embedder: Embedder | None = None
         self._outbox = Outbox()
+
+    def _new_scheduler(self) -> BatchScheduler:
+        model = self._model
+        # llama.cpp may round the context; a slot never holds more than it really has.
+        slot_context = min(model.options.num_ctx, llama_cpp.llama_n_ctx_seq(model.ctx))
+        config = BatchConfig(
+            slots=model.options.num_parallel,
+            slot_context=slot_context,
+            batch_tokens=BATCH_TOKENS,
+            profile=self._profile_steps,
+        )
+        return BatchScheduler(model.ctx, model.model, config)
 
     def run(self) -> None:
         try:
@@ -228,9 +239,19 @@ class Worker:
             self._scheduler.cancel(message.rid)
         elif isinstance(message, Embed):
             self._embed(message)
+        elif isinstance(message, Park):
+            self._park()
         elif isinstance(message, Shutdown):
             return False
         return True
+
+    def _park(self) -> None:
+        """Become a spare that holds the model: no request, no cached prompt, no unsent text."""
+        self._scheduler.close()
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._model.ctx), True)
+        self._scheduler = self._new_scheduler()
+        self._outbox = Outbox()
+        self._conn.send(Parked())
 
     def _embed(self, message: Embed) -> None:
         try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from ember.config import Settings
 from ember.engine.protocol import Engine, EngineLoader
 from ember.engine.types import LoadOptions
-from ember.errors import ServiceUnavailable
+from ember.errors import EmberError, ServiceUnavailable
 from ember.runtime.store import ModelRecord, ModelStore
 
 log = logging.getLogger("ember.scheduler")
@@ -56,6 +56,31 @@ def estimate_memory(record: ModelRecord, options: LoadOptions) -> int:
     return record.size + per_token * options.num_ctx * options.num_parallel
 
 
+def default_options(s: Settings) -> LoadOptions:
+    """What a request that names no options loads a model with."""
+    return LoadOptions(num_ctx=s.num_ctx, num_thread=s.num_thread, num_gpu=s.num_gpu, num_parallel=s.num_parallel)
+
+
+def fit_options(record: ModelRecord, options: LoadOptions, settings: Settings) -> LoadOptions:
+    """The model's own limits and per-model settings applied to what a request asked for."""
+    trained = record.metadata.context_length or options.num_ctx
+    parallel = settings.model_parallel.get(str(record.ref), options.num_parallel)
+    return replace(options, num_ctx=min(options.num_ctx, trained), num_parallel=parallel)
+
+
+def default_load(store: ModelStore, settings: Settings) -> tuple[ModelRecord, LoadOptions] | None:
+    """The default model as a request with no options would load it, if it is in the store
+    and fits the memory budget: what the process engine's spare worker may hold ready."""
+    try:
+        record = store.get(settings.default_model)
+    except EmberError:
+        return None
+    options = fit_options(record, default_options(settings), settings)
+    if estimate_memory(record, options) > settings.max_memory:
+        return None
+    return record, options
+
+
 @dataclass(frozen=True)
 class Lease:
     runner: Runner
@@ -74,8 +99,7 @@ class Scheduler:
         self._expiring: set[asyncio.Task[None]] = set()  # held so the loop does not drop them mid-unload
 
     def default_options(self) -> LoadOptions:
-        s = self._settings
-        return LoadOptions(num_ctx=s.num_ctx, num_thread=s.num_thread, num_gpu=s.num_gpu, num_parallel=s.num_parallel)
+        return default_options(self._settings)
 
     def running(self) -> list[Runner]:
         return sorted(self._runners.values(), key=lambda r: r.key)
@@ -146,10 +170,7 @@ class Scheduler:
         await self._loader.close()
 
     def _fit_options(self, record: ModelRecord, options: LoadOptions) -> LoadOptions:
-        """The model's own limits and per-model settings applied to what a request asked for."""
-        trained = record.metadata.context_length or options.num_ctx
-        parallel = self._settings.model_parallel.get(str(record.ref), options.num_parallel)
-        return replace(options, num_ctx=min(options.num_ctx, trained), num_parallel=parallel)
+        return fit_options(record, options, self._settings)
 
     async def _get_or_load(self, key: str, record: ModelRecord, options: LoadOptions) -> tuple[Runner, bool, float]:
         while True:
