@@ -197,6 +197,17 @@ def test_a_conversation_stays_on_the_node_holding_its_prefix_and_moves_when_it_i
             stream.http_response.close()
 
 
+def test_a_model_only_the_fleet_has_and_fleet_names_go_to_the_nodes(fleet: Fleet) -> None:
+    # The gateway's own store is empty: the model's plain name and "fleet/MODEL" reach the nodes.
+    for model in (DEFAULT_MODEL, f"fleet/{DEFAULT_MODEL}"):
+        provider, _, _ = ask(fleet, conversation("Hello?"), model=model)
+        assert node_name(provider) in NODES
+    with pytest.raises(openai.APIStatusError) as caught:
+        ask(fleet, conversation("Hello?"), model="fleet/no-such-model:1b")
+    assert caught.value.status_code == 503
+    assert "no live node of the fleet" in caught.value.message
+
+
 def test_a_killed_node_is_failed_over_before_the_first_token(fleet: Fleet) -> None:
     messages = conversation("Do you sell brioche?")
     provider, answer, _ = ask(fleet, messages)

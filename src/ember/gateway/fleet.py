@@ -75,13 +75,16 @@ class FleetTargets:
 
     # -- what the gateway asks ----------------------------------------------------------------
 
-    def default_route(self, model: str, view: FleetView) -> Route | None:
-        """A one-target route "fleet/MODEL" for a model some live node serves (else None)."""
-        if not view.candidates(model):
-            return None
+    def route_to(self, model: str) -> Route:
+        """The one-target route "fleet/MODEL" (a client naming "fleet/MODEL"; with no live node
+        for MODEL it has no target, which the Router answers with a 503 no_fleet_node)."""
         label = f"{FLEET}/{model}"
         config = RouteConfig(model=label, targets=[label], strategy="fleet")
         return Route(config=config, targets=[], retry=self._retry, breaker=self._breaker)
+
+    def default_route(self, model: str, view: FleetView) -> Route | None:
+        """The route "fleet/MODEL" for a model some live node serves (else None)."""
+        return self.route_to(model) if view.candidates(model) else None
 
     def expand(self, route: Route, request: TextRequest, view: FleetView | None) -> Route:
         """The route with its "fleet/MODEL" targets replaced by the live nodes serving MODEL, best

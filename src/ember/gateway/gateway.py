@@ -128,7 +128,7 @@ class Gateway:
             return route
         provider, sep, model = name.partition("/")
         if provider == FLEET and model and self.fleet is not None:
-            return self.fleet_targets.default_route(model, self.fleet)
+            return self.fleet_targets.route_to(model)
         if (not sep or provider not in self.providers) and self._fleet_only(name):
             assert self.fleet is not None
             return self.fleet_targets.default_route(name, self.fleet)
