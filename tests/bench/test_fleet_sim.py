@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import openai
 import pytest
@@ -202,6 +203,10 @@ def test_the_report_states_each_target_with_its_verdict() -> None:
     lines = summary_lines(document)
     assert "N=4: TTFT p90 >= 60% lower than round-robin: -25% (NOT met)" in lines
     assert not any(line.startswith("warning") for line in lines)
+    cells = (replace(run.cells[0], requests=3), *run.cells[1:])
+    sparse = FleetSimRun(config=run.config, baseline=replace(run.baseline, requests=3), cells=cells, wall_s=60.0)
+    warnings = [line for line in summary_lines(to_document(sparse)) if line.startswith("warning")]
+    assert len(warnings) == 1 and "fewer than 10 requests measured in N=2 fleet:" in warnings[0]
 
 
 async def test_a_full_queue_is_a_503_and_the_slot_comes_back() -> None:

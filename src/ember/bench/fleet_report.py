@@ -24,6 +24,7 @@ FLEET, BASELINE = "fleet", "round-robin"
 # The simulated engines' clocks are the event loop's: a chunk is ~200 ms of decoding, so a loop
 # later than this distorts what is measured.
 LAG_WARNING_MS = 25.0
+MIN_REQUESTS = 10  # per cell: fewer and a p90 is one or two requests
 
 
 def _scaling(cell: CellResult, baseline: CellResult) -> float | None:
@@ -167,6 +168,14 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
     )
     if max(cpus) > 0.7:
         lines.append("warning: the driver used most of a core: the figures may be about Python, not routing")
+    # The cells compared; the one-node baseline is the yardstick of throughput alone.
+    few = [c for c in document["cells"] if c["requests"] < MIN_REQUESTS]
+    if few:
+        where = ", ".join(f"N={c['nodes']} {c['router']}" for c in few)
+        lines.append(
+            f"warning: fewer than {MIN_REQUESTS} requests measured in {where}: "
+            "its latencies say little (a longer --duration gives more)"
+        )
     if lags and max(lags) > LAG_WARNING_MS:
         lines.append(
             f"warning: the event loop woke sleepers up to {max(lags):.0f} ms late (a busy machine?): "
