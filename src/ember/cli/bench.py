@@ -124,7 +124,8 @@ def bench(
         float | None,
         typer.Option(
             "--repeat-penalty",
-            help="Send this repeat_penalty (llama.cpp's meaning; 1 is off) in every request. Default: the server's own.",
+            help="Send this repeat_penalty (llama.cpp's meaning; 1 is off) in every request. "
+            "Default: the server's own.",
         ),
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds one request may take, stream included.")] = 120.0,
