@@ -23,12 +23,12 @@ Stochastic (top_k > 0; penalties that only lower logits: repeat >= 1, frequency 
 presence >= 0): with P penalised ids, the top k after penalties lie among the ids whose raw
 logit reaches a threshold t that at least k + P ids reach (at least k of those are unpenalised
 and keep their logit >= t; every other id stays below t). t is the (k + P)-th largest of the
-maxima of blocks of the vocabulary: cheap, and at least k + P ids reach it. The candidates, in
-id order, get the penalties, then the rest of the chain (top_k, typical, top_p, min_p, temp,
-dist) runs over them. That gives the full path's token when the top k + 1 penalised logits are
-all different: then the sorted top k that top_k hands on is the same array either way. Equal
-logits there (whose order depends on how the whole array was sorted) send the step back to the
-full path, before anything drew from the generator.
+maxima of groups of GROUP ids: cheap, and at least k + P ids reach it. The candidates get the
+penalties, then the rest of the chain (top_k, typical, top_p, min_p, temp, dist) runs over
+them. That gives the full path's token when the top k + 1 penalised logits are all different:
+then the sorted top k that top_k hands on is the same array either way, whatever order the
+candidates came in. Equal logits there (whose order depends on how the whole array was sorted)
+send the step back to the full path, before anything drew from the generator.
 """
 
 from __future__ import annotations
