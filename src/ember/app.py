@@ -209,7 +209,7 @@ def _engine_loader(settings: Settings, store: ModelStore) -> EngineLoader:
     from ember.runtime.scheduler import default_load
 
     # The spare worker holds the default model ready while nothing is loaded (spare_worker).
-    default = default_load(store, settings) if settings.spare_worker == "preload" else None
+    default = default_load(store, settings) if settings.spare_worker in ("preload", "preload-only") else None
     preload = LoadTarget(default[0].path, default[1]) if default is not None else None
     # At debug level each worker logs every decode step's timings (engine/batching.py).
     return ProcessEngineLoader(

@@ -496,7 +496,7 @@ class ProcessEngineLoader:
         self, *, spare: SparePolicy = "off", preload: LoadTarget | None = None, profile_steps: bool = False
     ) -> None:
         self._policy = spare
-        self._preload = preload if spare == "preload" else None
+        self._preload = preload if spare in ("preload", "preload-only") else None
         self._profile_steps = profile_steps
         self._lock = threading.Lock()
         # The spare, while it may still be starting or loading; None: no spare.
