@@ -40,6 +40,13 @@ def prompt_tokens(vocab: llama_cpp.llama_vocab_p, index: int, length: int) -> li
     return list(buffer[: min(n, length)])
 
 
+def greedy(ctx: llama_cpp.llama_context_p, index: int, n_vocab: int) -> int:
+    logits = np.ctypeslib.as_array(
+        ctypes.cast(llama_cpp.llama_get_logits_ith(ctx, index), ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,)
+    )
+    return int(np.argmax(logits))
+
+
 def run_level(model: llama_cpp.llama_model_p, threads: int, sequences: int, tokens: int, prompt: int) -> dict:
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = 4096 * sequences
@@ -57,9 +64,22 @@ def run_level(model: llama_cpp.llama_model_p, threads: int, sequences: int, toke
     try:
         prompts = [prompt_tokens(vocab, 1000 * sequences + s, prompt) for s in range(sequences)]
         began = time.perf_counter()
-        batch.n_tokens = 0
+        # The prompts are read in as few decodes as the batch allows (a whole prompt per decode,
+        # never split); each prompt's last logits are sampled before the next decode.
         outputs: list[int] = []
+        firsts: list[int] = []
+        batch.n_tokens = 0
+
+        def read_batch() -> None:
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("prompt decode failed")
+            firsts.extend(greedy(ctx, index, n_vocab) for index in outputs)
+            outputs.clear()
+            batch.n_tokens = 0
+
         for seq, tokens_of in enumerate(prompts):
+            if batch.n_tokens + len(tokens_of) > 512:
+                read_batch()
             for pos, token in enumerate(tokens_of):
                 i = batch.n_tokens
                 batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
@@ -67,19 +87,14 @@ def run_level(model: llama_cpp.llama_model_p, threads: int, sequences: int, toke
                 batch.logits[i] = pos == len(tokens_of) - 1
                 batch.n_tokens += 1
             outputs.append(batch.n_tokens - 1)
-        if llama_cpp.llama_decode(ctx, batch) != 0:
-            raise RuntimeError("prompt decode failed")
+        read_batch()
         positions = [len(p) for p in prompts]
         read = time.perf_counter()
         generated = 0
-        for _ in range(tokens):
-            next_tokens = []
-            for index in outputs:
-                logits = np.ctypeslib.as_array(
-                    ctypes.cast(llama_cpp.llama_get_logits_ith(ctx, index), ctypes.POINTER(ctypes.c_float)),
-                    shape=(n_vocab,),
-                )
-                next_tokens.append(int(np.argmax(logits)))
+        next_tokens = firsts
+        for step in range(tokens):
+            if step:
+                next_tokens = [greedy(ctx, index, n_vocab) for index in outputs]
             generated += len(next_tokens)
             batch.n_tokens = 0
             outputs = []
