@@ -230,6 +230,13 @@ class Settings(BaseSettings):
     fleet_ttl: float | None = Field(None, gt=0, description="Seconds a node's record stands without a heartbeat.")
     fleet_heartbeat: float | None = Field(None, gt=0, description="Seconds between heartbeats (default ttl/3).")
 
+    @field_validator("config", mode="before")
+    @classmethod
+    def _no_config_file(cls, value: Any) -> Any:
+        # EMBER_CONFIG= (set but empty) means no file, as the TOML source already reads it;
+        # Path("") would be the current directory.
+        return None if value == "" else value
+
     @field_validator("keep_alive", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
