@@ -31,7 +31,7 @@ CALL_TIMEOUT=${CALL_TIMEOUT:-900}
 # (ember's OpenAI default is 1.1, llama-server's 1.0; 1 turns it off).
 REPEAT_PENALTY=${REPEAT_PENALTY:-1.1}
 PEERS=${PEERS:-"llama-bench bare-loop llama-server llama-cpp-python ember"}
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+STAMP=${STAMP:-$(date -u +%Y%m%dT%H%M%SZ)}  # also the prompts' seed: a rerun of one peer can reuse a run's
 RESULTS=${RESULTS:-$ROOT/bench/results/$STAMP}
 EMBER_BENCH_HOME=${EMBER_BENCH_HOME:-$CACHE/home}
 
