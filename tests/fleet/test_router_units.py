@@ -132,6 +132,17 @@ def test_a_full_node_gives_way_to_one_with_a_free_slot() -> None:
     assert names(router.order(MODEL, prompt, [a, b]))[0] == "a"
 
 
+def test_a_stale_full_report_does_not_move_a_conversation_off_its_prefix() -> None:
+    # The node's last heartbeat still counts the turn that just ended (1 of 1 slot busy); this
+    # router has nothing in flight there, so the conversation's next turn stays with its cache.
+    router = FleetRouter()
+    prompt = SYSTEM + "user: hi\n"
+    router.sent("id-a", MODEL, prompt)
+    router.finished("id-a")
+    a, b = node("a", busy=1, slots=1), node("b", slots=1)
+    assert names(router.order(MODEL, prompt + "assistant: hello\nuser: more\n", [a, b])) == ["a", "b"]
+
+
 def test_load_is_published_or_in_flight_whichever_is_more() -> None:
     router = FleetRouter()
     n = node("a", busy=1, queue=1)
