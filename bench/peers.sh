@@ -284,9 +284,16 @@ meta = {
     "model": env["MODEL_NAME"],
     "model_file": f"{record.metadata.name or record.path.name}, {record.metadata.quantization}, "
                   f"{record.size / 1e6:.0f} MB",
-    "servers": f"`llama-server -t {threads} -c {int(parallel) * ctx} -np {parallel}`; "
-               f"`python -m llama_cpp.server --n_threads {threads} --n_ctx {ctx}`; "
-               f"`ember serve` with EMBER_NUM_PARALLEL={parallel} EMBER_NUM_THREAD={threads}",
+    # Only the servers whose results are in this directory (a run may cover a subset of PEERS).
+    "servers": "; ".join(
+        command
+        for name, command in (
+            ("llama-server", f"`llama-server -t {threads} -c {int(parallel) * ctx} -np {parallel}`"),
+            ("llama-cpp-python", f"`python -m llama_cpp.server --n_threads {threads} --n_ctx {ctx}`"),
+            ("ember", f"`ember serve` with EMBER_NUM_PARALLEL={parallel} EMBER_NUM_THREAD={threads}"),
+        )
+        if (Path(env["RESULTS_DIR"]) / f"{name}.json").exists()
+    ),
     "load": f"~64-token prompts, distinct per request and the same for every server, "
             f"max_tokens {env['MAX_TOKENS']}, temperature 0 and repeat_penalty {env['REPEAT_PENALTY']} sent to "
             "every server, 2 x concurrency requests per level "
