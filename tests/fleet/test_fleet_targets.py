@@ -77,6 +77,16 @@ async def test_expand_orders_the_nodes_and_reuses_their_targets() -> None:
     await fleet_targets.aclose()
 
 
+async def test_describe_model_lists_the_node_targets_used_for_a_model() -> None:
+    fleet = StaticFleet([node("id-a", "a"), node("id-b", "b")])
+    fleet_targets = targets()
+    assert fleet_targets.describe_model(MODEL) == []  # no request has chosen a node yet
+    fleet_targets.expand(fleet_route(), chat("hello"), fleet)
+    assert sorted(str(h["target"]) for h in fleet_targets.describe_model(MODEL)) == [f"a/{MODEL}", f"b/{MODEL}"]
+    assert fleet_targets.describe_model("other:1b") == []
+    await fleet_targets.aclose()
+
+
 async def test_the_node_that_answered_learns_the_prefix() -> None:
     fleet = StaticFleet([node("id-a", "a"), node("id-b", "b")])
     fleet_targets = targets()

@@ -164,6 +164,10 @@ def test_a_conversation_stays_on_the_node_holding_its_prefix_and_moves_when_it_i
         messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": follow_up}]
     home = served[0]
     assert served == [home] * 3, served
+    # `ember routes` (GET /admin/routes) shows the node targets the fleet route has used.
+    routes = httpx.get(fleet.gateway.url("/admin/routes"), timeout=5).json()["routes"]
+    chat_targets = next(r["targets"] for r in routes if r["model"] == "chat")
+    assert any(node_name(t["target"].split("/")[0]) == home and t["requests"] >= 3 for t in chat_targets), chat_targets
 
     # Another conversation (another system prompt) goes to a node that holds no prefix yet.
     other, _, _ = ask(

@@ -119,6 +119,10 @@ class FleetTargets:
         """Each node target's health (for `ember routes` and /admin views)."""
         return [t.health() for node in self._nodes.values() for t in node.targets.values()]
 
+    def describe_model(self, model: str) -> list[dict[str, object]]:
+        """The health of the node targets serving `model` that requests have used so far."""
+        return [t.health() for node in self._nodes.values() for t in node.targets.values() if t.model == model]
+
     async def aclose(self) -> None:
         nodes = [*self._nodes.values(), *self._leaving.values()]
         self._nodes.clear()

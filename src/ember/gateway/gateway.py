@@ -177,11 +177,24 @@ class Gateway:
         return list(self.routes)
 
     def describe(self) -> list[dict[str, Any]]:
-        """Each route, its strategy and its targets' health (for `ember routes`)."""
+        """Each route, its strategy and its targets' health (for `ember routes`); a "fleet/MODEL"
+        target shows the nodes used for it so far, or itself until a request has chosen one."""
         return [
-            {"model": r.name, "strategy": r.config.strategy, "targets": [t.health() for t in r.targets]}
+            {"model": r.name, "strategy": r.config.strategy, "targets": self._describe_targets(r)}
             for r in self.routes.values()
         ]
+
+    def _describe_targets(self, route: Route) -> list[dict[str, Any]]:
+        static = iter(route.targets)  # the route's own Targets, in order, fleet ones left out
+        described: list[dict[str, Any]] = []
+        for label in route.config.targets:
+            model = fleet_model(label)
+            if model is None:
+                described.append(next(static).health())
+                continue
+            nodes = self.fleet_targets.describe_model(model)
+            described.extend(nodes or [{"target": label, "kind": "fleet", "state": "nodes chosen per request"}])
+        return described
 
     def _digest(self, name: str) -> str:
         if name in self.routes:
