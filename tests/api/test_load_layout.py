@@ -31,16 +31,25 @@ def wide(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         handle.stop()
 
 
+def _read(path: str) -> str:
+    """A /proc file's text, or "" when its thread or process ended since it was listed (the
+    server's spare-worker threads come and go)."""
+    try:
+        return Path(path).read_text(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
 def _children(pid: int) -> list[int]:
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(p) for p in (task / "children").read_text().split()]
-    return [p for p in found if b"ember.engine.worker" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        found += [int(p) for p in _read(f"{task}/children").split()]
+    return [p for p in found if "ember.engine.worker" in _read(f"/proc/{p}/cmdline")]
 
 
 def _with_model(pids: list[int]) -> list[int]:
     """The workers that have the model file mapped (an imports-only spare has none)."""
-    return [p for p in pids if "/blobs/sha256-" in Path(f"/proc/{p}/maps").read_text()]
+    return [p for p in pids if "/blobs/sha256-" in _read(f"/proc/{p}/maps")]
 
 
 def _load_seconds(server: ServerHandle) -> float:

@@ -16,7 +16,10 @@ MODEL = "smollm2:135m"
 def _children(pid: int) -> list[int]:
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
+        try:
+            text = (task / "children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):  # a thread that ended since the listing
+            continue  # (the server's spare-worker threads come and go)
         found += [int(p) for p in text]
     return found
 
