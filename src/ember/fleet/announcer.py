@@ -14,8 +14,6 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -26,6 +24,7 @@ from redis.exceptions import RedisError
 
 from ember.fleet.config import FleetConfig, redacted_url
 from ember.fleet.identity import NodeIdentity
+from ember.fleet.periodic import Periodic
 from ember.fleet.record import NodeRecord, Sequencer, join_proof
 from ember.fleet.registry import index_key, node_key
 from ember.fleet.types import NodeLoad
@@ -103,7 +102,9 @@ class Announcer:
         token = config.join_token()
         self._proof = join_proof(token, identity.public_key) if token else None
         self._failing = False
-        self._task: asyncio.Task[None] | None = None
+        self._heartbeat = Periodic(
+            "fleet-announcer", config.heartbeat_s, self.publish, "building this node's heartbeat"
+        )
         self.last: NodeRecord | None = None  # the last record the registry took
 
     def record(self) -> NodeRecord:
@@ -158,23 +159,11 @@ class Announcer:
                 self.identity.node_id[:16],
                 self._base_url,
             )
-        self._task = asyncio.create_task(self._loop(), name="fleet-announcer")
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.heartbeat_s)
-            try:
-                await self.publish()
-            except Exception:  # a heartbeat must not end the loop; say what broke
-                log.exception("fleet: building this node's heartbeat failed")
+        self._heartbeat.start()
 
     async def aclose(self) -> None:
         """Stop heartbeating and take the record out of the registry (a clean leave)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._heartbeat.stop()
         prefix = self.config.prefix
         try:
             async with self._redis.pipeline(transaction=True) as pipe:

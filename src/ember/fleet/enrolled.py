@@ -21,7 +21,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from ember.fleet.config import EnrolledNode
+from ember.fleet.periodic import Periodic
 from ember.fleet.types import NodeInfo, NodeLoad
 
 log = logging.getLogger("ember.fleet")
@@ -64,7 +64,7 @@ class EnrolledNodes:
         self._clock = clock
         # trust_env off: a proxy set for the internet must not carry calls to the operator's hosts.
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0), transport=transport, trust_env=False)
-        self._task: asyncio.Task[None] | None = None
+        self._scraper = Periodic("fleet-enrolled", scrape, self.scrape_all, "reading the enrolled nodes")
 
     def live(self) -> list[NodeInfo]:
         now = self._clock()
@@ -85,22 +85,11 @@ class EnrolledNodes:
         if not self._states:
             return
         await self.scrape_all()  # a first reading before the server takes requests
-        self._task = asyncio.create_task(self._loop(), name="fleet-enrolled")
+        self._scraper.start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._scraper.stop()
         await self._http.aclose()
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._scrape)
-            try:
-                await self.scrape_all()
-            except Exception:
-                log.exception("fleet: reading the enrolled nodes failed")
 
     async def scrape_all(self) -> None:
         await asyncio.gather(*(self._scrape_one(s) for s in self._states.values()))

@@ -25,7 +25,6 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -37,6 +36,7 @@ from redis.exceptions import RedisError
 
 from ember.fleet.config import FleetConfig, redacted_url
 from ember.fleet.enrolled import EnrolledNodes
+from ember.fleet.periodic import Periodic
 from ember.fleet.record import NodeRecord, Refused, proves_token, verify
 from ember.fleet.types import NodeInfo
 
@@ -90,7 +90,7 @@ class FleetRegistry:
         self._accepted_raw: dict[str, bytes | str] = {}  # node id -> its accepted record's bytes, while a member
         self._refusals: dict[tuple[str, str], Refusal] = {}
         self._redis_down = False
-        self._task: asyncio.Task[None] | None = None
+        self._refresher = Periodic("fleet-registry", config.refresh, self.refresh, "refreshing the registry")
         if config.reads_registry and not self._allowed and self._token is None:
             log.warning(
                 "fleet: no allowlist and no join token (%s is not set): only this node itself will be accepted",
@@ -141,24 +141,12 @@ class FleetRegistry:
             await self._enrolled.start()
         if self._redis is not None and self.config.reads_registry:
             await self.refresh()  # a first table before the server takes requests
-            self._task = asyncio.create_task(self._loop(), name="fleet-registry")
+            self._refresher.start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._refresher.stop()
         if self._enrolled is not None:
             await self._enrolled.aclose()
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.refresh)
-            try:
-                await self.refresh()
-            except Exception:  # the loop must outlive one bad refresh; say what broke
-                log.exception("fleet: refreshing the registry failed")
 
     async def refresh(self) -> None:
         """Read every record, keep the ones that verify and are admitted, drop the expired."""
